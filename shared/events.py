@@ -1,0 +1,261 @@
+"""Event contracts: the CloudEvents 1.0 envelope (structured JSON mode) and its typed payloads.
+
+Every Kafka message in Rebound is one JSON CloudEvent in the record value
+(`content-type: application/cloudevents+json`), keyed by the customer key. Ids from shop
+platforms are strings: Shopify ids exceed 2^53 and must never pass through a float.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONTENT_TYPE = "application/cloudevents+json"
+NAMESPACE = uuid.UUID("5b0e4a52-8a4e-4a57-9d3b-7f3f0c1a2b9e")
+
+# Canonical shop events (topic shop.events)
+CART_UPDATED = "shop.cart.updated.v1"
+ORDER_PLACED = "shop.order.placed.v1"
+ORDER_PAID = "shop.order.paid.v1"
+ORDER_CANCELLED = "shop.order.cancelled.v1"
+CUSTOMER_REGISTERED = "shop.customer.registered.v1"
+CUSTOMER_UPDATED = "shop.customer.updated.v1"
+CONSENT_CHANGED = "shop.consent.changed.v1"
+# Derived (customer.activity), requests (message.requests), results (engagement.results)
+CUSTOMER_ACTIVITY = "customer.activity.recorded.v1"
+MESSAGE_REQUESTED = "message.requested.v1"
+MESSAGE_SENT = "message.sent.v1"
+MESSAGE_FAILED = "message.failed.v1"
+MESSAGE_SUPPRESSED = "message.suppressed.v1"
+
+ConsentState = Literal["subscribed", "not_subscribed", "unsubscribed", "pending", "redacted"]
+
+
+class InvalidEvent(ValueError):
+    """The bytes are not a CloudEvent Rebound understands; the message goes to the DLQ."""
+
+
+class Contract(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+def stable_event_id(*parts: str) -> str:
+    """A deterministic id, so a redelivered webhook becomes the same event."""
+    return str(uuid.uuid5(NAMESPACE, "\x1f".join(parts)))
+
+
+def customer_key(shop_id: str, customer_id: str | None, email: str | None) -> str:
+    """shop + the shop's customer id, or the normalised e-mail for guests."""
+    if customer_id:
+        return f"{shop_id}:c:{customer_id}"
+    if email:
+        return f"{shop_id}:e:{email.strip().lower()}"
+    raise InvalidEvent("event names neither a customer id nor an e-mail address")
+
+
+# --- payloads --------------------------------------------------------------------------
+
+
+class Customer(Contract):
+    id: str | None = None
+    email: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    locale: str | None = None
+    marketing_consent: ConsentState | None = None
+    registered_at: datetime | None = None
+
+
+class Line(Contract):
+    product_id: str | None = None
+    variant_id: str | None = None
+    sku: str | None = None
+    title: str
+    variant_title: str | None = None
+    quantity: int
+    price: Decimal
+    image_url: str | None = None
+
+
+class CartUpdated(Contract):
+    cart_id: str
+    customer: Customer
+    lines: list[Line]
+    currency: str | None = None
+    total_price: Decimal | None = None
+    recovery_url: str | None = None
+    updated_at: datetime
+
+
+class OrderEvent(Contract):
+    """orders placed, paid and cancelled share one shape; the event type says which."""
+
+    order_id: str
+    customer: Customer
+    lines: list[Line]
+    currency: str | None = None
+    total_price: Decimal
+    cart_id: str | None = None
+    placed_at: datetime
+    cancelled_at: datetime | None = None
+
+
+class CustomerChanged(Contract):
+    customer: Customer
+
+
+class ConsentChanged(Contract):
+    customer: Customer
+    state: ConsentState | None
+    changed_at: datetime | None = None
+
+
+SHOP_PAYLOADS: dict[str, type[Contract]] = {
+    CART_UPDATED: CartUpdated,
+    ORDER_PLACED: OrderEvent,
+    ORDER_PAID: OrderEvent,
+    ORDER_CANCELLED: OrderEvent,
+    CUSTOMER_REGISTERED: CustomerChanged,
+    CUSTOMER_UPDATED: CustomerChanged,
+    CONSENT_CHANGED: ConsentChanged,
+}
+
+
+class Profile(Contract):
+    """What the scheduler and dispatcher need to know about a customer, as of one event."""
+
+    key: str
+    shop_id: str
+    email: str | None
+    first_name: str | None = None
+    last_name: str | None = None
+    locale: str | None = None
+    marketing_consent: ConsentState | None = None
+    registered_at: datetime | None = None
+    orders_count: int = 0
+    total_spent: Decimal = Decimal(0)
+    last_order_at: datetime | None = None
+
+
+class CartSnapshot(Contract):
+    cart_id: str
+    lines: list[Line]
+    currency: str | None = None
+    total_price: Decimal | None = None
+    recovery_url: str | None = None
+    updated_at: datetime
+
+
+class Activity(Contract):
+    """customer.activity: one canonical event applied to the customer facts."""
+
+    kind: str  # the canonical event type it came from, e.g. shop.cart.updated.v1
+    source_event_id: str
+    occurred_at: datetime
+    profile: Profile
+    cart: CartSnapshot | None = None  # the open cart after this event, if any
+    order_id: str | None = None
+    order_total: Decimal | None = None
+
+
+class Recipient(Contract):
+    email: str
+    first_name: str | None = None
+    last_name: str | None = None
+    locale: str | None = None
+
+
+class MessageRequest(Contract):
+    """message.requests: the scheduler asks the dispatcher for one message."""
+
+    request_key: str
+    shop_id: str
+    customer_key: str
+    journey_id: str
+    journey_version: int
+    step_id: str
+    channel: Literal["email"] = "email"
+    template: str
+    subject: str
+    recipient: Recipient
+    consent_required: bool = True
+    marketing_consent: ConsentState | None = None
+    context: dict[str, Any] = Field(default_factory=dict)
+    requested_at: datetime
+
+
+class MessageResult(Contract):
+    """engagement.results: what happened to a request (sent, failed or suppressed)."""
+
+    request_key: str
+    shop_id: str
+    customer_key: str
+    journey_id: str
+    step_id: str
+    channel: Literal["email"] = "email"
+    status: Literal["sent", "failed", "suppressed"]
+    reason: str | None = None
+    email: str | None = None
+    smtp_message_id: str | None = None
+    occurred_at: datetime
+
+
+# --- the envelope ----------------------------------------------------------------------
+
+
+class CloudEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str
+    type: str
+    subject: str | None = None  # the customer key
+    time: datetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    shopid: str | None = None  # extension attribute
+    data: dict[str, Any]
+
+
+P = TypeVar("P", bound=Contract)
+
+
+def make_event(
+    *, type: str, source: str, id: str, time: datetime, subject: str | None,
+    shop_id: str | None, data: Contract,
+) -> CloudEvent:
+    return CloudEvent(
+        id=id, source=source, type=type, subject=subject, time=time, shopid=shop_id,
+        data=data.model_dump(mode="json"),
+    )
+
+
+def encode(event: CloudEvent) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+def decode(raw: bytes | None) -> CloudEvent:
+    if raw is None:
+        raise InvalidEvent("empty message (tombstone)")
+    try:
+        return CloudEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        raise InvalidEvent(f"not a CloudEvent: {_first_error(exc)}") from exc
+
+
+def payload(event: CloudEvent, model: type[P]) -> P:
+    try:
+        return model.model_validate(event.data)
+    except ValidationError as exc:
+        raise InvalidEvent(f"{event.type} data invalid: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"

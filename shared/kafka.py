@@ -1,0 +1,214 @@
+"""Kafka plumbing: producer, consumers that commit after the work, dead letters, topics.
+
+The local broker (Tansu) has no idempotent producer and no transactions, and the design uses
+neither: producers wait for acks=all, consumers are idempotent and commit offsets only after
+their database commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+
+from shared import metrics
+from shared.events import CONTENT_TYPE, CloudEvent, encode
+from shared.logging import get_logger
+from shared.retry import backoff_s, retry_forever
+from shared.topics import dlq
+
+log = get_logger(__name__)
+
+Record = ConsumerRecord[bytes, bytes]
+HEADERS = [("content-type", CONTENT_TYPE.encode())]
+
+
+def make_producer(bootstrap: str, client_id: str, linger_ms: int = 2) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, client_id=client_id, acks="all",
+        enable_idempotence=False, linger_ms=linger_ms, request_timeout_ms=10_000,
+        max_batch_size=256 * 1024,
+    )
+
+
+class Publisher:
+    """Produces CloudEvents and waits for the broker's acknowledgement (acks=all)."""
+
+    def __init__(self, producer: AIOKafkaProducer, service: str) -> None:
+        self._producer = producer
+        self._service = service
+
+    async def publish(self, topic: str, key: str, event: CloudEvent) -> None:
+        await self._producer.send_and_wait(topic, encode(event), key=key.encode(),
+                                           headers=HEADERS)
+        metrics.EVENTS_OUT.labels(self._service, topic).inc()
+
+    async def publish_many(self, items: Sequence[tuple[str, str, CloudEvent]]) -> None:
+        """Send all, then wait for every ack; raises if any was not acknowledged."""
+        futures = [
+            await self._producer.send(topic, encode(event), key=key.encode(), headers=HEADERS)
+            for topic, key, event in items
+        ]
+        await asyncio.gather(*futures)
+        for topic, _, _ in items:
+            metrics.EVENTS_OUT.labels(self._service, topic).inc()
+
+    async def dead_letter(self, record: Record, reason: str) -> None:
+        """Keep the original bytes and say why, so nothing is lost and it can be replayed."""
+        headers = [
+            *((k, v) for k, v in (record.headers or ()) if not k.startswith("dlq.")),
+            ("dlq.reason", reason[:2000].encode()),
+            ("dlq.topic", record.topic.encode()),
+            ("dlq.partition", str(record.partition).encode()),
+            ("dlq.offset", str(record.offset).encode()),
+        ]
+        await self._producer.send_and_wait(dlq(record.topic), record.value, key=record.key,
+                                           headers=headers)
+        metrics.DEAD_LETTERS.labels(self._service, record.topic).inc()
+        log.warning("dead_lettered", topic=record.topic, partition=record.partition,
+                    offset=record.offset, reason=reason)
+
+    async def ready(self) -> bool:
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 2.0)
+            return True
+        except Exception:
+            return False
+
+
+async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:
+    await retry_forever(client.start, what=what, retryable=(KafkaError, OSError))
+
+
+async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await retry_forever(admin.start, what="kafka admin", retryable=(KafkaError, OSError))
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+BatchHandler = Callable[[list[Record]], Awaitable[None]]
+
+
+class Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tracks which partitions this instance owns; the scheduler fires only their timers."""
+
+    def __init__(self) -> None:
+        self.partitions: set[int] = set()
+        self.on_change: list[Callable[[], Awaitable[None]]] = []
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.partitions -= {tp.partition for tp in revoked}
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.partitions |= {tp.partition for tp in assigned}
+        for callback in self.on_change:
+            await callback()
+
+
+@dataclass
+class ConsumerLoop:
+    """Fetch a batch, hand it to the handler, commit after the handler returns.
+
+    The handler must be idempotent and raise only for transient failures (database or broker
+    down): the same batch is then retried with backoff, forever, and the loop never exits.
+    Messages it cannot process it dead-letters itself.
+    """
+
+    consumer: AIOKafkaConsumer
+    handler: BatchHandler
+    service: str
+    max_records: int = 500
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+
+    async def run(self) -> None:
+        await start_with_retry(self.consumer, f"{self.service} consumer")
+        while True:
+            batch = await self._fetch()
+            if not batch:
+                continue
+            await self._handle(batch)
+            await self._commit(batch)
+            self._report_lag(batch)
+
+    async def _fetch(self) -> list[Record]:
+        try:
+            fetched = await self.consumer.getmany(timeout_ms=500, max_records=self.max_records)
+        except KafkaError as exc:
+            metrics.ERRORS.labels(self.service, "fetch").inc()
+            log.warning("fetch_failed", error=repr(exc))
+            await asyncio.sleep(self.retry_initial_s)
+            return []
+        batch = [record for records in fetched.values() for record in records]
+        for record in batch:
+            metrics.EVENTS_IN.labels(self.service, record.topic).inc()
+        return batch
+
+    async def _handle(self, batch: list[Record]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.handler(batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.ERRORS.labels(self.service, type(exc).__name__).inc()
+                delay_s = backoff_s(attempt, self.retry_initial_s, self.retry_max_s)
+                log.warning("batch_failed_will_retry", size=len(batch), attempt=attempt,
+                            delay_s=round(delay_s, 2), error=repr(exc))
+                attempt += 1
+                await asyncio.sleep(delay_s)
+
+    async def _commit(self, batch: list[Record]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in batch:
+            offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        owned = self.consumer.assignment()
+        offsets = {tp: off for tp, off in offsets.items() if tp in owned}
+        if not offsets:
+            return
+        async def commit() -> None:
+            try:
+                await self.consumer.commit(offsets)
+            except CommitFailedError:
+                # Partitions moved during the batch: the next owner redelivers, handlers dedupe.
+                log.info("commit_skipped_after_rebalance")
+
+        await retry_forever(commit, what="commit", retryable=(KafkaError,),
+                            max_s=self.retry_max_s)
+
+    def _report_lag(self, batch: list[Record]) -> None:
+        seen = {(r.topic, r.partition): r.offset for r in batch}
+        for (topic, partition), offset in seen.items():
+            end = self.consumer.highwater(TopicPartition(topic, partition))
+            if end is not None:
+                metrics.CONSUMER_LAG.labels(self.service, topic, str(partition)).set(
+                    max(0, end - offset - 1))
+
+
+def make_consumer(
+    bootstrap: str, group_id: str, client_id: str, *topics: str,
+    listener: ConsumerRebalanceListener | None = None,
+) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id,
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    consumer.subscribe(list(topics), listener=listener or Assignment())
+    return consumer

@@ -1,0 +1,46 @@
+"""Backoff for transient failures: a pure function of the attempt number, and a loop that uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from shared.logging import get_logger
+
+T = TypeVar("T")
+log = get_logger(__name__)
+
+
+def backoff_s(attempt: int, initial_s: float, max_s: float, jitter: float = 0.2) -> float:
+    """Exponential backoff with +-jitter; attempt 0 is the first retry."""
+    base = min(max_s, initial_s * (2 ** min(attempt, 30)))
+    return base * (1 + random.uniform(-jitter, jitter))
+
+
+async def retry_forever(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    initial_s: float = 0.2,
+    max_s: float = 10.0,
+    retryable: tuple[type[BaseException], ...] = (Exception,),
+) -> T:
+    """Run `operation` until it succeeds, backing off on `retryable` errors; never gives up.
+
+    Backoff waits in real time: brokers and databases come back on the wall clock even when
+    a test drives the domain `Clock`.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await operation()
+        except retryable as exc:
+            delay_s = backoff_s(attempt, initial_s, max_s)
+            log.warning("retrying", what=what, attempt=attempt, delay_s=round(delay_s, 2),
+                        error=repr(exc))
+            attempt += 1
+            await sleep(delay_s)
+

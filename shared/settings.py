@@ -1,0 +1,26 @@
+"""Settings every service shares; each service subclasses with its own env prefix."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Common knobs. Every field can also be set without the service prefix via REBOUND_*."""
+
+    model_config = SettingsConfigDict(env_prefix="REBOUND_", extra="ignore")
+
+    database_url: str = Field(
+        default="postgresql+asyncpg://rebound@127.0.0.1:55432/rebound",
+        description="SQLAlchemy URL of the PostgreSQL database (asyncpg driver).",
+    )
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:59092")
+    kafka_client_id: str = "rebound"
+    topic_prefix: str = Field(default="", description="Prepended to every topic name (tests).")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    log_json: bool = True
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
