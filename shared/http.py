@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
@@ -37,16 +37,25 @@ def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
     return router
 
 
-async def serve(app: FastAPI, host: str, port: int,
-                background: list[Coroutine[Any, Any, None]]) -> None:
-    """Run the HTTP server and the service's loops until a signal stops the server."""
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            loop="uvloop", http="httptools", lifespan="on")
+class Service(Protocol):
+    """What every service's app.py builds: an HTTP app plus background loops."""
+
+    app: FastAPI
+
+    async def start(self) -> None:
+        """Start background loops; returns at once, infrastructure may still be coming up."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve(service: Service, host: str, port: int) -> None:
+    """Run the service and its HTTP server until SIGINT/SIGTERM, then stop cleanly."""
+    config = uvicorn.Config(service.app, host=host, port=port, log_config=None,
+                            access_log=False, http="httptools", lifespan="off")
     server = uvicorn.Server(config)
-    tasks = [asyncio.create_task(job) for job in background]
+    await service.start()
     try:
         await server.serve()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await service.stop()
