@@ -30,4 +30,4 @@ async def _run_async(url: str, schema: str) -> None:
 def _migrate(conn: Connection, schema: str) -> None:
     context.configure(connection=conn, version_table_schema=schema, include_schemas=True)
     with context.begin_transaction():
-        context.run_migrations(schema=schema)
+        context.run_migrations()
