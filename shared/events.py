@@ -226,11 +226,22 @@ P = TypeVar("P", bound=Contract)
 
 
 def make_event(
-    *, type: str, source: str, id: str, time: datetime, subject: str | None,
-    shop_id: str | None, data: Contract,
+    *,
+    type: str,
+    source: str,
+    id: str,
+    time: datetime,
+    subject: str | None,
+    shop_id: str | None,
+    data: Contract,
 ) -> CloudEvent:
     return CloudEvent(
-        id=id, source=source, type=type, subject=subject, time=time, shopid=shop_id,
+        id=id,
+        source=source,
+        type=type,
+        subject=subject,
+        time=time,
+        shopid=shop_id,
         data=data.model_dump(mode="json"),
     )
 

@@ -51,8 +51,15 @@ class Service(Protocol):
 
 async def serve(service: Service, host: str, port: int) -> None:
     """Run the service and its HTTP server until SIGINT/SIGTERM, then stop cleanly."""
-    config = uvicorn.Config(service.app, host=host, port=port, log_config=None,
-                            access_log=False, http="httptools", lifespan="off")
+    config = uvicorn.Config(
+        service.app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        http="httptools",
+        lifespan="off",
+    )
     server = uvicorn.Server(config)
     await service.start()
     try:

@@ -8,8 +8,10 @@ their database commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -24,14 +26,18 @@ from shared.topics import dlq
 
 log = get_logger(__name__)
 
-Record = ConsumerRecord[bytes, bytes]
+Record: TypeAlias = ConsumerRecord  # aiokafka ships no type information
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 
 
 def make_producer(bootstrap: str, client_id: str, linger_ms: int = 2) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap, client_id=client_id, acks="all",
-        enable_idempotence=False, linger_ms=linger_ms, request_timeout_ms=10_000,
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=linger_ms,
+        request_timeout_ms=10_000,
         max_batch_size=256 * 1024,
     )
 
@@ -44,8 +50,7 @@ class Publisher:
         self._service = service
 
     async def publish(self, topic: str, key: str, event: CloudEvent) -> None:
-        await self._producer.send_and_wait(topic, encode(event), key=key.encode(),
-                                           headers=HEADERS)
+        await self._producer.send_and_wait(topic, encode(event), key=key.encode(), headers=HEADERS)
         metrics.EVENTS_OUT.labels(self._service, topic).inc()
 
     async def publish_many(self, items: Sequence[tuple[str, str, CloudEvent]]) -> None:
@@ -53,6 +58,16 @@ class Publisher:
         futures = [
             await self._producer.send(topic, encode(event), key=key.encode(), headers=HEADERS)
             for topic, key, event in items
+        ]
+        await asyncio.gather(*futures)
+        for topic, _, _ in items:
+            metrics.EVENTS_OUT.labels(self._service, topic).inc()
+
+    async def publish_raw(self, items: Sequence[tuple[str, str, bytes]]) -> None:
+        """Already-encoded events (e.g. from an outbox table); waits for every ack."""
+        futures = [
+            await self._producer.send(topic, value, key=key.encode(), headers=HEADERS)
+            for topic, key, value in items
         ]
         await asyncio.gather(*futures)
         for topic, _, _ in items:
@@ -67,11 +82,17 @@ class Publisher:
             ("dlq.partition", str(record.partition).encode()),
             ("dlq.offset", str(record.offset).encode()),
         ]
-        await self._producer.send_and_wait(dlq(record.topic), record.value, key=record.key,
-                                           headers=headers)
+        await self._producer.send_and_wait(
+            dlq(record.topic), record.value, key=record.key, headers=headers
+        )
         metrics.DEAD_LETTERS.labels(self._service, record.topic).inc()
-        log.warning("dead_lettered", topic=record.topic, partition=record.partition,
-                    offset=record.offset, reason=reason)
+        log.warning(
+            "dead_lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            reason=reason,
+        )
 
     async def ready(self) -> bool:
         try:
@@ -92,10 +113,8 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -
         existing = set(await admin.list_topics())
         missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 
@@ -169,8 +188,13 @@ class ConsumerLoop:
             except Exception as exc:
                 metrics.ERRORS.labels(self.service, type(exc).__name__).inc()
                 delay_s = backoff_s(attempt, self.retry_initial_s, self.retry_max_s)
-                log.warning("batch_failed_will_retry", size=len(batch), attempt=attempt,
-                            delay_s=round(delay_s, 2), error=repr(exc))
+                log.warning(
+                    "batch_failed_will_retry",
+                    size=len(batch),
+                    attempt=attempt,
+                    delay_s=round(delay_s, 2),
+                    error=repr(exc),
+                )
                 attempt += 1
                 await asyncio.sleep(delay_s)
 
@@ -182,6 +206,7 @@ class ConsumerLoop:
         offsets = {tp: off for tp, off in offsets.items() if tp in owned}
         if not offsets:
             return
+
         async def commit() -> None:
             try:
                 await self.consumer.commit(offsets)
@@ -189,8 +214,7 @@ class ConsumerLoop:
                 # Partitions moved during the batch: the next owner redelivers, handlers dedupe.
                 log.info("commit_skipped_after_rebalance")
 
-        await retry_forever(commit, what="commit", retryable=(KafkaError,),
-                            max_s=self.retry_max_s)
+        await retry_forever(commit, what="commit", retryable=(KafkaError,), max_s=self.retry_max_s)
 
     def _report_lag(self, batch: list[Record]) -> None:
         seen = {(r.topic, r.partition): r.offset for r in batch}
@@ -198,16 +222,23 @@ class ConsumerLoop:
             end = self.consumer.highwater(TopicPartition(topic, partition))
             if end is not None:
                 metrics.CONSUMER_LAG.labels(self.service, topic, str(partition)).set(
-                    max(0, end - offset - 1))
+                    max(0, end - offset - 1)
+                )
 
 
 def make_consumer(
-    bootstrap: str, group_id: str, client_id: str, *topics: str,
+    bootstrap: str,
+    group_id: str,
+    client_id: str,
+    *topics: str,
     listener: ConsumerRebalanceListener | None = None,
 ) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group_id, client_id=client_id,
-        enable_auto_commit=False, auto_offset_reset="earliest",
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     consumer.subscribe(list(topics), listener=listener or Assignment())

@@ -8,17 +8,21 @@ EVENTS_IN = Counter("rebound_events_in_total", "Events received", ["service", "s
 EVENTS_OUT = Counter("rebound_events_out_total", "Events produced", ["service", "topic"])
 ERRORS = Counter("rebound_errors_total", "Errors by kind", ["service", "kind"])
 DEAD_LETTERS = Counter("rebound_dead_letters_total", "Messages sent to a DLQ", ["service", "topic"])
-CONSUMER_LAG = Gauge("rebound_consumer_lag", "Records behind the partition end",
-                     ["service", "topic", "partition"])
+CONSUMER_LAG = Gauge(
+    "rebound_consumer_lag", "Records behind the partition end", ["service", "topic", "partition"]
+)
 TIMERS_DUE = Gauge("rebound_timers_due", "Timers due and not yet fired", ["service"])
 TIMERS_FIRED = Counter("rebound_timers_fired_total", "Timers fired", ["service"])
-MAILS_SENT = Counter("rebound_mails_sent_total", "E-mails accepted by the SMTP server",
-                     ["service"])
-MESSAGES_SKIPPED = Counter("rebound_messages_suppressed_total", "Message requests not sent",
-                           ["service", "reason"])
-REQUEST_LATENCY = Histogram("rebound_http_request_seconds", "HTTP handling time",
-                            ["service", "route"],
-                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+MAILS_SENT = Counter("rebound_mails_sent_total", "E-mails accepted by the SMTP server", ["service"])
+MESSAGES_SKIPPED = Counter(
+    "rebound_messages_suppressed_total", "Message requests not sent", ["service", "reason"]
+)
+REQUEST_LATENCY = Histogram(
+    "rebound_http_request_seconds",
+    "HTTP handling time",
+    ["service", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+)
 
 
 def render() -> tuple[bytes, str]:

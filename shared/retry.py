@@ -1,4 +1,4 @@
-"""Backoff for transient failures: a pure function of the attempt number, and a loop that uses it."""
+"""Backoff for transient failures: a pure function of the attempt, and a loop using it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ log = get_logger(__name__)
 
 def backoff_s(attempt: int, initial_s: float, max_s: float, jitter: float = 0.2) -> float:
     """Exponential backoff with +-jitter; attempt 0 is the first retry."""
-    base = min(max_s, initial_s * (2 ** min(attempt, 30)))
+    base: float = min(max_s, initial_s * 2.0 ** min(attempt, 30))
     return base * (1 + random.uniform(-jitter, jitter))
 
 
@@ -39,8 +39,8 @@ async def retry_forever(
             return await operation()
         except retryable as exc:
             delay_s = backoff_s(attempt, initial_s, max_s)
-            log.warning("retrying", what=what, attempt=attempt, delay_s=round(delay_s, 2),
-                        error=repr(exc))
+            log.warning(
+                "retrying", what=what, attempt=attempt, delay_s=round(delay_s, 2), error=repr(exc)
+            )
             attempt += 1
             await sleep(delay_s)
-

@@ -32,8 +32,7 @@ class Loops:
             except Exception as exc:
                 metrics.ERRORS.labels(self._service, f"loop:{name}").inc()
                 delay_s = backoff_s(attempt, 0.5, 15.0)
-                log.exception("loop_crashed", loop=name, delay_s=round(delay_s, 2),
-                              error=repr(exc))
+                log.exception("loop_crashed", loop=name, delay_s=round(delay_s, 2), error=repr(exc))
                 attempt += 1
                 await asyncio.sleep(delay_s)
 

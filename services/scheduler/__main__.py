@@ -1,0 +1,64 @@
+"""python -m services.scheduler run | migrate | load-journeys"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+import uvloop
+
+from shared.clock import SystemClock
+from shared.logging import configure_logging
+
+cli = typer.Typer(
+    help="Rebound scheduler: journeys, enrolments, durable timers.", no_args_is_help=True
+)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@cli.command()
+def run() -> None:
+    """Serve the control-plane API and run the activity consumer, timers and outbox relay."""
+    from services.scheduler.app import SchedulerService
+    from services.scheduler.settings import SchedulerSettings
+    from shared.http import serve
+
+    settings = SchedulerSettings()
+    configure_logging("scheduler", settings.log_level, settings.log_json)
+    service = SchedulerService(settings, SystemClock())
+    uvloop.run(serve(service, settings.http_host, settings.http_port))
+
+
+@cli.command()
+def migrate() -> None:
+    """Create or upgrade the scheduler's tables (schema `scheduler`)."""
+    from services.scheduler.settings import SchedulerSettings
+    from shared.db import upgrade
+
+    upgrade(MIGRATIONS, SchedulerSettings().database_url, "scheduler")
+
+
+@cli.command("load-journeys")
+def load_journeys_command(directory: Path | None = None) -> None:
+    """Store the journey definitions (default: the shipped ones) in the database."""
+    from services.scheduler.journeys_loader import load_journeys
+    from services.scheduler.settings import SchedulerSettings
+    from shared.db import make_engine
+
+    settings = SchedulerSettings()
+
+    async def load() -> None:
+        engine = make_engine(settings.database_url)
+        try:
+            loaded = await load_journeys(engine, directory or settings.journeys_dir, SystemClock())
+        finally:
+            await engine.dispose()
+        for journey in loaded:
+            typer.echo(f"journey {journey.id} v{journey.version}: {journey.name}")
+
+    asyncio.run(load())
+
+
+if __name__ == "__main__":
+    cli()

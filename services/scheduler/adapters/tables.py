@@ -1,0 +1,77 @@
+"""The scheduler's tables (schema `scheduler`), mirrored from migrations/ for SQLAlchemy Core."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+SCHEMA = "scheduler"
+TS = sa.DateTime(timezone=True)
+metadata = sa.MetaData(schema=SCHEMA)
+
+journeys = sa.Table(
+    "journeys",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("definition", JSONB, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("loaded_at", TS, nullable=False),
+)
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("customer_key", sa.Text, primary_key=True),
+    sa.Column("shop_id", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("profile", JSONB, nullable=False),
+    sa.Column("cart", JSONB),
+    sa.Column("updated_at", TS, nullable=False),
+)
+processed_activities = sa.Table(
+    "processed_activities",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("processed_at", TS, nullable=False),
+)
+enrollments = sa.Table(
+    "enrollments",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("journey_id", sa.Text, nullable=False),
+    sa.Column("journey_version", sa.Integer, nullable=False),
+    sa.Column("customer_key", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("step_index", sa.Integer, nullable=False),
+    sa.Column("holdout", sa.Boolean, nullable=False),
+    sa.Column("exit_reason", sa.Text),
+    sa.Column("entered_at", TS, nullable=False),
+    sa.Column("updated_at", TS, nullable=False),
+)
+timers = sa.Table(
+    "timers",
+    metadata,
+    sa.Column("enrollment_id", sa.BigInteger, primary_key=True),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("step_id", sa.Text, nullable=False),
+    sa.Column("due_at", TS, nullable=False),
+)
+message_requests = sa.Table(
+    "message_requests",
+    metadata,
+    sa.Column("request_key", sa.Text, primary_key=True),
+    sa.Column("enrollment_id", sa.BigInteger, nullable=False),
+    sa.Column("step_id", sa.Text, nullable=False),
+    sa.Column("variant", sa.Text),
+    sa.Column("requested_at", TS, nullable=False),
+)
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", TS, nullable=False),
+)

@@ -1,0 +1,97 @@
+"""Wiring: settings -> engine, producer, consumer -> runner -> activity handler and loops."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI
+
+from services.scheduler.api import control_router
+from services.scheduler.consumer import ActivityHandler
+from services.scheduler.loops import OutboxRelay, TimerLoop
+from services.scheduler.runner import JourneyCatalog, Runner
+from services.scheduler.settings import SchedulerSettings
+from shared import db
+from shared.clock import Clock
+from shared.http import ops_router
+from shared.kafka import (
+    Assignment,
+    ConsumerLoop,
+    Publisher,
+    make_consumer,
+    make_producer,
+    start_with_retry,
+)
+from shared.runtime import Loops
+from shared.topics import CUSTOMER_ACTIVITY, Topics
+
+SERVICE = "scheduler"
+
+
+class SchedulerService:
+    def __init__(self, settings: SchedulerSettings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        topics = Topics(settings.topic_prefix)
+        self.engine = db.make_engine(settings.database_url)
+        self.producer = make_producer(settings.kafka_bootstrap_servers, settings.kafka_client_id)
+        self.publisher = Publisher(self.producer, SERVICE)
+        self.assignment = Assignment()
+        self.consumer = make_consumer(
+            settings.kafka_bootstrap_servers,
+            settings.topic_prefix + SERVICE,
+            settings.kafka_client_id,
+            topics.name(CUSTOMER_ACTIVITY),
+            listener=self.assignment,
+        )
+        self.runner = Runner.build(JourneyCatalog(), topics, settings.discount_code)
+        wake_relay = asyncio.Event()
+        self.timers = TimerLoop(
+            self.engine,
+            self.runner,
+            clock,
+            self.assignment,
+            wake_relay,
+            settings.poll_interval_s,
+            settings.claim_batch,
+        )
+        self.relay = OutboxRelay(
+            self.engine, self.runner, self.publisher, wake_relay, settings.poll_interval_s
+        )
+        handler = ActivityHandler(self.engine, self.runner, self.publisher, clock, wake_relay)
+        self.consumer_loop = ConsumerLoop(
+            self.consumer,
+            handler,
+            SERVICE,
+            retry_initial_s=settings.retry_initial_s,
+            retry_max_s=settings.retry_max_s,
+        )
+        self._loops = Loops(SERVICE)
+        self.app = FastAPI(
+            title="Rebound scheduler", description="Journeys, enrolments and durable timers."
+        )
+        self.app.include_router(control_router(self.engine, clock))
+        self.app.include_router(
+            ops_router(
+                {
+                    "database": lambda: db.ping(self.engine),
+                    "broker": self.publisher.ready,
+                }
+            )
+        )
+
+    async def start(self) -> None:
+        self._loops.spawn("producer", self._start_producer)
+        self._loops.spawn("activities", self.consumer_loop.run)
+
+    async def _start_producer(self) -> None:
+        """The producer first: the relay and the timers need it; then they run forever."""
+        await start_with_retry(self.producer, "scheduler producer")
+        self._loops.spawn("outbox", self.relay.run)
+        self._loops.spawn("timers", self.timers.run)
+
+    async def stop(self) -> None:
+        await self._loops.stop()
+        await self.consumer.stop()
+        await self.producer.stop()
+        await self.engine.dispose()

@@ -1,0 +1,190 @@
+"""Journey execution as a pure function: (journey, enrolment, what happened, now) -> decisions.
+
+Deterministic and free of I/O, so a 60-day sequence is tested by handing it times. The
+adapters turn decisions into timer rows and message requests in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Literal
+
+from services.scheduler.domain.conditions import Facts, lookup
+from services.scheduler.domain.journey import EventTrigger, Journey, Send, Step
+from shared.clock import parse_duration
+
+MAX_STEPS_PER_ADVANCE = 100  # a goto loop without a wait is a definition error, not a hang
+
+Status = Literal["active", "exited", "completed"]
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    journey_id: str
+    journey_version: int
+    customer_key: str
+    entered_at: datetime
+    step_index: int = 0
+    status: Status = "active"
+    holdout: bool = False
+    exit_reason: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleTimer:
+    step_id: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    pass
+
+
+@dataclass(frozen=True)
+class RequestMessage:
+    step_id: str
+    send: Send
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
+class PublishDecision:
+    step_id: str
+    decision: str
+
+
+Decision = ScheduleTimer | CancelTimer | RequestMessage | PublishDecision
+
+
+@dataclass(frozen=True)
+class Outcome:
+    enrollment: Enrollment
+    decisions: list[Decision] = field(default_factory=list)
+
+
+def should_enter(journey: Journey, kind: str, facts: Facts, now: datetime) -> bool:
+    trigger = journey.trigger
+    if not journey.active or not isinstance(trigger, EventTrigger) or trigger.event != kind:
+        return False
+    if trigger.max_age is not None:
+        occurred = lookup(facts, trigger.max_age_from)
+        if isinstance(occurred, datetime) and not _within(occurred, trigger.max_age, now):
+            return False
+    return trigger.if_ is None or trigger.if_.holds(facts, now)
+
+
+def enter(journey: Journey, customer_key: str, facts: Facts, now: datetime) -> Outcome:
+    holdout = _bucket(customer_key, journey.id, "holdout") < journey.limits.holdout_percent
+    enrollment = Enrollment(journey.id, journey.version, customer_key, now, holdout=holdout)
+    return advance(journey, enrollment, facts, now)
+
+
+def on_timer(
+    journey: Journey, enrollment: Enrollment, step_id: str, facts: Facts, now: datetime
+) -> Outcome:
+    """A wait ended. A timer for a step the enrolment has left is stale and does nothing."""
+    if enrollment.status != "active" or _current(journey, enrollment).id != step_id:
+        return Outcome(enrollment)
+    return advance(journey, replace(enrollment, step_index=enrollment.step_index + 1), facts, now)
+
+
+def on_activity(
+    journey: Journey, enrollment: Enrollment, kind: str, facts: Facts, now: datetime
+) -> Outcome:
+    """Exit rules first; otherwise a wait that restarts on this kind of activity restarts."""
+    if enrollment.status != "active":
+        return Outcome(enrollment)
+    for rule in journey.exit:
+        if rule.event == kind and (rule.if_ is None or rule.if_.holds(facts, now)):
+            exited = replace(enrollment, status="exited", exit_reason=rule.reason)
+            return Outcome(exited, [CancelTimer()])
+    step = _current(journey, enrollment)
+    if step.wait is not None and kind in step.wait.restart_on:
+        return Outcome(enrollment, [ScheduleTimer(step.id, _due(step, facts, now))])
+    return Outcome(enrollment)
+
+
+def advance(journey: Journey, enrollment: Enrollment, facts: Facts, now: datetime) -> Outcome:
+    """Run steps from the current one until a wait (timer scheduled) or the end."""
+    decisions: list[Decision] = []
+    for _ in range(MAX_STEPS_PER_ADVANCE):
+        if enrollment.step_index >= len(journey.steps):
+            return Outcome(replace(enrollment, status="completed"), decisions)
+        step = journey.steps[enrollment.step_index]
+        if step.wait is not None:
+            decisions.append(ScheduleTimer(step.id, _due(step, facts, now)))
+            return Outcome(enrollment, decisions)
+        if step.end:
+            return Outcome(replace(enrollment, status="completed"), decisions)
+        decisions.extend(_act(journey, enrollment, step))
+        enrollment = replace(
+            enrollment, step_index=_next_index(journey, step, facts, now, enrollment.step_index)
+        )
+    raise ValueError(
+        f"journey {journey.id} loops without a wait at step index {enrollment.step_index}"
+    )
+
+
+def _act(journey: Journey, enrollment: Enrollment, step: Step) -> list[Decision]:
+    if step.send is not None and not enrollment.holdout:
+        send, variant = _pick_variant(step.send, enrollment.customer_key, journey.id, step.id)
+        return [RequestMessage(step.id, send, variant)]
+    if step.publish is not None:
+        return [PublishDecision(step.id, step.publish)]
+    return []
+
+
+def _next_index(journey: Journey, step: Step, facts: Facts, now: datetime, index: int) -> int:
+    if step.branch is not None:
+        target = next((b.goto for b in step.branch if b.if_.holds(facts, now)), step.else_)
+        return journey.index_of(target) if target else index + 1
+    return journey.index_of(step.goto) if step.goto else index + 1
+
+
+def _current(journey: Journey, enrollment: Enrollment) -> Step:
+    return journey.steps[min(enrollment.step_index, len(journey.steps) - 1)]
+
+
+def _due(step: Step, facts: Facts, now: datetime) -> datetime:
+    assert step.wait is not None
+    base = lookup(facts, step.wait.from_) if step.wait.from_ else now
+    start = base if isinstance(base, datetime) else now
+    return start + step.wait.delay
+
+
+def _within(occurred: datetime, max_age: str, now: datetime) -> bool:
+    return now - occurred <= parse_duration(max_age)
+
+
+def _pick_variant(
+    send: Send, customer_key: str, journey_id: str, step_id: str
+) -> tuple[Send, str | None]:
+    """A/B split: stable per customer, so a redelivery or restart picks the same variant."""
+    weighted = [v for v in send.variants if v.weight > 0]
+    if not weighted:
+        return send, None
+    point = _bucket(customer_key, journey_id, step_id) / 100 * sum(v.weight for v in weighted)
+    for variant in weighted:
+        point -= variant.weight
+        if point < 0:
+            break
+    overrides = {
+        k: v
+        for k, v in (
+            ("subject", variant.subject),
+            ("template", variant.template),
+            ("offer", variant.offer),
+        )
+        if v is not None
+    }
+    return send.model_copy(update=overrides), variant.id
+
+
+def _bucket(*parts: str) -> float:
+    """A stable number in [0, 100) for this customer and purpose."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100

@@ -1,0 +1,166 @@
+"""The journey format: a trigger, steps (wait, send, branch, publish, end) and exit rules, as data.
+
+Definitions are YAML files validated by these models and stored per version in the database.
+Every scenario in SCENARIOS.md is expressible (see journeys/examples/); what runs is decided
+by the engine in engine.py.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from services.scheduler.domain.conditions import Condition
+from shared.clock import parse_duration
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+Duration = Annotated[str, Field(pattern=r"^(\d+[smhdw])+$", examples=["3h", "48h", "90d"])]
+
+
+class EventTrigger(Model):
+    """Enrol when an activity of this kind arrives and the condition holds."""
+
+    event: str  # `on` would read as a boolean in YAML 1.1
+    if_: Condition | None = Field(default=None, alias="if")
+    max_age: Duration | None = None  # ignore events older than this (replays, stale carts)
+    max_age_from: str = "event.occurred_at"
+
+
+class SegmentTrigger(Model):
+    """Enrol everyone matching the segment, evaluated on a schedule (win-back, lifecycle)."""
+
+    segment: Condition
+    evaluate_every: Duration = "1d"
+    backfill: bool = False  # on activation, also enrol those already in the segment
+
+
+class Exit(Model):
+    event: str  # `on` would read as a boolean in YAML 1.1
+    if_: Condition | None = Field(default=None, alias="if")
+    reason: str
+
+
+class Wait(Model):
+    for_: Duration = Field(alias="for")
+    from_: str | None = Field(default=None, alias="from")  # a datetime fact; default: now
+    restart_on: list[str] = Field(default_factory=list)  # e.g. a cart change restarts the wait
+
+    @property
+    def delay(self) -> timedelta:
+        return parse_duration(self.for_)
+
+
+class Offer(Model):
+    kind: Literal["discount_code", "free_shipping", "gift", "early_access"]
+    code: str | None = None  # a fixed code; unset: the scheduler's configured code
+    valid_for: Duration | None = None
+    value: str | None = None
+
+
+class Variant(Model):
+    id: str
+    weight: int = Field(default=1, ge=0)
+    subject: str | None = None
+    template: str | None = None
+    offer: Offer | None = None
+
+
+class Send(Model):
+    channel: Literal["email"] = "email"
+    template: str
+    subject: str
+    offer: Offer | None = None
+    variants: list[Variant] = Field(default_factory=list)  # A/B: split at random by weight
+
+
+class Branch(Model):
+    if_: Condition = Field(alias="if")
+    goto: str
+
+
+class Step(Model):
+    """Exactly one of wait / send / branch / publish / end; `goto` jumps after it."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    wait: Wait | None = None
+    send: Send | None = None
+    branch: list[Branch] | None = None
+    else_: str | None = Field(default=None, alias="else")
+    publish: str | None = None  # a decision other channels act on, e.g. customer.sunset
+    end: bool = False
+    goto: str | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Step:
+        actions = [self.wait, self.send, self.branch, self.publish, self.end or None]
+        if sum(a is not None for a in actions) != 1:
+            raise ValueError(f"step {self.id!r} needs exactly one of wait/send/branch/publish/end")
+        if self.branch is None and self.else_ is not None:
+            raise ValueError(f"step {self.id!r}: `else` belongs to a branch step")
+        return self
+
+    @property
+    def kind(self) -> str:
+        for name in ("wait", "send", "branch", "publish"):
+            if getattr(self, name) is not None:
+                return name
+        return "end"
+
+
+class Limits(Model):
+    holdout_percent: float = Field(default=0, ge=0, le=100)  # gets nothing; the report's baseline
+    reentry: Literal["never", "after_exit"] = "after_exit"
+    max_enrolments: int | None = None
+
+
+class Journey(Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: int = Field(ge=1)
+    name: str
+    description: str = ""
+    active: bool = True
+    test_mode: bool = False  # messages go to test_recipients only
+    test_recipients: list[str] = Field(default_factory=list)
+    consent: Literal["marketing", "none"] = "marketing"
+    trigger: EventTrigger | SegmentTrigger
+    exit: list[Exit] = Field(default_factory=list)
+    limits: Limits = Limits()
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_ids(cls, steps: list[Step]) -> list[Step]:
+        ids = [s.id for s in steps]
+        duplicates = {i for i in ids if ids.count(i) > 1}
+        if duplicates:
+            raise ValueError(f"step ids must be unique: {sorted(duplicates)}")
+        return steps
+
+    @model_validator(mode="after")
+    def _targets_exist(self) -> Journey:
+        ids = {s.id for s in self.steps}
+        for step in self.steps:
+            targets = [step.goto, step.else_, *(b.goto for b in step.branch or [])]
+            for target in filter(None, targets):
+                if target not in ids:
+                    raise ValueError(f"step {step.id!r} jumps to unknown step {target!r}")
+        return self
+
+    def index_of(self, step_id: str) -> int:
+        return next(i for i, s in enumerate(self.steps) if s.id == step_id)
+
+    @property
+    def runs_on_events(self) -> bool:
+        return isinstance(self.trigger, EventTrigger)
+
+
+def parse_journey(text: str) -> Journey:
+    data: Any = yaml.safe_load(text)
+    return Journey.model_validate(data)

@@ -1,0 +1,24 @@
+"""Scheduler settings, from REBOUND_SCHEDULER_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+DEFAULT_JOURNEYS_DIR = Path(__file__).parent / "journeys"
+
+
+class SchedulerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="REBOUND_SCHEDULER_", extra="ignore")
+
+    http_port: int = 8002
+    journeys_dir: Path = DEFAULT_JOURNEYS_DIR
+    discount_code: str = Field(
+        default="COMEBACK10", description="Code in the second abandoned-cart reminder."
+    )
+    poll_interval_s: float = Field(default=1.0, description="How often due timers are looked for.")
+    claim_batch: int = 200
