@@ -1,0 +1,122 @@
+"""Wiring: settings -> engine, producer, consumer, mailer -> adapters -> the request handler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI
+
+from services.dispatcher.adapters.mailer import SmtpConfig, SmtpMailer
+from services.dispatcher.adapters.repository import SCHEMA, MessageRepository
+from services.dispatcher.adapters.results import ResultPublisher
+from services.dispatcher.adapters.templates import TemplateRenderer
+from services.dispatcher.consumer import RequestHandler
+from services.dispatcher.dispatch import SERVICE, Dispatcher, SendPolicy
+from services.dispatcher.settings import DispatcherSettings
+from shared import db
+from shared.clock import Clock
+from shared.http import ops_router
+from shared.kafka import (
+    ConsumerLoop,
+    Publisher,
+    make_consumer,
+    make_producer,
+    start_with_retry,
+)
+from shared.runtime import Loops
+from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def migrate(settings: DispatcherSettings) -> None:
+    """Bring the dispatcher schema to head (blocking: call outside the event loop)."""
+    db.upgrade(MIGRATIONS_DIR, settings.database_url, SCHEMA)
+
+
+def smtp_config(settings: DispatcherSettings) -> SmtpConfig:
+    return SmtpConfig(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+        starttls=settings.smtp_starttls,
+        tls=settings.smtp_tls,
+        timeout_s=settings.smtp_timeout_s,
+        local_hostname=settings.smtp_local_hostname,
+    )
+
+
+class DispatcherService:
+    """message.requests -> SMTP -> dispatcher.messages -> engagement.results."""
+
+    def __init__(self, settings: DispatcherSettings, clock: Clock) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.topics = Topics(settings.topic_prefix)
+        self.engine = db.make_engine(settings.database_url, pool_size=settings.concurrency + 2)
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._loops = Loops(SERVICE)
+        self.app = FastAPI(title="Rebound dispatcher")
+        self.app.include_router(
+            ops_router({"database": self._database_ready, "broker": self._broker_ready})
+        )
+
+    async def start(self) -> None:
+        """Returns at once; the loop connects to the broker with backoff in the background."""
+        s = self.settings
+        self._producer = make_producer(s.kafka_bootstrap_servers, f"{s.kafka_client_id}-{SERVICE}")
+        self._consumer = make_consumer(
+            s.kafka_bootstrap_servers,
+            s.topic_prefix + SERVICE,
+            f"{s.kafka_client_id}-{SERVICE}",
+            self.topics.name(MESSAGE_REQUESTS),
+        )
+        self._loops.spawn("requests", self._consume)
+
+    async def _consume(self) -> None:
+        assert self._producer is not None and self._consumer is not None
+        await start_with_retry(self._producer, f"{SERVICE} producer")
+        publisher = Publisher(self._producer, SERVICE)
+        await ConsumerLoop(
+            self._consumer,
+            self._handler(publisher),
+            SERVICE,
+            retry_initial_s=self.settings.retry_initial_s,
+            retry_max_s=self.settings.retry_max_s,
+        ).run()
+
+    def _handler(self, publisher: Publisher) -> RequestHandler:
+        s = self.settings
+        dispatcher = Dispatcher(
+            repository=MessageRepository(self.engine),
+            renderer=TemplateRenderer(),
+            mailer=SmtpMailer(smtp_config(s)),
+            results=ResultPublisher(publisher, self.topics.name(ENGAGEMENT_RESULTS)),
+            clock=self.clock,
+            policy=SendPolicy(
+                mail_from=s.mail_from,
+                max_attempts=s.max_send_attempts,
+                retry_initial_s=s.retry_initial_s,
+                retry_max_s=s.retry_max_s,
+            ),
+        )
+        return RequestHandler(dispatcher, publisher, s.concurrency)
+
+    async def stop(self) -> None:
+        await self._loops.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        await self.engine.dispose()
+
+    async def _database_ready(self) -> bool:
+        return await db.ping(self.engine)
+
+    async def _broker_ready(self) -> bool:
+        if self._producer is None:
+            return False
+        return await Publisher(self._producer, SERVICE).ready()

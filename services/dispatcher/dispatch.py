@@ -1,0 +1,187 @@
+"""One message request, start to finish: decide, claim, send, record, publish.
+
+The row in dispatcher.messages is claimed (status 'sending', committed) before any SMTP
+traffic, so a redelivered request never sends a second e-mail: a final row is republished,
+a row a crash left in 'sending' resolves to "not sent again".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from services.dispatcher.adapters.mailer import SendFailed, SmtpMailer, compose
+from services.dispatcher.adapters.repository import TRANSIENT_DB_ERRORS, MessageRepository
+from services.dispatcher.adapters.results import ResultPublisher
+from services.dispatcher.adapters.templates import TemplateRenderer
+from services.dispatcher.domain.content import RenderedMessage, message_id, render_context
+from services.dispatcher.domain.decisions import (
+    INTERRUPTED_REASON,
+    FailureKind,
+    Next,
+    Seen,
+    after_failure,
+    classify,
+    failure_reason,
+    on_seen_before,
+    suppression_reason,
+)
+from services.dispatcher.domain.records import FinalStatus, MessageRecord, Status
+from shared import metrics
+from shared.clock import Clock
+from shared.events import MessageRequest
+from shared.logging import get_logger
+from shared.retry import backoff_s, retry_forever
+
+SERVICE = "dispatcher"
+log = get_logger(__name__)
+
+
+class SmtpUnavailable(Exception):
+    """The relay could not be reached; the request was released and must be retried later."""
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    mail_from: str
+    max_attempts: int
+    retry_initial_s: float
+    retry_max_s: float
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        repository: MessageRepository,
+        renderer: TemplateRenderer,
+        mailer: SmtpMailer,
+        results: ResultPublisher,
+        clock: Clock,
+        policy: SendPolicy,
+    ) -> None:
+        self._repo = repository
+        self._renderer = renderer
+        self._mailer = mailer
+        self._results = results
+        self._clock = clock
+        self._policy = policy
+
+    async def handle(self, request: MessageRequest) -> None:
+        """Raises InvalidEvent (dead-letter it) or a transient error (retry the batch)."""
+        existing = await self._repo.get(request.request_key)
+        if existing is not None:
+            await self._seen_before(existing)
+            return
+        reason = suppression_reason(request.consent_required, request.marketing_consent)
+        if reason is not None:
+            await self._suppress(request, reason)
+            return
+        rendered = self._renderer.render(request.template, request.subject, render_context(request))
+        if not await self._repo.insert(self._new_record(request, rendered.subject, "sending")):
+            log.info("claimed_by_another_consumer", request_key=request.request_key)
+            return
+        await self._results.publish(await self._deliver(request, rendered))
+
+    async def _seen_before(self, record: MessageRecord) -> None:
+        if on_seen_before(record) is Seen.MARK_INTERRUPTED:
+            log.warning("send_interrupted_not_resent", request_key=record.request_key)
+            metrics.MESSAGES_SKIPPED.labels(SERVICE, "interrupted").inc()
+            record = await self._repo.finish(
+                record.request_key, "failed", INTERRUPTED_REASON, None, self._clock.now()
+            )
+        await self._results.publish(record)
+
+    async def _suppress(self, request: MessageRequest, reason: str) -> None:
+        record = self._new_record(request, request.subject, "suppressed", reason)
+        if await self._repo.insert(record):
+            metrics.MESSAGES_SKIPPED.labels(SERVICE, reason).inc()
+            log.info("message_suppressed", request_key=request.request_key, reason=reason)
+            await self._results.publish(record)
+
+    async def _deliver(self, request: MessageRequest, rendered: RenderedMessage) -> MessageRecord:
+        key = request.request_key
+        mid = message_id(key, self._policy.mail_from)
+        recipient = request.recipient
+        to_name = " ".join(p for p in (recipient.first_name, recipient.last_name) if p)
+        while True:
+            attempts = await self._repo.count_attempt(key, self._clock.now())
+            message = compose(
+                rendered=rendered,
+                mail_from=self._policy.mail_from,
+                to_email=recipient.email,
+                to_name=to_name,
+                message_id=mid,
+                date=self._clock.now(),
+            )
+            try:
+                await self._mailer.send(message)
+            except SendFailed as exc:
+                kind = classify(exc.failure)
+                action = after_failure(kind, attempts, self._policy.max_attempts)
+                metrics.ERRORS.labels(SERVICE, f"smtp_{kind}").inc()
+                log.warning(
+                    "smtp_failed",
+                    request_key=key,
+                    kind=str(kind),
+                    attempt=attempts,
+                    action=str(action),
+                    error=exc.failure.describe(),
+                )
+                if action is Next.RETRY:
+                    await asyncio.sleep(
+                        backoff_s(
+                            attempts - 1, self._policy.retry_initial_s, self._policy.retry_max_s
+                        )
+                    )
+                    continue
+                if action is Next.RELEASE:
+                    await self._repo.release(key)
+                    raise SmtpUnavailable(exc.failure.describe()) from exc
+                return await self._record_failed(
+                    key, kind, failure_reason(kind, exc.failure, attempts)
+                )
+            metrics.MAILS_SENT.labels(SERVICE).inc()
+            log.info("mail_sent", request_key=key, attempts=attempts, message_id=mid)
+            return await self._record(key, "sent", None, mid)
+
+    async def _record_failed(self, key: str, kind: FailureKind, reason: str) -> MessageRecord:
+        metrics.MESSAGES_SKIPPED.labels(SERVICE, f"smtp_{kind}").inc()
+        return await self._record(key, "failed", reason, None)
+
+    async def _record(
+        self, key: str, status: FinalStatus, reason: str | None, smtp_message_id: str | None
+    ) -> MessageRecord:
+        """After SMTP spoke, the outcome is known: wait out a database outage to record it
+        rather than leave the row in 'sending', which would later read as a crash."""
+
+        async def finish() -> MessageRecord:
+            return await self._repo.finish(key, status, reason, smtp_message_id, self._clock.now())
+
+        return await retry_forever(
+            finish,
+            what="record message outcome",
+            initial_s=self._policy.retry_initial_s,
+            max_s=self._policy.retry_max_s,
+            retryable=TRANSIENT_DB_ERRORS,
+        )
+
+    def _new_record(
+        self, request: MessageRequest, subject: str, status: Status, reason: str | None = None
+    ) -> MessageRecord:
+        now = self._clock.now()
+        return MessageRecord(
+            request_key=request.request_key,
+            shop_id=request.shop_id,
+            customer_key=request.customer_key,
+            journey_id=request.journey_id,
+            step_id=request.step_id,
+            email=request.recipient.email,
+            subject=subject,
+            status=status,
+            reason=reason,
+            smtp_message_id=None,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+        )

@@ -1,0 +1,35 @@
+"""Configuration of the dispatcher, from REBOUND_DISPATCHER_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class DispatcherSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="REBOUND_DISPATCHER_", extra="ignore")
+
+    http_port: int = 8003
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = Field(default=False, description="Upgrade with STARTTLS after connect.")
+    smtp_tls: bool = Field(default=False, description="Implicit TLS from the first byte (465).")
+    smtp_timeout_s: float = 10.0
+    smtp_local_hostname: str | None = Field(
+        default=None, description="Name sent in EHLO; default is this host's FQDN."
+    )
+    mail_from: str = "Rebound <hello@shop.example>"
+
+    max_send_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="SMTP attempts per request for transient failures before the batch is "
+        "handed back to the consumer (server unreachable) or the message is "
+        "marked failed (server keeps deferring with 4xx).",
+    )
+    concurrency: int = Field(default=8, ge=1, description="Requests of a batch sent at once.")
