@@ -1,0 +1,1 @@
+"""The only ingest code that talks to PostgreSQL and Kafka."""

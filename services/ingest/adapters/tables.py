@@ -1,0 +1,90 @@
+"""The ingest schema as SQLAlchemy Core tables (the migrations create the same)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+SCHEMA = "ingest"
+metadata = MetaData(schema=SCHEMA)
+
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("processed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("customer_key", Text, primary_key=True),
+    Column("shop_id", Text, nullable=False),
+    Column("customer_id", Text),
+    Column("email", Text),
+    Column("first_name", Text),
+    Column("last_name", Text),
+    Column("locale", Text),
+    Column("marketing_consent", Text),
+    Column("registered_at", DateTime(timezone=True)),
+    Column("orders_count", Integer, nullable=False, server_default=text("0")),
+    Column("total_spent", Numeric, nullable=False, server_default=text("0")),
+    Column("first_order_at", DateTime(timezone=True)),
+    Column("last_order_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("shop_id", Text, primary_key=True),
+    Column("order_id", Text, primary_key=True),
+    Column("customer_key", Text, nullable=False),
+    Column("cart_id", Text),
+    Column("currency", Text),
+    Column("total_price", Numeric, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("placed_at", DateTime(timezone=True), nullable=False),
+    Column("paid_at", DateTime(timezone=True)),
+    Column("cancelled_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("shop_id", Text, primary_key=True),
+    Column("order_id", Text, primary_key=True),
+    Column("line_no", Integer, primary_key=True),
+    Column("product_id", Text),
+    Column("variant_id", Text),
+    Column("sku", Text),
+    Column("title", Text, nullable=False),
+    Column("variant_title", Text),
+    Column("quantity", BigInteger, nullable=False),
+    Column("price", Numeric, nullable=False),
+)
+
+carts = Table(
+    "carts",
+    metadata,
+    Column("shop_id", Text, primary_key=True),
+    Column("cart_id", Text, primary_key=True),
+    Column("customer_key", Text),
+    Column("lines", JSONB, nullable=False),
+    Column("currency", Text),
+    Column("total_price", Numeric),
+    Column("recovery_url", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("status", Text, nullable=False),
+)

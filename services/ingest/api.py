@@ -1,0 +1,293 @@
+"""HTTP edge: Shopify webhooks and the platform-neutral /events API -> canonical events on Kafka.
+
+Both answer 2xx only after the broker acknowledged the event, so a sender that gets an error
+retries; a retried delivery becomes the same event id and changes nothing downstream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from services.ingest.adapters.broker import BrokerUnavailable, EventSink
+from services.ingest.domain import shopify
+from services.ingest.domain.canonical import (
+    SOURCE_API,
+    SOURCE_SHOPIFY,
+    ShopEvent,
+    describe,
+    shop_event,
+)
+from services.ingest.domain.shops import Shop, ShopDirectory, shopify_signature_valid
+from shared import events as ev
+from shared import metrics
+from shared.clock import Clock
+from shared.events import InvalidEvent, stable_event_id
+from shared.logging import get_logger
+
+SERVICE = "ingest"
+log = get_logger(__name__)
+_WEBHOOK_LATENCY = metrics.REQUEST_LATENCY.labels(SERVICE, "/webhooks/shopify")
+_WEBHOOKS_IN = metrics.EVENTS_IN.labels(SERVICE, "shopify")
+_API_IN = metrics.EVENTS_IN.labels(SERVICE, "api")
+
+
+class Accepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    event_id: str = Field(description="The canonical event's id; the same for a redelivery.")
+
+
+class Ignored(BaseModel):
+    status: Literal["ignored"] = "ignored"
+    topic: str | None = None
+
+
+class Problem(BaseModel):
+    error: str = Field(description="Why the request was refused, for the person who sent it.")
+
+
+def _json(content: dict[str, Any], status_code: int) -> Response:
+    return Response(orjson.dumps(content), status_code=status_code, media_type="application/json")
+
+
+def _problem(status_code: int, reason: str) -> Response:
+    return _json({"error": reason}, status_code)
+
+
+async def _emit(sink: EventSink, event: ShopEvent, status_code: int) -> Response:
+    try:
+        await sink.emit(event)
+    except BrokerUnavailable as exc:
+        metrics.ERRORS.labels(SERVICE, "broker_unavailable").inc()
+        log.warning("produce_failed", event_id=event.event.id, error=str(exc))
+        return _problem(503, "the event could not be stored now; retry later")
+    return _json({"status": "accepted", "event_id": event.event.id}, status_code)
+
+
+# --- Shopify webhooks ----------------------------------------------------------------------
+
+
+def shopify_router(shops: ShopDirectory, sink: EventSink, clock: Clock) -> APIRouter:
+    router = APIRouter(tags=["webhooks"])
+
+    @router.post(
+        "/webhooks/shopify",
+        summary="Receive a Shopify webhook delivery",
+        description="Verifies X-Shopify-Hmac-Sha256 against the secret of the shop named in "
+        "X-Shopify-Shop-Domain and produces one canonical event per delivery. "
+        "Topics Rebound does not use are acknowledged and ignored.",
+        responses={
+            200: {"model": Accepted | Ignored},
+            400: {"model": Problem},
+            401: {"model": Problem},
+            503: {"model": Problem},
+        },
+    )
+    async def receive_shopify_webhook(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            return await _shopify_delivery(request, shops, sink, clock)
+        finally:
+            _WEBHOOK_LATENCY.observe(time.perf_counter() - started)
+
+    return router
+
+
+async def _shopify_delivery(
+    request: Request, shops: ShopDirectory, sink: EventSink, clock: Clock
+) -> Response:
+    headers = request.headers
+    body = await request.body()
+    shop = shops.by_shopify_domain(headers.get("x-shopify-shop-domain"))
+    if shop is None or not shopify_signature_valid(
+        body, shop.shopify_secret, headers.get("x-shopify-hmac-sha256")
+    ):
+        metrics.ERRORS.labels(SERVICE, "webhook_unauthenticated").inc()
+        return _problem(401, "unknown shop or invalid X-Shopify-Hmac-Sha256 signature")
+    topic = headers.get("x-shopify-topic")
+    _WEBHOOKS_IN.inc()
+    if not shopify.handles(topic):
+        return _json({"status": "ignored", "topic": topic}, 200)
+    assert topic is not None
+    webhook_id = headers.get("x-shopify-webhook-id")
+    if not webhook_id:
+        return _problem(400, "X-Shopify-Webhook-Id is missing")
+    try:
+        event = _shopify_event(shop, topic, webhook_id, body, clock)
+    except (shopify.MappingError, InvalidEvent) as exc:
+        metrics.ERRORS.labels(SERVICE, "webhook_invalid").inc()
+        return _problem(400, str(exc))
+    return await _emit(sink, event, 200)
+
+
+def _shopify_event(shop: Shop, topic: str, webhook_id: str, body: bytes, clock: Clock) -> ShopEvent:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise shopify.MappingError(f"{topic}: body is not JSON ({exc})") from exc
+    event_type, data = shopify.to_canonical(topic, parsed)
+    assert shop.shopify_domain is not None
+    event_id = stable_event_id("shopify", shop.shopify_domain, webhook_id)
+    return shop_event(
+        type=event_type,
+        source=SOURCE_SHOPIFY,
+        event_id=event_id,
+        shop_id=shop.shop_id,
+        data=data,
+        now=clock.now(),
+    )
+
+
+# --- /events ---------------------------------------------------------------------------------
+
+
+_EXAMPLE: dict[str, JsonValue] = {
+    "type": ev.CART_UPDATED,
+    "id": "cart-42-rev-7",
+    "data": {
+        "cart_id": "42",
+        "customer": {
+            "id": "1001",
+            "email": "ada@example.com",
+            "first_name": "Ada",
+            "marketing_consent": "subscribed",
+        },
+        "lines": [
+            {
+                "product_id": "7",
+                "variant_id": "71",
+                "sku": "MUG-BLUE",
+                "title": "Mug",
+                "variant_title": "Blue",
+                "quantity": 2,
+                "price": "12.50",
+            }
+        ],
+        "currency": "EUR",
+        "total_price": "25.00",
+        "recovery_url": "https://shop.example/cart/42",
+        "updated_at": "2024-10-01T12:00:00Z",
+    },
+}
+
+
+class EventSubmission(BaseModel):
+    """One canonical shop event, for shops that are not on Shopify."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [_EXAMPLE]})
+
+    type: str = Field(
+        description="The canonical event type; `data` must match its payload schema: "
+        + "; ".join(f"`{t}` -> {m.__name__}" for t, m in ev.SHOP_PAYLOADS.items()),
+        json_schema_extra={"enum": list(ev.SHOP_PAYLOADS)},
+    )
+    id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Your idempotency id: a retry with the same id is the same event. "
+        "Without it every request is a new event.",
+    )
+    data: dict[str, Any] = Field(
+        description="The payload. Ids are strings (never numbers); money is a decimal string; "
+        "times are ISO 8601 with an offset."
+    )
+
+
+def _bearer_shop(shops: ShopDirectory) -> Callable[..., Awaitable[Shop]]:
+    async def shop_for_token(
+        authorization: Annotated[str | None, Header(description="Bearer <api token>")] = None,
+    ) -> Shop:
+        scheme, _, token = (authorization or "").partition(" ")
+        shop = shops.by_api_token(token.strip()) if scheme.lower() == "bearer" else None
+        if shop is None:
+            raise _UnauthorizedError
+        return shop
+
+    return shop_for_token
+
+
+class _UnauthorizedError(Exception):
+    """No shop has the presented API token (mapped to 401)."""
+
+
+def events_router(shops: ShopDirectory, sink: EventSink, clock: Clock) -> APIRouter:
+    router = APIRouter(tags=["events"])
+    payload_models: list[type[BaseModel]] = list(dict.fromkeys(ev.SHOP_PAYLOADS.values()))
+    authenticate = _bearer_shop(shops)
+
+    @router.post(
+        "/events",
+        status_code=202,
+        summary="Submit a canonical shop event",
+        description="Authenticated with `Authorization: Bearer <api token>` of the shop. The "
+        "event is acknowledged (202) only after the broker stored it. Payload "
+        "schemas: " + ", ".join(m.__name__ for m in payload_models) + ".",
+        responses={
+            202: {"model": Accepted},
+            400: {"model": Problem},
+            401: {"model": Problem},
+            503: {"model": Problem},
+        },
+        response_model=Accepted,
+    )
+    async def submit_event(
+        submission: EventSubmission,
+        shop: Shop = Depends(authenticate),  # a default: annotations cannot see locals
+    ) -> Response:
+        _API_IN.inc()
+        try:
+            event = _api_event(shop, submission, clock)
+        except InvalidEvent as exc:
+            return _problem(400, str(exc))
+        return await _emit(sink, event, 202)
+
+    return router
+
+
+def _api_event(shop: Shop, submission: EventSubmission, clock: Clock) -> ShopEvent:
+    model = ev.SHOP_PAYLOADS.get(submission.type)
+    if model is None:
+        raise InvalidEvent(
+            f"unknown event type {submission.type!r}; expected one of "
+            + ", ".join(ev.SHOP_PAYLOADS)
+        )
+    try:
+        data = model.model_validate(submission.data)
+    except ValidationError as exc:
+        raise InvalidEvent(f"data invalid: {describe(exc)}") from exc
+    event_id = (
+        stable_event_id("api", shop.shop_id, submission.id) if submission.id else str(uuid.uuid4())
+    )
+    return shop_event(
+        type=submission.type,
+        source=SOURCE_API,
+        event_id=event_id,
+        shop_id=shop.shop_id,
+        data=data,
+        now=clock.now(),
+    )
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        return _problem(400, f"{where}: {err.get('msg', 'invalid')}")
+
+    async def unauthorized(request: Request, exc: Exception) -> Response:
+        return _problem(401, "missing or unknown API token (Authorization: Bearer <token>)")
+
+    app.add_exception_handler(RequestValidationError, bad_request)
+    app.add_exception_handler(_UnauthorizedError, unauthorized)

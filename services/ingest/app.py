@@ -1,0 +1,141 @@
+"""Wiring: settings -> producer, engine, consumer -> adapters -> handlers -> the HTTP app."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest.adapters.broker import KafkaEventSink
+from services.ingest.api import events_router, install_error_handlers, shopify_router
+from services.ingest.consumer import ShopEventsConsumer
+from services.ingest.domain.shops import Shop, ShopDirectory
+from services.ingest.handler import FactsHandler
+from services.ingest.settings import IngestSettings, ShopConfig
+from shared.clock import Clock
+from shared.db import make_engine, ping
+from shared.http import ReadinessCheck, ops_router
+from shared.kafka import ConsumerLoop, make_consumer, make_producer
+from shared.runtime import Loops
+from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics
+
+SERVICE = "ingest"
+T = TypeVar("T")
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def shop_directory(shops: list[ShopConfig]) -> ShopDirectory:
+    return ShopDirectory(
+        Shop(
+            shop_id=s.shop_id,
+            shopify_domain=s.shopify_domain,
+            shopify_secret=s.shopify_secret.get_secret_value().encode()
+            if s.shopify_secret
+            else None,
+            api_token=s.api_token.get_secret_value() if s.api_token else None,
+        )
+        for s in shops
+    )
+
+
+class IngestService:
+    """The HTTP edge (role api), the facts consumer (role consumer), or both (role all)."""
+
+    def __init__(self, settings: IngestSettings, clock: Clock) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._topics = Topics(settings.topic_prefix)
+        self._loops = Loops(SERVICE)
+        self._sink = KafkaEventSink(
+            self._topics.name(SHOP_EVENTS), settings.produce_timeout_s, SERVICE
+        )
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._engine: AsyncEngine | None = None
+        self.app = self._build_app()
+
+    @property
+    def runs_consumer(self) -> bool:
+        return self.settings.role in ("consumer", "all")
+
+    @property
+    def serves_api(self) -> bool:
+        return self.settings.role in ("api", "all")
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(
+            title="Rebound ingest",
+            description="Shop events in: Shopify webhooks and the /events API.",
+        )
+        checks: dict[str, ReadinessCheck] = {"broker": self._broker_ready}
+        if self.runs_consumer:
+            checks["database"] = self._database_ready
+        app.include_router(ops_router(checks))
+        if self.serves_api:
+            shops = shop_directory(self.settings.shops)
+            app.include_router(shopify_router(shops, self._sink, self._clock))
+            app.include_router(events_router(shops, self._sink, self._clock))
+            install_error_handlers(app)
+        return app
+
+    async def start(self) -> None:
+        """Returns at once; the broker and database connections come up in the background."""
+        s = self.settings
+        self._producer = make_producer(s.kafka_bootstrap_servers, f"{s.kafka_client_id}-ingest")
+        self._loops.spawn("producer", lambda: self._sink.run(self._require(self._producer)))
+        if self.runs_consumer:
+            self._engine = make_engine(s.database_url, pool_size=s.db_pool_size)
+            self._consumer = make_consumer(
+                s.kafka_bootstrap_servers,
+                s.topic_prefix + SERVICE,
+                f"{s.kafka_client_id}-ingest",
+                self._topics.name(SHOP_EVENTS),
+            )
+            self._loops.spawn("consumer", self._consume)
+
+    async def _consume(self) -> None:
+        publisher = await self._sink.started()
+        handler = FactsHandler(
+            self._require(self._engine), publisher, self._topics.name(CUSTOMER_ACTIVITY)
+        )
+        consumer = ShopEventsConsumer(handler, publisher)
+        await ConsumerLoop(
+            self._require(self._consumer),
+            consumer.handle,
+            SERVICE,
+            max_records=self.settings.consumer_batch_max,
+            retry_initial_s=self.settings.retry_initial_s,
+            retry_max_s=self.settings.retry_max_s,
+        ).run()
+
+    async def stop(self) -> None:
+        await self._loops.stop()
+        if self._consumer is not None:
+            await _quietly(self._consumer.stop())
+        if self._producer is not None:
+            await _quietly(self._producer.stop())
+        if self._engine is not None:
+            await self._engine.dispose()
+
+    async def _broker_ready(self) -> bool:
+        publisher = self._sink.publisher
+        return publisher is not None and await publisher.ready()
+
+    async def _database_ready(self) -> bool:
+        return self._engine is not None and await ping(self._engine)
+
+    @staticmethod
+    def _require(value: T | None) -> T:
+        assert value is not None, "start() first"
+        return value
+
+
+async def _quietly(stopping: Awaitable[None]) -> None:
+    # Stopping a client that never connected may raise; shutting down goes on regardless.
+    with contextlib.suppress(Exception):
+        await stopping

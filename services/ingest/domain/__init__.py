@@ -1,0 +1,1 @@
+"""Pure ingest logic: webhook verification, platform mapping, folding events into facts."""

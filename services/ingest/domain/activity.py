@@ -1,0 +1,65 @@
+"""customer.activity: each applied shop event, with the customer's facts as they now stand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from services.ingest.domain.facts import ShopEventIn
+from shared import events as ev
+
+SOURCE_ACTIVITY = "rebound/ingest/facts"
+
+
+def activity_id(source_event_id: str) -> str:
+    """The same source event always yields the same activity id, so consumers can dedupe."""
+    return ev.stable_event_id("activity", source_event_id)
+
+
+def activity_events(
+    events: Iterable[ShopEventIn],
+    owners: Mapping[tuple[str, str], str],
+    profiles: Mapping[str, ev.Profile],
+    open_carts: Mapping[str, ev.CartSnapshot],
+) -> list[tuple[str, ev.CloudEvent]]:
+    """(key, event) per shop event whose customer is known; an unclaimed cart yields none.
+
+    `owners` names the customer of carts that arrived anonymously but were claimed since.
+    """
+    out: list[tuple[str, ev.CloudEvent]] = []
+    for event in events:
+        key = event.customer_key or _owner(event, owners)
+        profile = profiles.get(key) if key else None
+        if key is None or profile is None:
+            continue
+        out.append((key, _activity(event, key, profile, open_carts.get(key))))
+    return out
+
+
+def _owner(event: ShopEventIn, owners: Mapping[tuple[str, str], str]) -> str | None:
+    if isinstance(event.data, ev.CartUpdated):
+        return owners.get((event.shop_id, event.data.cart_id))
+    return None
+
+
+def _activity(
+    event: ShopEventIn, key: str, profile: ev.Profile, cart: ev.CartSnapshot | None
+) -> ev.CloudEvent:
+    order = event.data if isinstance(event.data, ev.OrderEvent) else None
+    data = ev.Activity(
+        kind=event.type,
+        source_event_id=event.event_id,
+        occurred_at=event.occurred_at,
+        profile=profile,
+        cart=cart,
+        order_id=order.order_id if order else None,
+        order_total=order.total_price if order else None,
+    )
+    return ev.make_event(
+        type=ev.CUSTOMER_ACTIVITY,
+        source=SOURCE_ACTIVITY,
+        id=activity_id(event.event_id),
+        time=event.time,
+        subject=key,
+        shop_id=event.shop_id,
+        data=data,
+    )

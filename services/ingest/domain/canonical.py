@@ -1,0 +1,54 @@
+"""A canonical shop event ready for the broker: its CloudEvent, the record key, the subject."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from shared.events import CartUpdated, CloudEvent, Contract, customer_key, make_event
+
+SOURCE_SHOPIFY = "rebound/ingest/shopify"
+SOURCE_API = "rebound/ingest/api"
+
+
+@dataclass(frozen=True)
+class ShopEvent:
+    key: str
+    event: CloudEvent
+
+
+def cart_key(shop_id: str, cart_id: str) -> str:
+    """Key of a cart nobody has claimed yet: its updates stay ordered until a customer shows up."""
+    return f"{shop_id}:cart:{cart_id}"
+
+
+def subject_and_key(shop_id: str, data: Contract) -> tuple[str | None, str]:
+    """The customer key (subject) and the record key; anonymous carts are keyed by the cart."""
+    customer = getattr(data, "customer", None)
+    if customer is not None and (customer.id or customer.email):
+        key = customer_key(shop_id, customer.id, customer.email)
+        return key, key
+    if isinstance(data, CartUpdated):
+        return None, cart_key(shop_id, data.cart_id)
+    # Raises InvalidEvent with the reason.
+    key = customer_key(shop_id, None, None)
+    return key, key
+
+
+def shop_event(
+    *, type: str, source: str, event_id: str, shop_id: str, data: Contract, now: datetime
+) -> ShopEvent:
+    subject, key = subject_and_key(shop_id, data)
+    event = make_event(
+        type=type, source=source, id=event_id, time=now, subject=subject, shop_id=shop_id, data=data
+    )
+    return ShopEvent(key=key, event=event)
+
+
+def describe(exc: ValidationError) -> str:
+    """The first validation error as `where: what`, for a 400 answer or a dead letter."""
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "body"
+    return f"{where}: {err['msg']}"

@@ -1,0 +1,3 @@
+from shared.alembic import run_env
+
+run_env()
