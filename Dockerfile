@@ -21,7 +21,8 @@ COPY services ./services
 # Everything the services read at run time (migrations, journeys, templates, schemas) is
 # package data, so the image runs from the installed package and holds no source tree.
 RUN pip install --no-deps . \
-    && python -c "import services.ingest, services.scheduler, services.dispatcher, shared.schemas"
+    && cd / && python -c "import services.ingest.__main__, services.scheduler.__main__, \
+services.dispatcher.__main__, shared.schemas"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="rebound" \
