@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from shared import metrics
 from shared.events import CONTENT_TYPE, CloudEvent, encode
@@ -224,6 +225,24 @@ class ConsumerLoop:
                 metrics.CONSUMER_LAG.labels(self.service, topic, str(partition)).set(
                     max(0, end - offset - 1)
                 )
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Leave the group, then stop, so the partitions move to another instance at once.
+
+    aiokafka only sends LeaveGroup for generation > 0, but Tansu numbers the first generation
+    0; without this a restarted instance waits for the old member's session to expire.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None and coordinator.generation == 0 and coordinator.member_id:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                coordinator._send_req(
+                    LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+                ),
+                2.0,
+            )
+    await consumer.stop()
 
 
 def make_consumer(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import shutil
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -44,10 +46,9 @@ class Infra:
 
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
-    base = devstack.LOCAL / "test"
+    """One PostgreSQL cluster and one broker per test session, in a folder of its own."""
+    base = devstack.LOCAL / "test" / f"session-{os.getpid()}"
     pg = devstack.Postgres(base / "pg" / "data", devstack.free_port(), durable=False)
-    if pg.running():
-        pg.stop()
     pg.start()
     broker_port = devstack.free_port()
     tansu = devstack.start_tansu(broker_port, base / "tansu.log")
@@ -56,6 +57,7 @@ def infra() -> Iterator[Infra]:
     finally:
         devstack.stop_process(tansu)
         pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def migrations_dir(service: str) -> Path:
@@ -107,8 +109,7 @@ def clock() -> ManualClock:
     return ManualClock(datetime(2022, 1, 1, tzinfo=UTC))
 
 
-async def eventually(predicate: object, timeout_s: float = 15.0, what: str = "condition"
-                     ) -> None:
+async def eventually(predicate: object, timeout_s: float = 15.0, what: str = "condition") -> None:
     """Wait (in real time) for asynchronous processing, not for a domain delay."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:

@@ -21,6 +21,7 @@ from shared.kafka import (
     make_consumer,
     make_producer,
     start_with_retry,
+    stop_consumer,
 )
 from shared.runtime import Loops
 from shared.topics import CUSTOMER_ACTIVITY, Topics
@@ -92,6 +93,6 @@ class SchedulerService:
 
     async def stop(self) -> None:
         await self._loops.stop()
-        await self.consumer.stop()
+        await stop_consumer(self.consumer)
         await self.producer.stop()
         await self.engine.dispose()

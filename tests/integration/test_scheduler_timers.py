@@ -1,0 +1,197 @@
+"""The scheduler on real PostgreSQL and the real broker: activity in, message requests out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from services.scheduler.adapters.tables import enrollments, timers
+from services.scheduler.app import SchedulerService
+from services.scheduler.journeys_loader import load_journeys
+from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
+from shared import events
+from shared.clock import ManualClock
+from shared.events import Activity, CartSnapshot, Line, MessageRequest, Profile
+from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
+from tests.conftest import Infra, eventually
+
+KEY = "shop:c:603851970716743400"
+
+
+def activity(
+    clock: ManualClock, kind: str = events.CART_UPDATED, source_id: str = "e1", lines: int = 2
+) -> events.CloudEvent:
+    profile = Profile(
+        key=KEY,
+        shop_id="shop",
+        email="john@example.com",
+        first_name="John",
+        marketing_consent="subscribed",
+    )
+    cart = CartSnapshot(
+        cart_id="cart-1",
+        updated_at=clock.now(),
+        currency="USD",
+        lines=[Line(title="IPod Nano - 8GB", quantity=1, price=Decimal("199.00"))] * lines,
+    )
+    data = Activity(
+        kind=kind,
+        source_event_id=source_id,
+        occurred_at=clock.now(),
+        profile=profile,
+        cart=cart if kind == events.CART_UPDATED else None,
+    )
+    return events.make_event(
+        type=events.CUSTOMER_ACTIVITY,
+        source="test",
+        subject=KEY,
+        id=events.stable_event_id("activity", source_id),
+        time=clock.now(),
+        shop_id="shop",
+        data=data,
+    )
+
+
+@pytest.fixture
+async def scheduler_settings(infra: Infra, database_url: str, topics: Topics) -> SchedulerSettings:
+    return SchedulerSettings(
+        database_url=database_url,
+        topic_prefix=topics.prefix,
+        kafka_bootstrap_servers=infra.bootstrap,
+        discount_code="SAVE10",
+    )
+
+
+@pytest.fixture
+async def producer(infra: Infra) -> AsyncIterator[AIOKafkaProducer]:
+    producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all")
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+async def start_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
+    service = SchedulerService(settings, clock)
+    await service.start()
+    await eventually(lambda: bool(service.assignment.partitions), what="partitions assigned")
+    return service
+
+
+async def send(producer: AIOKafkaProducer, topics: Topics, event: events.CloudEvent) -> None:
+    await producer.send_and_wait(
+        topics.name(CUSTOMER_ACTIVITY), events.encode(event), key=KEY.encode()
+    )
+
+
+async def requests(infra: Infra, topics: Topics) -> list[MessageRequest]:
+    consumer = AIOKafkaConsumer(
+        topics.name(MESSAGE_REQUESTS),
+        bootstrap_servers=infra.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=500)
+    finally:
+        await consumer.stop()
+    return [
+        events.payload(events.decode(r.value), MessageRequest)
+        for records in batch.values()
+        for r in records
+    ]
+
+
+async def count(settings: SchedulerSettings, table: sa.Table) -> int:
+    from shared.db import make_engine
+
+    engine = make_engine(settings.database_url)
+    async with engine.connect() as conn:
+        n = await conn.scalar(sa.select(sa.func.count()).select_from(table))
+    await engine.dispose()
+    return int(n or 0)
+
+
+async def test_a_cart_becomes_two_requests_three_and_fifty_one_hours_later(
+    infra: Infra,
+    topics: Topics,
+    scheduler_settings: SchedulerSettings,
+    clock: ManualClock,
+    producer: AIOKafkaProducer,
+) -> None:
+    service = await start_scheduler(scheduler_settings, clock)
+    try:
+        await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
+        await send(producer, topics, activity(clock))
+        await send(producer, topics, activity(clock))  # redelivered: no second enrolment
+        await eventually(lambda: count(scheduler_settings, timers), what="timer stored")
+        await clock.advance(timedelta(hours=2, minutes=59))
+        assert await requests(infra, topics) == []
+        await clock.advance(timedelta(minutes=1))
+        await eventually(lambda: _has(infra, topics, 1), what="first request")
+        await clock.advance(timedelta(hours=48))
+        await eventually(lambda: _has(infra, topics, 2), what="second request")
+        first, second = await requests(infra, topics)
+        assert first.template == "abandoned_cart_reminder"
+        assert first.recipient.email == "john@example.com"
+        assert len(first.context["cart"]["lines"]) == 2
+        assert second.context["offer"]["code"] == "SAVE10"
+        assert await count(scheduler_settings, enrollments) == 1
+    finally:
+        await service.stop()
+
+
+async def test_an_order_before_the_reminder_means_no_request(
+    infra: Infra,
+    topics: Topics,
+    scheduler_settings: SchedulerSettings,
+    clock: ManualClock,
+    producer: AIOKafkaProducer,
+) -> None:
+    service = await start_scheduler(scheduler_settings, clock)
+    try:
+        await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
+        await send(producer, topics, activity(clock))
+        await eventually(lambda: count(scheduler_settings, timers), what="timer stored")
+        await send(producer, topics, activity(clock, events.ORDER_PLACED, "order-1"))
+        await eventually(lambda: _no_timers(scheduler_settings), what="timer cancelled")
+        await clock.advance(timedelta(hours=60))
+        await service.timers.fire_due()
+        assert await requests(infra, topics) == []
+    finally:
+        await service.stop()
+
+
+async def test_timers_due_while_the_scheduler_was_down_fire_once_after_restart(
+    infra: Infra,
+    topics: Topics,
+    scheduler_settings: SchedulerSettings,
+    clock: ManualClock,
+    producer: AIOKafkaProducer,
+) -> None:
+    first = await start_scheduler(scheduler_settings, clock)
+    await load_journeys(first.engine, DEFAULT_JOURNEYS_DIR, clock)
+    await send(producer, topics, activity(clock))
+    await eventually(lambda: count(scheduler_settings, timers), what="timer stored")
+    await first.stop()
+    await clock.advance(timedelta(hours=4))  # due while nobody was running
+    second = await start_scheduler(scheduler_settings, clock)
+    try:
+        await eventually(lambda: _has(infra, topics, 1), what="request after restart")
+        await second.timers.fire_due()
+        assert len(await requests(infra, topics)) == 1
+    finally:
+        await second.stop()
+
+
+async def _has(infra: Infra, topics: Topics, n: int) -> bool:
+    return len(await requests(infra, topics)) >= n
+
+
+async def _no_timers(settings: SchedulerSettings) -> bool:
+    return await count(settings, timers) == 0

@@ -1,0 +1,73 @@
+"""The journey format rejects what cannot run and can express every scenario shops ask for."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.scheduler.domain.conditions import Leaf
+from services.scheduler.domain.journey import parse_journey
+
+JOURNEYS = Path(__file__).parents[3] / "services" / "scheduler" / "journeys"
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("path", sorted(JOURNEYS.glob("**/*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_definition_is_valid(path: Path) -> None:
+    assert parse_journey(path.read_text()).steps
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("steps: [{id: a, wait: {for: 3h}, send: {template: t, subject: s}}]", "exactly one"),
+        ("steps: [{id: a, goto: nowhere, end: true}]", "unknown step"),
+        ("steps: [{id: a, wait: {for: soon}}]", "String should match pattern"),
+        ("steps: [{id: a, end: true}, {id: a, end: true}]", "unique"),
+        (
+            "steps: [{id: a, branch: [{if: {field: wallet.size, op: gt, value: 1}, goto: a}]}]",
+            "facts start with",
+        ),
+    ],
+)
+def test_broken_definitions_say_what_is_wrong(broken: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        parse_journey(f"id: j\nversion: 1\nname: J\ntrigger: {{event: x}}\n{broken}\n")
+
+
+def test_examples_cover_every_scenario() -> None:
+    names = {p.stem for p in (JOURNEYS / "examples").glob("*.yaml")}
+    assert {
+        "win-back",
+        "win-back-personal-rhythm",
+        "lifecycle-since-last-purchase",
+        "anniversary",
+        "registered-never-bought",
+        "post-purchase",
+        "loyalty-threshold",
+    } <= names
+
+
+def test_personal_rhythm_compares_with_the_customers_own_interval() -> None:
+    rule = Leaf(
+        field="profile.days_since_last_order",
+        op="gte",
+        ref="profile.avg_days_between_orders",
+        times=0.9,
+    )
+    assert rule.holds(
+        {"profile": {"days_since_last_order": 46, "avg_days_between_orders": 50}}, NOW
+    )
+    assert not rule.holds(
+        {"profile": {"days_since_last_order": 44, "avg_days_between_orders": 50}}, NOW
+    )
+    assert not rule.holds({"profile": {"days_since_last_order": 44}}, NOW)
+
+
+def test_bounded_windows_use_durations() -> None:
+    recent = Leaf(field="profile.last_order_at", op="within", value="300d")
+    assert recent.holds({"profile": {"last_order_at": datetime(2025, 6, 1, tzinfo=UTC)}}, NOW)
+    assert not recent.holds({"profile": {"last_order_at": datetime(2024, 1, 1, tzinfo=UTC)}}, NOW)
