@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, bindparam, case, func, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest.adapters.tables import carts, customers, order_lines, orders, processed_events
@@ -210,7 +210,7 @@ class FactsRepository:
             select(carts)
             .where(c.customer_key.in_(wanted), c.status == "open")
             .order_by(c.customer_key, c.updated_at.desc())
-            .distinct(c.customer_key)
+            .ext(distinct_on(c.customer_key))
         )
         return {r.customer_key: _cart_snapshot(r._mapping) for r in result}
 
