@@ -11,7 +11,7 @@ import itertools
 import os
 import shutil
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ from shared.topics import Topics  # noqa: E402
 
 SERVICES = ("ingest", "scheduler", "dispatcher")
 TEST_PARTITIONS = 3
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "webhooks" / "shopify-2024-10"
+FIXTURES = ROOT / "tests" / "fixtures" / "shopify-2024-10"
 _counter = itertools.count()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -184,3 +185,135 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+# --- make run ----------------------------------------------------------------------------
+
+RUN_PG_PORT = 55432
+RUN_BROKER_PORT = 59092
+RUN_SMTP_PORT = 1025
+RUN_PORTS = {"ingest": 8001, "scheduler": 8002, "dispatcher": 8003}
+DEV_SHOPS = ('[{"shop_id": "demo", "shopify_domain": "shop.myshopify.com", '
+             '"shopify_secret": "dev-shopify-secret", "api_token": "dev-api-token"}]')
+PARTITIONS = 3
+
+
+def service_env(service: str, pg: Postgres) -> dict[str, str]:
+    prefix = f"REBOUND_{service.upper()}_"
+    env = {
+        prefix + "DATABASE_URL": pg.url,
+        prefix + "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{RUN_BROKER_PORT}",
+        prefix + "HTTP_PORT": str(RUN_PORTS[service]),
+    }
+    if service == "ingest":
+        env[prefix + "SHOPS"] = os.environ.get("REBOUND_INGEST_SHOPS", DEV_SHOPS)
+    if service == "scheduler" and os.environ.get("DEMO_JOURNEYS"):
+        env[prefix + "JOURNEYS_DIR"] = str(ROOT / "deploy" / "local" / "demo-journeys")
+    if service == "dispatcher":
+        env[prefix + "SMTP_HOST"] = "127.0.0.1"
+        env[prefix + "SMTP_PORT"] = str(RUN_SMTP_PORT)
+    return {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+
+
+def run() -> None:
+    """Everything `make run` promises, in order; Ctrl-C (or SIGTERM) stops it all."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    logs = LOCAL / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pg = Postgres(LOCAL / "pg" / "data", RUN_PG_PORT)
+    pg.start()
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        children.append(("tansu", start_tansu(RUN_BROKER_PORT, logs / "tansu.log")))
+        children.append(("mailcatcher", _start_mailcatcher(logs)))
+        _create_topics()
+        for service in RUN_PORTS:
+            _python(["-m", f"services.{service}", "migrate"], service_env(service, pg))
+        _python(["-m", "services.scheduler", "load-journeys"], service_env("scheduler", pg))
+        for service, port in RUN_PORTS.items():
+            proc = subprocess.Popen([sys.executable, "-m", f"services.{service}", "run"],
+                                    env=service_env(service, pg), cwd=ROOT,
+                                    stdout=(logs / f"{service}.log").open("ab"),
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            children.append((service, proc))
+            wait_for_port(port, proc=proc)
+        _banner(pg)
+        _watch(children)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        log("stopping ...")
+        for _, proc in reversed(children):
+            stop_process(proc)
+        pg.stop()
+        log("stopped")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _start_mailcatcher(logs: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "deploy" / "local" / "mailcatcher.py"),
+         "--port", str(RUN_SMTP_PORT), "--dir", str(LOCAL / "mail")],
+        stdout=(logs / "mailcatcher.log").open("ab"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    wait_for_port(RUN_SMTP_PORT, proc=proc)
+    return proc
+
+
+def _create_topics() -> None:
+    import asyncio
+
+    sys.path.insert(0, str(ROOT))
+    from shared.kafka import ensure_topics
+    from shared.topics import Topics
+
+    asyncio.run(ensure_topics(f"127.0.0.1:{RUN_BROKER_PORT}", Topics().all_with_dlq(),
+                              PARTITIONS))
+
+
+def _python(args: list[str], env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, *args], env=env, cwd=ROOT, check=True)
+
+
+def _banner(pg: Postgres) -> None:
+    print(f"""
+Rebound is running. Ctrl-C stops everything.
+
+  Shopify webhooks   POST http://127.0.0.1:{RUN_PORTS["ingest"]}/webhooks/shopify
+                     (shop domain shop.myshopify.com, secret dev-shopify-secret)
+  Events API         POST http://127.0.0.1:{RUN_PORTS["ingest"]}/events  (Bearer dev-api-token)
+                     docs at http://127.0.0.1:{RUN_PORTS["ingest"]}/docs
+  Control-plane API  http://127.0.0.1:{RUN_PORTS["scheduler"]}/journeys  (docs at /docs)
+  Dispatcher         http://127.0.0.1:{RUN_PORTS["dispatcher"]}/readyz
+  Metrics            /metrics on each of the ports above
+  Caught mail        {LOCAL / "mail"}/*.eml  (index: {LOCAL / "mail" / "index.jsonl"})
+  Logs               {LOCAL / "logs"}/<service>.log
+  PostgreSQL         {pg.url}
+  Kafka (Tansu)      127.0.0.1:{RUN_BROKER_PORT}
+
+  Try it: make demo   (posts a signed Shopify checkout; with DEMO_JOURNEYS=1 the reminders
+                       come after 10 s and 20 s instead of 3 h and 48 h)
+""", flush=True)
+
+
+def _watch(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
+    reported: set[str] = set()
+    while True:
+        for name, proc in children:
+            if proc.poll() is not None and name not in reported:
+                reported.add(name)
+                log(f"{name} exited with {proc.returncode}; see {LOCAL / 'logs' / name}.log")
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else "run"
+    if command == "run":
+        run()
+    elif command == "tansu":
+        print(ensure_tansu())
+    else:
+        raise SystemExit(f"unknown command {command!r} (run | tansu)")

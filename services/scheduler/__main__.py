@@ -26,8 +26,13 @@ def run() -> None:
 
     settings = SchedulerSettings()
     configure_logging("scheduler", settings.log_level, settings.log_json)
-    service = SchedulerService(settings, SystemClock())
-    uvloop.run(serve(service, settings.http_host, settings.http_port))
+
+    async def main() -> None:
+        # aiokafka clients bind to the running loop, so the service is built inside it.
+        await serve(SchedulerService(settings, SystemClock()), settings.http_host,
+                    settings.http_port)
+
+    uvloop.run(main())
 
 
 @cli.command()

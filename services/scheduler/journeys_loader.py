@@ -27,6 +27,5 @@ async def load_journeys(engine: AsyncEngine, directory: Path, clock: Clock) -> l
                     f"{journey.id} v{journey.version} is stored with another "
                     "definition; bump `version` in the file"
                 )
-            if existing is None:
-                await repo.add(conn, journey, clock.now())
+            await repo.add(conn, journey, clock.now())  # (re)activates this version
     return journeys

@@ -1,0 +1,57 @@
+# Rebound: every command a person or CI runs. `make run` and `make test` install what is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+TANSU := .local/bin/tansu
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench demo deps venv postgres tansu schemas clean
+
+run: deps ## Start PostgreSQL, Tansu, the mail catcher and the three services (Ctrl-C stops)
+	$(PY) deploy/local/devstack.py run
+
+test: deps ## The whole suite against real PostgreSQL, broker and SMTP server
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff (lint + format check) and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy shared services tests deploy
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: deps ## Webhook throughput/latency and consumer throughput (see BENCHMARKS.md)
+	$(PY) -m tests.bench $(BENCH_ARGS)
+
+demo: venv ## Post a signed Shopify checkout to the running `make run`
+	$(PY) deploy/local/demo.py
+
+schemas: venv ## Regenerate the published JSON Schemas from shared/events.py
+	$(PY) -m shared.schemas
+
+deps: venv postgres tansu
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --require-hashes -r requirements.lock
+	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "rebound.pth").write_text("$(CURDIR)\n")'
+	rm -f $(VENV)/.installed-* && touch $@
+
+postgres: ## The PostgreSQL server binaries (installed from the system's packages if absent)
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  (echo "installing postgresql" && apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
+
+tansu: $(TANSU)
+
+$(TANSU): | venv
+	$(PY) deploy/local/devstack.py tansu
+
+clean: ## Remove the local database, broker binary, caught mail and logs
+	rm -rf .local
