@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from services.ingest.domain.canonical import subject_and_key
 from services.ingest.domain.facts import ShopEventIn, as_utc
-from services.ingest.handler import FactsHandler
+from services.ingest.handler import FactsHandler, UnstorableEvents
 from shared import events as ev
 from shared.kafka import Publisher, Record
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 # PostgreSQL cannot store U+0000 in text or jsonb; such an event would fail its batch forever.
 _JSON_NUL = b"\\u0000"
@@ -42,10 +45,22 @@ class ShopEventsConsumer:
         self._publisher = publisher
 
     async def handle(self, batch: list[Record]) -> None:
-        events: list[ShopEventIn] = []
+        decoded: list[tuple[Record, ShopEventIn]] = []
         for record in batch:
             try:
-                events.append(decode_shop_event(record.value))
+                decoded.append((record, decode_shop_event(record.value)))
             except ev.InvalidEvent as exc:
                 await self._publisher.dead_letter(record, str(exc))
-        await self._facts.apply(events)
+        try:
+            await self._facts.apply([event for _, event in decoded])
+        except UnstorableEvents as exc:
+            log.warning("batch_unstorable_applying_one_by_one", size=len(decoded), error=str(exc))
+            await self._one_by_one(decoded)
+
+    async def _one_by_one(self, decoded: list[tuple[Record, ShopEventIn]]) -> None:
+        """Find the event the database refuses, dead-letter it, and store all the others."""
+        for record, event in decoded:
+            try:
+                await self._facts.apply([event])
+            except UnstorableEvents as exc:
+                await self._publisher.dead_letter(record, f"the database refused it: {exc}")

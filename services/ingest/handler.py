@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.facts_repository import FactsRepository
@@ -16,6 +17,13 @@ from services.ingest.domain.activity import activity_events
 from services.ingest.domain.facts import FactChanges, ShopEventIn, fold, order_totals
 from shared import events as ev
 from shared.kafka import Publisher
+
+# SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
+_CONTENT_SQLSTATE_CLASSES = ("22", "23")
+
+
+class UnstorableEvents(Exception):
+    """The database refused the batch's content (not its availability): retrying cannot help."""
 
 
 class FactsHandler:
@@ -28,18 +36,39 @@ class FactsHandler:
         unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
         if not unique:
             return
-        async with self._engine.begin() as conn:
-            repo = FactsRepository(conn)
-            new_ids = await repo.claim_new([e.event_id for e in unique])
-            await _store(repo, fold(e for e in unique if e.event_id in new_ids))
-            owners = await repo.cart_owners(_unclaimed_carts(unique))
-            keys = {e.customer_key for e in unique if e.customer_key} | set(owners.values())
-            profiles = await repo.profiles(keys)
-            open_carts = await repo.open_carts(keys)
+        try:
+            async with self._engine.begin() as conn:
+                repo = FactsRepository(conn)
+                new_ids = await repo.claim_new([e.event_id for e in unique])
+                await _store(repo, fold(e for e in unique if e.event_id in new_ids))
+                owners = await repo.cart_owners(_unclaimed_carts(unique))
+                keys = {e.customer_key for e in unique if e.customer_key} | set(owners.values())
+                profiles = await repo.profiles(keys)
+                open_carts = await repo.open_carts(keys)
+        except DBAPIError as exc:
+            if refused_content(exc):
+                raise UnstorableEvents(str(exc.orig)) from exc
+            raise
         activity = activity_events(unique, owners, profiles, open_carts)
         await self._publisher.publish_many(
             [(self._activity_topic, key, event) for key, event in activity]
         )
+
+
+def refused_content(exc: DBAPIError) -> bool:
+    """Did the database refuse what it was given (bad value, broken constraint), rather than
+    fail to be there? Only then does retrying not help, and the culprit goes to the DLQ."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    cause: BaseException | None = exc.orig
+    while cause is not None:
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _CONTENT_SQLSTATE_CLASSES:
+            return True
+        if isinstance(cause, ValueError):  # the driver could not encode an argument
+            return True
+        cause = cause.__cause__
+    return False
 
 
 async def _store(repo: FactsRepository, changes: FactChanges) -> None:

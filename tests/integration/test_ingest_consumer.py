@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import text
@@ -192,6 +191,21 @@ async def test_poison_messages_go_to_the_dlq_and_the_next_one_is_processed(
             data={"cart_id": "1"},
         )
     )
+    unstorable = ev.make_event(  # valid, but no PostgreSQL bigint holds the quantity
+        type=ev.ORDER_PLACED,
+        source="test",
+        id="too-many",
+        shop_id=SHOP_ID,
+        time=datetime(2022, 1, 1, tzinfo=UTC),
+        subject=CUSTOMER,
+        data=ev.OrderEvent(
+            order_id="9",
+            customer=ev.Customer(id="9"),
+            total_price=Decimal(1),
+            placed_at=datetime(2022, 1, 1, tzinfo=UTC),
+            lines=[ev.Line(title="x", quantity=2**63, price=Decimal(1))],
+        ),
+    )
     good = ev.make_event(
         type=ev.CUSTOMER_REGISTERED,
         source="test",
@@ -207,6 +221,7 @@ async def test_poison_messages_go_to_the_dlq_and_the_next_one_is_processed(
         b"same-partition",
         b"\x00\xffgarbage",
         valid_envelope_bad_data,
+        ev.encode(unstorable),
         ev.encode(good),
     )
 
@@ -215,9 +230,15 @@ async def test_poison_messages_go_to_the_dlq_and_the_next_one_is_processed(
 
     await eventually(good_applied, what="the good message after the poison")
     dead = await read_topic(infra.bootstrap, dlq(topics.name(SHOP_EVENTS)))
-    assert [value for _, value, _ in dead] == [b"\x00\xffgarbage", valid_envelope_bad_data]
+    assert [value for _, value, _ in dead] == [
+        b"\x00\xffgarbage",
+        valid_envelope_bad_data,
+        ev.encode(unstorable),
+    ]
     reasons = [headers["dlq.reason"].decode() for _, _, headers in dead]
     assert reasons[0].startswith("not a CloudEvent")
     assert "shop.cart.updated.v1 data invalid" in reasons[1]
+    assert reasons[2].startswith("the database refused it")
     assert all(key == b"same-partition" for key, _, _ in dead)
-    assert orjson.loads(ev.encode(good))["id"] == "good"
+    stored = await rows(db, "SELECT customer_id FROM ingest.customers ORDER BY customer_id")
+    assert stored == [{"customer_id": "42"}]
