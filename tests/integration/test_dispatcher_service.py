@@ -1,0 +1,443 @@
+"""The dispatcher against a real broker, PostgreSQL and SMTP server: requests in, e-mails out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+import devstack
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from mailcatcher import CaughtMail, MailStore, start_catcher
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+
+from services.dispatcher.app import DispatcherService
+from services.dispatcher.settings import DispatcherSettings
+from shared.clock import ManualClock
+from shared.db import make_engine
+from shared.events import (
+    MESSAGE_FAILED,
+    MESSAGE_REQUESTED,
+    MESSAGE_SENT,
+    MESSAGE_SUPPRESSED,
+    CloudEvent,
+    MessageRequest,
+    decode,
+    encode,
+    make_event,
+    stable_event_id,
+)
+from shared.kafka import HEADERS, make_producer
+from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics, dlq
+from tests.conftest import Infra, eventually
+
+SHOP = "demo.myshopify.com"
+CART = {
+    "cart_id": "cart-1",
+    "lines": [
+        {"title": "Linen Shirt", "variant_title": "M / Sand", "quantity": 2, "price": "39.00"},
+        {"title": "Canvas Tote", "quantity": 1, "price": "18.50"},
+    ],
+    "currency": "USD",
+    "total_price": "96.50",
+    "recovery_url": f"https://{SHOP}/cart/recover?token=abc",
+    "updated_at": "2022-01-01T00:00:00Z",
+}
+
+
+def message_request(key: str, **overrides: Any) -> MessageRequest:
+    email = overrides.pop("email", f"{key}@example.com")
+    fields: dict[str, Any] = {
+        "request_key": key,
+        "shop_id": SHOP,
+        "customer_key": f"{SHOP}:e:{email}",
+        "journey_id": "abandoned-cart",
+        "journey_version": 1,
+        "step_id": "reminder",
+        "template": "abandoned_cart_reminder",
+        "subject": "{{ recipient.first_name or 'Hello' }}, you left something in your cart",
+        "recipient": {"email": email, "first_name": "Ada", "last_name": "Lovelace"},
+        "consent_required": True,
+        "marketing_consent": "subscribed",
+        "context": {"cart": CART},
+        "requested_at": datetime.fromisoformat("2022-01-01T03:00Z"),
+    }
+    fields.update(overrides)
+    return MessageRequest.model_validate(fields)
+
+
+def request_event(request: MessageRequest) -> CloudEvent:
+    return make_event(
+        type=MESSAGE_REQUESTED,
+        source="tests",
+        time=request.requested_at,
+        id=stable_event_id("request", request.request_key),
+        subject=request.customer_key,
+        shop_id=request.shop_id,
+        data=request,
+    )
+
+
+class Tail:
+    """Every record of a topic from the beginning, collected in the background."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.records: list[Any] = []
+        self._consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._collect())
+
+    async def _collect(self) -> None:
+        async for record in self._consumer:
+            self.records.append(record)
+
+    def events(self) -> list[CloudEvent]:
+        return [decode(r.value) for r in self.records]
+
+    def of(self, request_key: str) -> list[CloudEvent]:
+        return [e for e in self.events() if e.data["request_key"] == request_key]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._consumer.stop()
+
+
+class Harness:
+    def __init__(
+        self,
+        infra: Infra,
+        database_url: str,
+        topics: Topics,
+        clock: ManualClock,
+        store: MailStore,
+        smtp_port: int,
+    ) -> None:
+        self.infra, self.database_url, self.topics, self.clock = infra, database_url, topics, clock
+        self.store, self.smtp_port = store, smtp_port
+        self.producer: AIOKafkaProducer = make_producer(infra.bootstrap, "dispatcher-tests")
+        self.results = Tail(infra.bootstrap, topics.name(ENGAGEMENT_RESULTS))
+        self.dead_letters = Tail(infra.bootstrap, topics.name(dlq(MESSAGE_REQUESTS)))
+        self.engine = make_engine(database_url, pool_size=2)
+        self.service: DispatcherService | None = None
+
+    def settings(self, **overrides: Any) -> DispatcherSettings:
+        fields: dict[str, Any] = {
+            "kafka_bootstrap_servers": self.infra.bootstrap,
+            "database_url": self.database_url,
+            "topic_prefix": self.topics.prefix,
+            "smtp_port": self.smtp_port,
+            "smtp_timeout_s": 2.0,
+            "smtp_local_hostname": "localhost",
+            "retry_initial_s": 0.05,
+            "retry_max_s": 0.5,
+            "mail_from": "Demo Shop <hi@shop.example>",
+        }
+        return DispatcherSettings(**(fields | overrides))
+
+    async def start(self, **overrides: Any) -> DispatcherService:
+        await self.producer.start()
+        await self.results.start()
+        await self.dead_letters.start()
+        self.service = DispatcherService(self.settings(**overrides), self.clock)
+        await self.service.start()
+        return self.service
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+        await self.results.stop()
+        await self.dead_letters.stop()
+        await self.producer.stop()
+        await self.engine.dispose()
+
+    async def send(self, request: MessageRequest) -> None:
+        await self.producer.send_and_wait(
+            self.topics.name(MESSAGE_REQUESTS),
+            encode(request_event(request)),
+            key=request.customer_key.encode(),
+            headers=HEADERS,
+        )
+
+    async def send_raw(self, value: bytes, key: bytes = b"poison") -> None:
+        await self.producer.send_and_wait(self.topics.name(MESSAGE_REQUESTS), value, key=key)
+
+    def mails_to(self, email: str) -> list[CaughtMail]:
+        return [m for m in self.store.messages if email in m.recipients]
+
+    async def row(self, request_key: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT * FROM dispatcher.messages WHERE request_key = :k"),
+                    {"k": request_key},
+                )
+            ).first()
+        return None if row is None else dict(row._mapping)
+
+
+@pytest.fixture
+async def harness(
+    infra: Infra, database_url: str, topics: Topics, clock: ManualClock, mail: tuple[MailStore, int]
+) -> AsyncIterator[Harness]:
+    store, port = mail
+    harness = Harness(infra, database_url, topics, clock, store, port)
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+def results_for(harness: Harness, key: str) -> Callable[[], bool]:
+    return lambda: len(harness.results.of(key)) >= 1
+
+
+async def settle() -> None:
+    """Give a wrong second e-mail or result a chance to show up before asserting it did not."""
+    await asyncio.sleep(0.5)
+
+
+# --- the happy path -----------------------------------------------------------------------
+
+
+async def test_a_request_becomes_one_email_a_sent_row_and_a_sent_event(harness: Harness) -> None:
+    await harness.start()
+    request = message_request("rk-happy", email="ada@example.com")
+    await harness.send(request)
+
+    await eventually(lambda: harness.mails_to("ada@example.com"), 30, "the e-mail")
+    await eventually(results_for(harness, "rk-happy"), what="message.sent")
+    await settle()
+
+    [mail] = harness.mails_to("ada@example.com")
+    message = mail.message
+    assert message["Subject"] == "Ada, you left something in your cart"
+    assert message["From"] == "Demo Shop <hi@shop.example>"
+    assert message["To"] == "Ada Lovelace <ada@example.com>"
+    assert message.get_content_type() == "multipart/alternative"
+    for part in (mail.part("text/plain"), mail.part("text/html")):
+        assert "Linen Shirt" in part and "Canvas Tote" in part
+        assert "$78.00" in part and "$18.50" in part
+        assert f"https://{SHOP}/cart/recover?token=abc" in part
+    assert mail.part("text/plain").startswith("Hi Ada,")
+
+    [event] = harness.results.of("rk-happy")
+    assert event.type == MESSAGE_SENT
+    assert event.id == stable_event_id("result", "rk-happy")
+    assert event.data["status"] == "sent"
+    assert event.data["smtp_message_id"] == message["Message-ID"]
+    assert harness.results.records[0].key == request.customer_key.encode()
+
+    row = await harness.row("rk-happy")
+    assert row is not None
+    assert (row["status"], row["attempts"], row["reason"]) == ("sent", 1, None)
+    assert row["updated_at"] == harness.clock.now()  # times come from the injected clock
+
+
+async def test_many_customers_at_once_each_get_exactly_one_email(harness: Harness) -> None:
+    await harness.start(concurrency=4)
+    keys = [f"rk-many-{n}" for n in range(20)]
+    for key in keys:
+        await harness.send(message_request(key))
+
+    await eventually(lambda: all(harness.results.of(k) for k in keys), 30, "20 results")
+    await settle()
+    assert sorted(len(harness.mails_to(f"{k}@example.com")) for k in keys) == [1] * 20
+
+
+# --- idempotency --------------------------------------------------------------------------
+
+
+async def test_the_same_request_twice_in_a_row_sends_one_email(harness: Harness) -> None:
+    await harness.start()
+    request = message_request("rk-twice")
+    await harness.send(request)
+    await harness.send(request)
+    await harness.send(message_request("rk-after"))  # same partition order: after both copies
+
+    await eventually(lambda: harness.mails_to("rk-after@example.com"), 30, "the later mail")
+    await settle()
+    assert len(harness.mails_to("rk-twice@example.com")) == 1
+
+
+async def test_a_request_redelivered_after_it_was_sent_only_republishes_the_result(
+    harness: Harness,
+) -> None:
+    await harness.start()
+    request = message_request("rk-again")
+    await harness.send(request)
+    await eventually(results_for(harness, "rk-again"), 30, "the first result")
+
+    await harness.send(request)
+    await eventually(lambda: len(harness.results.of("rk-again")) == 2, what="a second result")
+    await settle()
+    assert len(harness.mails_to("rk-again@example.com")) == 1
+    first, second = harness.results.of("rk-again")
+    assert first == second  # the same event, harmless to any consumer
+
+
+async def test_a_request_a_crash_left_mid_send_is_failed_not_sent_again(harness: Harness) -> None:
+    async with harness.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO dispatcher.messages (request_key, shop_id, customer_key, journey_id, "
+                "step_id, email, subject, status, attempts, created_at, updated_at) VALUES "
+                "('rk-crash', :shop, 'k', 'abandoned-cart', 'reminder', 'rk-crash@example.com', "
+                "'hi', 'sending', 1, now(), now())"
+            ),
+            {"shop": SHOP},
+        )
+    await harness.start()
+    await harness.send(message_request("rk-crash"))
+
+    await eventually(results_for(harness, "rk-crash"), 30, "message.failed")
+    await settle()
+    [event] = harness.results.of("rk-crash")
+    assert event.type == MESSAGE_FAILED
+    assert "interrupted while sending" in event.data["reason"]
+    assert harness.mails_to("rk-crash@example.com") == []
+    row = await harness.row("rk-crash")
+    assert row is not None and row["status"] == "failed"
+
+
+# --- consent ------------------------------------------------------------------------------
+
+
+async def test_no_marketing_consent_means_no_email_and_a_recorded_suppression(
+    harness: Harness,
+) -> None:
+    await harness.start()
+    await harness.send(message_request("rk-noconsent", marketing_consent="unsubscribed"))
+
+    await eventually(results_for(harness, "rk-noconsent"), 30, "message.suppressed")
+    await settle()
+    [event] = harness.results.of("rk-noconsent")
+    assert event.type == MESSAGE_SUPPRESSED
+    assert event.data["reason"] == "no_marketing_consent"
+    assert harness.store.messages == []
+    row = await harness.row("rk-noconsent")
+    assert row is not None
+    assert (row["status"], row["reason"], row["attempts"]) == (
+        "suppressed",
+        "no_marketing_consent",
+        0,
+    )
+
+
+async def test_a_journey_that_needs_no_consent_sends_anyway(harness: Harness) -> None:
+    await harness.start()
+    await harness.send(
+        message_request("rk-transactional", consent_required=False, marketing_consent=None)
+    )
+
+    await eventually(lambda: harness.mails_to("rk-transactional@example.com"), 30, "the mail")
+    await eventually(results_for(harness, "rk-transactional"), what="message.sent")
+    assert harness.results.of("rk-transactional")[0].type == MESSAGE_SENT
+
+
+# --- SMTP failures ------------------------------------------------------------------------
+
+
+async def test_a_recipient_refused_by_the_server_fails_once_with_the_reason(
+    harness: Harness,
+) -> None:
+    harness.store.reject_recipients.add("nobody@example.com")
+    await harness.start()
+    await harness.send(message_request("rk-refused", email="nobody@example.com"))
+
+    await eventually(results_for(harness, "rk-refused"), 30, "message.failed")
+    await asyncio.sleep(1.0)  # a retry storm would show up as more attempts or results
+    [event] = harness.results.of("rk-refused")
+    assert event.type == MESSAGE_FAILED
+    assert "550" in event.data["reason"] and "mailbox unavailable" in event.data["reason"]
+    assert harness.store.messages == []
+    row = await harness.row("rk-refused")
+    assert row is not None
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+
+
+async def test_mail_waits_for_an_smtp_server_that_is_down_and_arrives_once_it_is_up(
+    harness: Harness,
+) -> None:
+    port = devstack.free_port()  # nothing listens here yet
+    before = unreachable_count()
+    await harness.start(smtp_port=port, max_send_attempts=2)
+    await harness.send(message_request("rk-down"))
+    # Several in-batch attempts and batch retries hit the closed port first.
+    await eventually(lambda: unreachable_count() >= before + 5, 30, "failed attempts")
+    assert harness.results.of("rk-down") == []
+
+    store = MailStore()
+    controller = start_catcher(store, port)
+    try:
+        await eventually(lambda: store.messages, 30, "the mail after the server came up")
+        await eventually(results_for(harness, "rk-down"), what="message.sent")
+        await settle()
+        assert [m.recipients for m in store.messages] == [["rk-down@example.com"]]
+        [event] = harness.results.of("rk-down")
+        assert event.type == MESSAGE_SENT
+    finally:
+        controller.stop()
+
+
+def unreachable_count() -> float:
+    labels = {"service": "dispatcher", "kind": "smtp_unreachable"}
+    return REGISTRY.get_sample_value("rebound_errors_total", labels) or 0.0
+
+
+# --- what cannot be processed -------------------------------------------------------------
+
+
+async def test_poison_messages_go_to_the_dead_letter_topic_and_the_next_is_processed(
+    harness: Harness,
+) -> None:
+    await harness.start()
+    await harness.send_raw(b"{not json")
+    not_a_request = make_event(
+        type="shop.cart.updated.v1",
+        source="tests",
+        id="e1",
+        time=harness.clock.now(),
+        subject="k",
+        shop_id=SHOP,
+        data=message_request("rk-wrongtype"),
+    )
+    await harness.send_raw(encode(not_a_request))
+    await harness.send(message_request("rk-unknown", template="no_such_template"))
+    await harness.send(message_request("rk-next"))
+
+    await eventually(lambda: harness.mails_to("rk-next@example.com"), 30, "the next mail")
+    await eventually(lambda: len(harness.dead_letters.records) == 3, what="3 dead letters")
+    reasons = sorted(dict(r.headers)["dlq.reason"].decode() for r in harness.dead_letters.records)
+    assert reasons[0].startswith("not a CloudEvent")
+    assert "unexpected event type" in reasons[1]
+    assert "unknown template 'no_such_template'" in reasons[2]
+    assert await harness.row("rk-unknown") is None  # never claimed, nothing half-done
+
+
+# --- operations ---------------------------------------------------------------------------
+
+
+async def test_ready_once_database_and_broker_answer_and_metrics_count_mails(
+    harness: Harness,
+) -> None:
+    service = await harness.start()
+    await harness.send(message_request("rk-metrics"))
+    await eventually(results_for(harness, "rk-metrics"), 30, "message.sent")
+    transport = httpx.ASGITransport(app=service.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher") as client:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": True, "broker": True}
+        metrics = (await client.get("/metrics")).text
+    assert 'rebound_mails_sent_total{service="dispatcher"}' in metrics
