@@ -23,6 +23,7 @@ from shared.kafka import (
     make_consumer,
     make_producer,
     start_with_retry,
+    stop_consumer,
 )
 from shared.runtime import Loops
 from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
@@ -67,11 +68,11 @@ class DispatcherService:
     async def start(self) -> None:
         """Returns at once; the loop connects to the broker with backoff in the background."""
         s = self.settings
-        self._producer = make_producer(s.kafka_bootstrap_servers, f"{s.kafka_client_id}-{SERVICE}")
+        self._producer = make_producer(s.kafka_bootstrap_servers, s.kafka_client_id)
         self._consumer = make_consumer(
             s.kafka_bootstrap_servers,
             s.topic_prefix + SERVICE,
-            f"{s.kafka_client_id}-{SERVICE}",
+            s.kafka_client_id,
             self.topics.name(MESSAGE_REQUESTS),
         )
         self._loops.spawn("requests", self._consume)
@@ -108,7 +109,7 @@ class DispatcherService:
     async def stop(self) -> None:
         await self._loops.stop()
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
         if self._producer is not None:
             await self._producer.stop()
         await self.engine.dispose()

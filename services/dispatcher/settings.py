@@ -12,6 +12,7 @@ class DispatcherSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="REBOUND_DISPATCHER_", extra="ignore")
 
     http_port: int = 8003
+    kafka_client_id: str = "rebound-dispatcher"
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025
