@@ -7,7 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
-    """Common knobs. Every field can also be set without the service prefix via REBOUND_*."""
+    """Knobs every service has; each reads them under its own prefix (REBOUND_INGEST_...)."""
 
     model_config = SettingsConfigDict(env_prefix="REBOUND_", extra="ignore")
 
