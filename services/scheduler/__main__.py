@@ -29,8 +29,9 @@ def run() -> None:
 
     async def main() -> None:
         # aiokafka clients bind to the running loop, so the service is built inside it.
-        await serve(SchedulerService(settings, SystemClock()), settings.http_host,
-                    settings.http_port)
+        await serve(
+            SchedulerService(settings, SystemClock()), settings.http_host, settings.http_port
+        )
 
     uvloop.run(main())
 

@@ -29,6 +29,11 @@ async def test_topics_are_created_with_dlqs(infra: Infra, topics: Topics) -> Non
 
 async def test_mail_catcher_keeps_what_it_accepts(mail: tuple[object, int]) -> None:
     store, port = mail
-    await aiosmtplib.send("Subject: hi\r\n\r\nbody", sender="a@x.test", recipients=["b@y.test"],
-                          hostname="127.0.0.1", port=port)
+    await aiosmtplib.send(
+        "Subject: hi\r\n\r\nbody",
+        sender="a@x.test",
+        recipients=["b@y.test"],
+        hostname="127.0.0.1",
+        port=port,
+    )
     assert [m.recipients for m in store.messages] == [["b@y.test"]]  # type: ignore[attr-defined]

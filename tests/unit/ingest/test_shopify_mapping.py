@@ -70,6 +70,7 @@ def test_a_customer_id_beyond_2_pow_53_survives_exactly() -> None:
         b'"id":603851970716743400', b'"id":9007199254740993'
     )
     _, cart = to_canonical("checkouts/create", orjson.loads(raw))
+    assert isinstance(cart, ev.CartUpdated)
     assert cart.customer.id == "9007199254740993"
     event = shop_event(
         type=ev.CART_UPDATED, source="t", event_id="e", shop_id="s", data=cart, now=NOON

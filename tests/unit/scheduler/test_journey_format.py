@@ -18,8 +18,11 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 DEMO = JOURNEYS.parents[2] / "deploy" / "local" / "demo-journeys"
 
 
-@pytest.mark.parametrize("path", sorted([*JOURNEYS.glob("**/*.yaml"), *DEMO.glob("*.yaml")]),
-                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "path",
+    sorted([*JOURNEYS.glob("**/*.yaml"), *DEMO.glob("*.yaml")]),
+    ids=lambda p: f"{p.parent.name}/{p.stem}",
+)
 def test_every_shipped_definition_is_valid(path: Path) -> None:
     assert parse_journey(path.read_text()).steps
 
