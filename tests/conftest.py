@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
@@ -121,6 +123,19 @@ async def eventually(predicate: object, timeout_s: float = 15.0, what: str = "co
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def read_topic(bootstrap: str, topic: str, wait_ms: int = 300) -> list[Any]:
+    """Every record on `topic` so far (no consumer group, nothing committed)."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=wait_ms)
+    finally:
+        await consumer.stop()
+    return [record for records in batch.values() for record in records]
 
 
 @pytest.fixture(scope="session")

@@ -192,8 +192,9 @@ class Postgres:
                 stdout=subprocess.DEVNULL,
             )
 
-    def psql(self, sql: str, database: str = "postgres") -> None:
-        subprocess.run(
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run one statement as the cluster's owner; returns its unaligned output."""
+        result = subprocess.run(
             [
                 "psql",
                 "-h",
@@ -207,12 +208,15 @@ class Postgres:
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-q",
+                "-tA",
                 "-c",
                 sql,
             ],
+            capture_output=True,
+            text=True,
             check=True,
-            stdout=subprocess.DEVNULL,
         )
+        return result.stdout.strip()
 
     def _initdb(self) -> None:
         if (self.datadir / "PG_VERSION").exists():
@@ -242,25 +246,7 @@ class Postgres:
         log(f"initialised PostgreSQL in {self.datadir}")
 
     def _ensure_database(self, name: str) -> None:
-        result = subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                PG_USER,
-                "-d",
-                "postgres",
-                "-tAc",
-                f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        if result.stdout.strip() != "1":
+        if self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'") != "1":
             self.psql(f'CREATE DATABASE "{name}"')
 
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 import uvicorn
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from mailcatcher import MailStore
 
 from services.dispatcher.app import DispatcherService
@@ -31,7 +31,7 @@ from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
 from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.topics import ENGAGEMENT_RESULTS, SHOP_EVENTS, Topics, dlq
-from tests.conftest import Infra, eventually
+from tests.conftest import Infra, eventually, read_topic
 from tests.unit.ingest.deliveries import (
     CART_TOKEN,
     SHOP,
@@ -283,18 +283,7 @@ async def _messages_recorded(system: System, n: int) -> bool:
 
 
 async def _read(system: System, topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=system.infra.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        batch = await consumer.getmany(timeout_ms=300)
-    finally:
-        await consumer.stop()
-    return [r for records in batch.values() for r in records]
+    return await read_topic(system.infra.bootstrap, topic)
 
 
 async def _eventually_read(system: System, topic: str, n: int) -> list[Any]:

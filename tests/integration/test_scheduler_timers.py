@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from services.scheduler.adapters.tables import enrollments, timers
 from services.scheduler.app import SchedulerService
@@ -18,7 +18,7 @@ from shared import events
 from shared.clock import ManualClock
 from shared.events import Activity, CartSnapshot, Line, MessageRequest, Profile
 from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
-from tests.conftest import Infra, eventually
+from tests.conftest import Infra, eventually, read_topic
 
 KEY = "shop:c:603851970716743400"
 
@@ -89,22 +89,8 @@ async def send(producer: AIOKafkaProducer, topics: Topics, event: events.CloudEv
 
 
 async def requests(infra: Infra, topics: Topics) -> list[MessageRequest]:
-    consumer = AIOKafkaConsumer(
-        topics.name(MESSAGE_REQUESTS),
-        bootstrap_servers=infra.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        batch = await consumer.getmany(timeout_ms=500)
-    finally:
-        await consumer.stop()
-    return [
-        events.payload(events.decode(r.value), MessageRequest)
-        for records in batch.values()
-        for r in records
-    ]
+    records = await read_topic(infra.bootstrap, topics.name(MESSAGE_REQUESTS), wait_ms=500)
+    return [events.payload(events.decode(r.value), MessageRequest) for r in records]
 
 
 async def count(settings: SchedulerSettings, table: sa.Table) -> int:
