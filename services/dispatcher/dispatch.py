@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from email.message import EmailMessage
 
 from services.dispatcher.adapters.mailer import SendFailed, SmtpMailer, compose
 from services.dispatcher.adapters.repository import TRANSIENT_DB_ERRORS, MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
 from services.dispatcher.adapters.templates import TemplateRenderer
-from services.dispatcher.domain.content import RenderedMessage, message_id, render_context
+from services.dispatcher.domain.content import (
+    RenderedMessage,
+    message_id,
+    one_line,
+    render_context,
+)
 from services.dispatcher.domain.decisions import (
     INTERRUPTED_REASON,
     FailureKind,
     Next,
     Seen,
+    SmtpFailure,
     after_failure,
     classify,
     failure_reason,
@@ -29,7 +36,7 @@ from services.dispatcher.domain.decisions import (
 from services.dispatcher.domain.records import FinalStatus, MessageRecord, Status
 from shared import metrics
 from shared.clock import Clock
-from shared.events import MessageRequest
+from shared.events import InvalidEvent, MessageRequest
 from shared.logging import get_logger
 from shared.retry import backoff_s, retry_forever
 
@@ -78,10 +85,28 @@ class Dispatcher:
             await self._suppress(request, reason)
             return
         rendered = self._renderer.render(request.template, request.subject, render_context(request))
+        message = self._compose(request, rendered)
         if not await self._repo.insert(self._new_record(request, rendered.subject, "sending")):
             log.info("claimed_by_another_consumer", request_key=request.request_key)
             return
-        await self._results.publish(await self._deliver(request, rendered))
+        await self._results.publish(await self._deliver(request.request_key, message))
+
+    def _compose(self, request: MessageRequest, rendered: RenderedMessage) -> EmailMessage:
+        """Built before the claim: a request that cannot become a mail is dead-lettered."""
+        recipient = request.recipient
+        try:
+            return compose(
+                rendered=rendered,
+                mail_from=self._policy.mail_from,
+                to_email=recipient.email,
+                to_name=one_line(
+                    " ".join(filter(None, (recipient.first_name, recipient.last_name)))
+                ),
+                message_id=message_id(request.request_key, self._policy.mail_from),
+                date=self._clock.now(),
+            )
+        except ValueError as exc:  # e.g. a header the email package refuses
+            raise InvalidEvent(f"cannot build the e-mail: {exc}") from exc
 
     async def _seen_before(self, record: MessageRecord) -> None:
         if on_seen_before(record) is Seen.MARK_INTERRUPTED:
@@ -99,51 +124,44 @@ class Dispatcher:
             log.info("message_suppressed", request_key=request.request_key, reason=reason)
             await self._results.publish(record)
 
-    async def _deliver(self, request: MessageRequest, rendered: RenderedMessage) -> MessageRecord:
-        key = request.request_key
-        mid = message_id(key, self._policy.mail_from)
-        recipient = request.recipient
-        to_name = " ".join(p for p in (recipient.first_name, recipient.last_name) if p)
+    async def _deliver(self, key: str, message: EmailMessage) -> MessageRecord:
         while True:
             attempts = await self._repo.count_attempt(key, self._clock.now())
-            message = compose(
-                rendered=rendered,
-                mail_from=self._policy.mail_from,
-                to_email=recipient.email,
-                to_name=to_name,
-                message_id=mid,
-                date=self._clock.now(),
-            )
             try:
                 await self._mailer.send(message)
             except SendFailed as exc:
-                kind = classify(exc.failure)
-                action = after_failure(kind, attempts, self._policy.max_attempts)
-                metrics.ERRORS.labels(SERVICE, f"smtp_{kind}").inc()
-                log.warning(
-                    "smtp_failed",
-                    request_key=key,
-                    kind=str(kind),
-                    attempt=attempts,
-                    action=str(action),
-                    error=exc.failure.describe(),
-                )
-                if action is Next.RETRY:
-                    await asyncio.sleep(
-                        backoff_s(
-                            attempts - 1, self._policy.retry_initial_s, self._policy.retry_max_s
-                        )
-                    )
+                outcome = await self._after_failure(key, exc.failure, attempts)
+                if outcome is None:
                     continue
-                if action is Next.RELEASE:
-                    await self._repo.release(key)
-                    raise SmtpUnavailable(exc.failure.describe()) from exc
-                return await self._record_failed(
-                    key, kind, failure_reason(kind, exc.failure, attempts)
-                )
+                return outcome
             metrics.MAILS_SENT.labels(SERVICE).inc()
+            mid = str(message["Message-ID"])
             log.info("mail_sent", request_key=key, attempts=attempts, message_id=mid)
             return await self._record(key, "sent", None, mid)
+
+    async def _after_failure(
+        self, key: str, failure: SmtpFailure, attempts: int
+    ) -> MessageRecord | None:
+        """The failed record, or None to try again; raises SmtpUnavailable to release."""
+        kind = classify(failure)
+        action = after_failure(kind, attempts, self._policy.max_attempts)
+        metrics.ERRORS.labels(SERVICE, f"smtp_{kind}").inc()
+        log.warning(
+            "smtp_failed",
+            request_key=key,
+            kind=str(kind),
+            attempt=attempts,
+            action=str(action),
+            error=failure.describe(),
+        )
+        if action is Next.RETRY:
+            policy = self._policy
+            await asyncio.sleep(backoff_s(attempts - 1, policy.retry_initial_s, policy.retry_max_s))
+            return None
+        if action is Next.RELEASE:
+            await self._repo.release(key)
+            raise SmtpUnavailable(failure.describe())
+        return await self._record_failed(key, kind, failure_reason(kind, failure, attempts))
 
     async def _record_failed(self, key: str, kind: FailureKind, reason: str) -> MessageRecord:
         metrics.MESSAGES_SKIPPED.labels(SERVICE, f"smtp_{kind}").inc()

@@ -414,14 +414,17 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_next_is_proce
     )
     await harness.send_raw(encode(not_a_request))
     await harness.send(message_request("rk-unknown", template="no_such_template"))
+    await harness.send(message_request("rk-inject", email="x@example.com\r\nBcc: all@x.test"))
     await harness.send(message_request("rk-next"))
 
     await eventually(lambda: harness.mails_to("rk-next@example.com"), 30, "the next mail")
-    await eventually(lambda: len(harness.dead_letters.records) == 3, what="3 dead letters")
+    await eventually(lambda: len(harness.dead_letters.records) == 4, what="4 dead letters")
     reasons = sorted(dict(r.headers)["dlq.reason"].decode() for r in harness.dead_letters.records)
-    assert reasons[0].startswith("not a CloudEvent")
-    assert "unexpected event type" in reasons[1]
-    assert "unknown template 'no_such_template'" in reasons[2]
+    assert reasons[0].startswith("cannot build the e-mail")  # no header injection
+    assert reasons[1].startswith("not a CloudEvent")
+    assert "unexpected event type" in reasons[2]
+    assert "unknown template 'no_such_template'" in reasons[3]
+    assert harness.store.messages == harness.mails_to("rk-next@example.com")
     assert await harness.row("rk-unknown") is None  # never claimed, nothing half-done
 
 
