@@ -20,7 +20,7 @@ from services.ingest.settings import IngestSettings, ShopConfig
 from shared.clock import Clock
 from shared.db import make_engine, ping
 from shared.http import ReadinessCheck, ops_router
-from shared.kafka import ConsumerLoop, make_consumer, make_producer
+from shared.kafka import ConsumerLoop, make_consumer, make_producer, stop_consumer
 from shared.runtime import Loops
 from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics
 
@@ -116,7 +116,7 @@ class IngestService:
     async def stop(self) -> None:
         await self._loops.stop()
         if self._consumer is not None:
-            await _quietly(self._consumer.stop())
+            await _quietly(stop_consumer(self._consumer))
         if self._producer is not None:
             await _quietly(self._producer.stop())
         if self._engine is not None:
