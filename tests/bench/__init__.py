@@ -1,0 +1,1 @@
+"""`make bench`: webhook throughput and latency, and consumer throughput, on a stack of its own."""

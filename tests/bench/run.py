@@ -1,0 +1,316 @@
+"""Orchestrates `make bench`: its own PostgreSQL and broker, one ingest process per part.
+
+PostgreSQL runs durable (fsync on, synchronous_commit on, full_page_writes on) in
+.local/bench/; the broker is a fresh Tansu (in-memory storage) per run. Results go to stdout
+as a table and to .local/bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.ingest.adapters.tables import SCHEMA
+from services.ingest.app import MIGRATIONS_DIR
+from shared.db import upgrade
+from shared.kafka import ensure_topics
+from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics, dlq
+from tests.bench import consumer as cbench
+from tests.bench.webhooks import SHOPS_JSON
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "local"))
+# A script, not a package (as in tests/conftest.py); `make lint` type-checks it as `devstack`.
+import devstack  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
+
+BENCH_DIR = devstack.LOCAL / "bench"
+DATABASE = "bench"
+PARTITIONS = 3
+WEBHOOK_PREFIX = "wh."
+CONSUMER_PREFIX = "cons."
+
+
+@dataclass(frozen=True)
+class Stack:
+    pg: devstack.Postgres
+    bootstrap: str
+
+    @property
+    def database_url(self) -> str:
+        base: str = self.pg.url.rsplit("/", 1)[0]
+        return f"{base}/{DATABASE}"
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def stack() -> Iterator[Stack]:
+    """Durable PostgreSQL with a fresh `bench` database and the ingest schema; a fresh broker."""
+    pg = devstack.Postgres(BENCH_DIR / "pg" / "data", devstack.free_port(), durable=True)
+    pg.stop()  # a cluster left over from an interrupted run listens on an old port
+    pg.start()
+    broker_port = devstack.free_port()
+    tansu = devstack.start_tansu(broker_port, BENCH_DIR / "tansu.log")
+    try:
+        pg.psql(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        pg.psql(f'CREATE DATABASE "{DATABASE}"')
+        result = Stack(pg, f"127.0.0.1:{broker_port}")
+        upgrade(MIGRATIONS_DIR, result.database_url, SCHEMA)
+        for prefix in (WEBHOOK_PREFIX, CONSUMER_PREFIX):
+            asyncio.run(ensure_topics(result.bootstrap, Topics(prefix).all_with_dlq(), PARTITIONS))
+        yield result
+    finally:
+        devstack.stop_process(tansu)
+        pg.stop()
+
+
+def ingest_env(s: Stack, role: str, port: int, prefix: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "REBOUND_INGEST_DATABASE_URL": s.database_url,
+        "REBOUND_INGEST_KAFKA_BOOTSTRAP_SERVERS": s.bootstrap,
+        "REBOUND_INGEST_HTTP_PORT": str(port),
+        "REBOUND_INGEST_TOPIC_PREFIX": prefix,
+        "REBOUND_INGEST_ROLE": role,
+        "REBOUND_INGEST_SHOPS": SHOPS_JSON,
+        "REBOUND_INGEST_LOG_LEVEL": "WARNING",
+    }
+
+
+@contextmanager
+def ingest(s: Stack, role: str, prefix: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = devstack.free_port()
+    with (BENCH_DIR / f"ingest-{role}.log").open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.ingest", "run", "--role", role],
+            env=ingest_env(s, role, port, prefix),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc, port
+    finally:
+        devstack.stop_process(proc)
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ingest exited with {proc.returncode}; see {BENCH_DIR}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("ingest not ready")
+
+
+def count_rows(s: Stack, table: str) -> int:
+    out = subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(s.pg.port),
+            "-U",
+            devstack.PG_USER,
+            "-d",
+            DATABASE,
+            "-tAc",
+            f"SELECT count(*) FROM {SCHEMA}.{table}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- (a) webhooks ------------------------------------------------------------------------------
+
+
+def bench_webhooks(s: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    with ingest(s, "api", WEBHOOK_PREFIX) as (proc, port):
+        wait_ready(port, proc)
+        for connections in args.connections:
+            log(f"webhooks: {connections} connections, {args.warmup}s warm-up + {args.duration}s")
+            cpu_before, wall_before = cpu_s(proc.pid), time.perf_counter()
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.bench.webhooks",
+                    "--port",
+                    str(port),
+                    "--connections",
+                    str(connections),
+                    "--duration",
+                    str(args.duration),
+                    "--warmup",
+                    str(args.warmup),
+                ],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            result = json.loads(out.stdout)
+            if not result["requests"]:
+                raise RuntimeError(f"the load generator completed no request: {out.stderr}")
+            wall = time.perf_counter() - wall_before
+            result["ingest_cpu_pct"] = round(100 * (cpu_s(proc.pid) - cpu_before) / wall, 1)
+            results.append(result)
+    produced = asyncio.run(cbench.end_offsets(s.bootstrap, WEBHOOK_PREFIX + SHOP_EVENTS))
+    for result in results:
+        result["events_on_topic_all_runs"] = produced
+    return results
+
+
+# --- (b) consumer ------------------------------------------------------------------------------
+
+
+def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    topic = CONSUMER_PREFIX + SHOP_EVENTS
+    log(f"consumer: generating and producing {args.events} events")
+    events = cbench.make_events(args.events)
+    produce_s = asyncio.run(cbench.produce(s.bootstrap, topic, events))
+    log(f"consumer: produced in {produce_s:.1f}s; starting one --role consumer process")
+    with ingest(s, "consumer", CONSUMER_PREFIX) as (proc, _):
+        started = time.perf_counter()
+        cpu_before = cpu_s(proc.pid)
+        progress = asyncio.run(
+            cbench.wait_committed(
+                s.bootstrap,
+                CONSUMER_PREFIX + "ingest",
+                topic,
+                len(events),
+                started,
+                args.consumer_timeout,
+                lambda: proc.poll() is None,
+            )
+        )
+        cpu = cpu_s(proc.pid) - cpu_before
+    assert progress.done_at is not None
+    activity = asyncio.run(cbench.end_offsets(s.bootstrap, CONSUMER_PREFIX + CUSTOMER_ACTIVITY))
+    dead = asyncio.run(cbench.end_offsets(s.bootstrap, CONSUMER_PREFIX + dlq(SHOP_EVENTS)))
+    total_s = progress.done_at - started
+    return {
+        "events": len(events),
+        "produce_s": round(produce_s, 1),
+        "wall_s_from_process_start": round(total_s, 2),
+        "events_per_s_from_process_start": round(len(events) / total_s, 1),
+        "events_per_s_steady": round(progress.steady_events_per_s(), 1),
+        "processed_events_rows": count_rows(s, "processed_events"),
+        "customers_rows": count_rows(s, "customers"),
+        "customer_activity_events": activity,
+        "dead_lettered": dead,
+        "consumer_cpu_pct": round(100 * cpu / total_s, 1),
+    }
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "",
+        "Rebound ingest benchmark (make bench)",
+        f"machine: {os.cpu_count()} cores, "
+        "PostgreSQL durable (fsync on), Tansu in-memory broker, acks=all",
+        "",
+    ]
+    if "webhooks" in results:
+        lines.append(
+            "(a) signed Shopify checkouts/create -> one `--role api` process (2xx after broker ack)"
+        )
+        lines.append(
+            f"{'conns':>6} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+            f"{'max ms':>8} {'requests':>9} {'errors':>7} {'api cpu%':>9} {'gen cpu%':>9}"
+        )
+        for r in results["webhooks"]:
+            lines.append(
+                f"{r['connections']:>6} {r['requests_per_s']:>9.0f} {r['p50_ms']:>8.2f} "
+                f"{r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} "
+                f"{r['requests']:>9} {r['errors']:>7} {r['ingest_cpu_pct']:>9.0f} "
+                f"{r['loadgen_cpu_pct']:>9.0f}"
+            )
+        lines.append("")
+    if "consumer" in results:
+        c = results["consumer"]
+        lines.append(
+            "(b) shop.events -> PostgreSQL (+ customer.activity) for one `--role consumer` process"
+        )
+        lines.append(f"  events                      {c['events']}")
+        lines.append(f"  events/s (steady)           {c['events_per_s_steady']:.0f}")
+        lines.append(
+            f"  events/s (from start-up)    {c['events_per_s_from_process_start']:.0f}"
+            f"  ({c['wall_s_from_process_start']} s)"
+        )
+        lines.append(f"  processed_events rows       {c['processed_events_rows']}")
+        lines.append(f"  customers rows              {c['customers_rows']}")
+        lines.append(f"  customer.activity produced  {c['customer_activity_events']}")
+        lines.append(f"  dead-lettered               {c['dead_lettered']}")
+        lines.append(f"  consumer cpu%               {c['consumer_cpu_pct']:.0f}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="make bench BENCH_ARGS=...", description=__doc__)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per level")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before each level")
+    parser.add_argument(
+        "--connections",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[16, 64],
+        help="comma-separated concurrency levels",
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--consumer-timeout", type=float, default=180.0)
+    parser.add_argument("--only", choices=["webhooks", "consumer"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "postgres_durable": True,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    with stack() as s:
+        if args.only in (None, "webhooks"):
+            results["webhooks"] = bench_webhooks(s, args)
+        if args.only in (None, "consumer"):
+            results["consumer"] = bench_consumer(s, args)
+    (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results), flush=True)
+    log(f"written to {BENCH_DIR / 'results.json'}")
