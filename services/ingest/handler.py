@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import asyncpg
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -45,9 +46,9 @@ class FactsHandler:
                 keys = {e.customer_key for e in unique if e.customer_key} | set(owners.values())
                 profiles = await repo.profiles(keys)
                 open_carts = await repo.open_carts(keys)
-        except DBAPIError as exc:
+        except (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if refused_content(exc):
-                raise UnstorableEvents(str(exc.orig)) from exc
+                raise UnstorableEvents(str(getattr(exc, "orig", exc))) from exc
             raise
         activity = activity_events(unique, owners, profiles, open_carts)
         await self._publisher.publish_many(
@@ -55,12 +56,13 @@ class FactsHandler:
         )
 
 
-def refused_content(exc: DBAPIError) -> bool:
+def refused_content(exc: Exception) -> bool:
     """Did the database refuse what it was given (bad value, broken constraint), rather than
     fail to be there? Only then does retrying not help, and the culprit goes to the DLQ."""
     if isinstance(exc, DataError | IntegrityError):
         return True
-    cause: BaseException | None = exc.orig
+    # SQLAlchemy wraps the driver's error; the hot upserts call asyncpg directly.
+    cause: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
     while cause is not None:
         sqlstate = getattr(cause, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate[:2] in _CONTENT_SQLSTATE_CLASSES:

@@ -227,3 +227,23 @@ async def _poll(
         raise RuntimeError("the consumer process exited")
     progress.observe(await offsets.total(), time.perf_counter())
     await asyncio.sleep(0.2)
+
+
+async def distinct_sources(bootstrap: str, topic: str) -> tuple[int, int]:
+    """(records, distinct source events) on `topic`, read from the beginning to the end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        records, sources = 0, set[str]()
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for batch in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                records += len(batch)
+                sources.update(orjson.loads(r.value)["data"]["source_event_id"] for r in batch)
+    finally:
+        await consumer.stop()
+    return records, len(sources)

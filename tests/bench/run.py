@@ -218,7 +218,9 @@ def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
         )
         cpu = cpu_s(proc.pid) - cpu_before
     assert progress.done_at is not None
-    activity = asyncio.run(cbench.end_offsets(s.bootstrap, CONSUMER_PREFIX + CUSTOMER_ACTIVITY))
+    activity, distinct = asyncio.run(
+        cbench.distinct_sources(s.bootstrap, CONSUMER_PREFIX + CUSTOMER_ACTIVITY)
+    )
     dead = asyncio.run(cbench.end_offsets(s.bootstrap, CONSUMER_PREFIX + dlq(SHOP_EVENTS)))
     total_s = progress.done_at - started
     return {
@@ -230,6 +232,7 @@ def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "processed_events_rows": count_rows(s, "processed_events"),
         "customers_rows": count_rows(s, "customers"),
         "customer_activity_events": activity,
+        "customer_activity_distinct_sources": distinct,
         "dead_lettered": dead,
         "consumer_cpu_pct": round(100 * cpu / total_s, 1),
     }
@@ -275,7 +278,10 @@ def table(results: dict[str, Any]) -> str:
         )
         lines.append(f"  processed_events rows       {c['processed_events_rows']}")
         lines.append(f"  customers rows              {c['customers_rows']}")
-        lines.append(f"  customer.activity produced  {c['customer_activity_events']}")
+        lines.append(
+            f"  customer.activity produced  {c['customer_activity_events']}"
+            f" ({c['customer_activity_distinct_sources']} distinct source events)"
+        )
         lines.append(f"  dead-lettered               {c['dead_lettered']}")
         lines.append(f"  consumer cpu%               {c['consumer_cpu_pct']:.0f}")
         lines.append("")

@@ -1,7 +1,9 @@
 """All SQL of the customer facts. Set-based: one statement per table and batch, never per event.
 
 The upserts merge with what is stored by the same rules as domain/facts.py's `merge_*`.
-The caller owns the transaction.
+The caller owns the transaction. The hot tables (processed_events, customers, carts) are
+written through the asyncpg connection underneath, one column per array parameter
+(`unnest`), because SQLAlchemy's per-row parameter processing cost more than the database.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement, bindparam, case, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import distinct_on, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.ingest.adapters.tables import carts, customers, order_lines, orders, processed_events
+from services.ingest.adapters.tables import carts, customers, order_lines, orders
 from services.ingest.domain.facts import CartRow, CustomerRow, OrderRow, OrderTotals
 from shared import events as ev
 
@@ -28,34 +31,37 @@ _CUSTOMER_FACTS = (
     "marketing_consent",
     "registered_at",
 )
-_CART_CONTENT = ("lines", "currency", "total_price", "recovery_url")
 
 
 class FactsRepository:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
+        self._driver_conn: Any = None
+
+    async def _driver(self) -> Any:
+        """The asyncpg connection of this transaction (same connection, same transaction)."""
+        if self._driver_conn is None:
+            # SQLAlchemy begins the database transaction lazily, at its first statement;
+            # without one the raw statements would autocommit, outside the batch's transaction.
+            await self._conn.exec_driver_sql("SELECT 1")
+            driver: Any = (await self._conn.get_raw_connection()).driver_connection
+            if not driver.is_in_transaction():
+                raise RuntimeError("the facts must be written inside the caller's transaction")
+            self._driver_conn = driver
+        return self._driver_conn
 
     async def claim_new(self, event_ids: Sequence[str]) -> set[str]:
         """Record the ids as processed; returns those that were not processed before."""
         if not event_ids:
             return set()
-        stmt = (
-            insert(processed_events).on_conflict_do_nothing().returning(processed_events.c.event_id)
-        )
-        result = await self._conn.execute(stmt, [{"event_id": i} for i in event_ids])
-        return set(result.scalars().all())
+        driver = await self._driver()
+        rows = await driver.fetch(_CLAIM_NEW, list(event_ids))
+        return {row[0] for row in rows}
 
     async def upsert_customers(self, rows: Iterable[CustomerRow]) -> None:
-        params = [_params(row) for row in rows]
-        if not params:
-            return
-        stmt = insert(customers)
-        new, old = stmt.excluded, customers.c
-        merged: dict[str, Any] = {c: func.coalesce(new[c], old[c]) for c in _CUSTOMER_FACTS}
-        merged["updated_at"] = func.greatest(new.updated_at, old.updated_at)
-        await self._conn.execute(
-            stmt.on_conflict_do_update(index_elements=[old.customer_key], set_=merged), params
-        )
+        columns = _columns(list(rows), _CUSTOMER_COLUMNS)
+        if columns:
+            await (await self._driver()).execute(_UPSERT_CUSTOMERS, *columns)
 
     async def add_orders(self, rows: Sequence[OrderRow]) -> list[OrderRow]:
         """Insert or advance the orders; returns the ones seen for the first time."""
@@ -115,27 +121,13 @@ class FactsRepository:
         await self._conn.execute(stmt, params)
 
     async def upsert_carts(self, rows: Iterable[CartRow]) -> None:
-        params = [_params(row) for row in rows]
-        if not params:
+        rows = list(rows)
+        if not rows:
             return
-        stmt = insert(carts)
-        new, old = stmt.excluded, carts.c
-        newer = new.updated_at >= old.updated_at
-        merged: dict[str, Any] = {c: case((newer, new[c]), else_=old[c]) for c in _CART_CONTENT}
-        merged["customer_key"] = case(
-            (newer, func.coalesce(new.customer_key, old.customer_key)),
-            else_=func.coalesce(old.customer_key, new.customer_key),
-        )
-        merged["status"] = case(
-            (or_(old.status == "ordered", new.status == "ordered"), "ordered"),
-            (newer, new.status),
-            else_=old.status,
-        )
-        merged["updated_at"] = func.greatest(new.updated_at, old.updated_at)
-        await self._conn.execute(
-            stmt.on_conflict_do_update(index_elements=[old.shop_id, old.cart_id], set_=merged),
-            params,
-        )
+        columns = _columns(rows, _CART_COLUMNS)
+        # jsonb travels as text: asyncpg has no array codec for it without a round trip.
+        columns[3] = [orjson.dumps(row.lines).decode() for row in rows]
+        await (await self._driver()).execute(_UPSERT_CARTS, *columns)
 
     async def close_ordered_carts(self, placed: Iterable[OrderRow]) -> None:
         """An order closes the cart it came from and its customer's carts left before it."""
@@ -215,12 +207,74 @@ class FactsRepository:
         return {r.customer_key: _cart_snapshot(r._mapping) for r in result}
 
 
+_CUSTOMER_COLUMNS = ("customer_key", "shop_id", *_CUSTOMER_FACTS, "updated_at")
+_CART_COLUMNS = (
+    "shop_id",
+    "cart_id",
+    "customer_key",
+    "lines",
+    "currency",
+    "total_price",
+    "recovery_url",
+    "updated_at",
+    "status",
+)
+
+_CLAIM_NEW = """
+    INSERT INTO ingest.processed_events (event_id) SELECT unnest($1::text[])
+    ON CONFLICT DO NOTHING RETURNING event_id
+"""
+
+_UPSERT_CUSTOMERS = """
+    INSERT INTO ingest.customers AS old (customer_key, shop_id, customer_id, email, first_name,
+        last_name, locale, marketing_consent, registered_at, updated_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[])
+    ON CONFLICT (customer_key) DO UPDATE SET
+        customer_id = coalesce(excluded.customer_id, old.customer_id),
+        email = coalesce(excluded.email, old.email),
+        first_name = coalesce(excluded.first_name, old.first_name),
+        last_name = coalesce(excluded.last_name, old.last_name),
+        locale = coalesce(excluded.locale, old.locale),
+        marketing_consent = coalesce(excluded.marketing_consent, old.marketing_consent),
+        registered_at = coalesce(excluded.registered_at, old.registered_at),
+        updated_at = greatest(excluded.updated_at, old.updated_at)
+"""
+
+# `newer`: the incoming update is at least as recent as the stored one (merge_cart's rule).
+_UPSERT_CARTS = """
+    INSERT INTO ingest.carts AS old (shop_id, cart_id, customer_key, lines, currency,
+        total_price, recovery_url, updated_at, status)
+    SELECT s, c, k, l::jsonb, cur, tp, r, u, st
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[],
+        $7::text[], $8::timestamptz[], $9::text[]) AS t(s, c, k, l, cur, tp, r, u, st)
+    ON CONFLICT (shop_id, cart_id) DO UPDATE SET
+        lines = CASE WHEN excluded.updated_at >= old.updated_at
+            THEN excluded.lines ELSE old.lines END,
+        currency = CASE WHEN excluded.updated_at >= old.updated_at
+            THEN excluded.currency ELSE old.currency END,
+        total_price = CASE WHEN excluded.updated_at >= old.updated_at
+            THEN excluded.total_price ELSE old.total_price END,
+        recovery_url = CASE WHEN excluded.updated_at >= old.updated_at
+            THEN excluded.recovery_url ELSE old.recovery_url END,
+        customer_key = CASE WHEN excluded.updated_at >= old.updated_at
+            THEN coalesce(excluded.customer_key, old.customer_key)
+            ELSE coalesce(old.customer_key, excluded.customer_key) END,
+        status = CASE WHEN old.status = 'ordered' OR excluded.status = 'ordered' THEN 'ordered'
+            WHEN excluded.updated_at >= old.updated_at THEN excluded.status
+            ELSE old.status END,
+        updated_at = greatest(excluded.updated_at, old.updated_at)
+"""
+
+
+def _columns(rows: Sequence[CustomerRow | CartRow], names: Sequence[str]) -> list[list[Any]]:
+    """Rows turned into one list per column, the shape `unnest` takes."""
+    if not rows:
+        return []
+    return [[getattr(row, name) for row in rows] for name in names]
+
+
 _LINE_COLUMNS = {"product_id", "variant_id", "sku", "title", "variant_title", "quantity", "price"}
-
-
-def _params(row: CustomerRow | CartRow) -> dict[str, Any]:
-    # Shallow on purpose: dataclasses.asdict deep-copies every cart line.
-    return {f.name: getattr(row, f.name) for f in fields(row)}
 
 
 def _order_params(row: OrderRow) -> dict[str, Any]:
