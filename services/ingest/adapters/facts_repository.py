@@ -304,7 +304,8 @@ def _advance_orders() -> Any:
 
 def _profile(row: Any) -> ev.Profile:
     last_order_at: datetime | None = row["last_order_at"]
-    return ev.Profile(
+    # Stored from validated events by this service; the column types are the field types.
+    return ev.Profile.model_construct(
         key=row["customer_key"],
         shop_id=row["shop_id"],
         email=row["email"],

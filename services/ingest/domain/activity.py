@@ -45,7 +45,9 @@ def _activity(
     event: ShopEventIn, key: str, profile: ev.Profile, cart: ev.CartSnapshot | None
 ) -> ev.CloudEvent:
     order = event.data if isinstance(event.data, ev.OrderEvent) else None
-    data = ev.Activity(
+    # Every part is already a validated value (the event, the stored facts), so the models are
+    # constructed, not validated again: that was a third of the consumer's CPU per event.
+    data = ev.Activity.model_construct(
         kind=event.type,
         source_event_id=event.event_id,
         occurred_at=event.occurred_at,
@@ -54,12 +56,12 @@ def _activity(
         order_id=order.order_id if order else None,
         order_total=order.total_price if order else None,
     )
-    return ev.make_event(
-        type=ev.CUSTOMER_ACTIVITY,
-        source=SOURCE_ACTIVITY,
+    return ev.CloudEvent.model_construct(
         id=activity_id(event.event_id),
-        time=event.time,
+        source=SOURCE_ACTIVITY,
+        type=ev.CUSTOMER_ACTIVITY,
         subject=key,
-        shop_id=event.shop_id,
-        data=data,
+        time=event.time,
+        shopid=event.shop_id,
+        data=data.model_dump(mode="json"),
     )
