@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import typer
+import uvloop
 
 from services.dispatcher.app import DispatcherService
 from services.dispatcher.app import migrate as migrate_schema
@@ -31,7 +30,7 @@ def run() -> None:
     """Consume message.requests, send e-mails, serve /healthz /readyz /metrics."""
     settings = _settings()
     service = DispatcherService(settings, SystemClock())
-    asyncio.run(serve(service, settings.http_host, settings.http_port))
+    uvloop.run(serve(service, settings.http_host, settings.http_port))
 
 
 @cli.command()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
+import uvloop
 
 from services.ingest.adapters.tables import SCHEMA
 from services.ingest.app import MIGRATIONS_DIR, IngestService
@@ -42,7 +42,7 @@ def run(
         shops=[s.shop_id for s in settings.shops],
     )
     service = IngestService(settings, SystemClock())
-    asyncio.run(serve(service, settings.http_host, settings.http_port))
+    uvloop.run(serve(service, settings.http_host, settings.http_port))
 
 
 @cli.command()
