@@ -45,18 +45,6 @@ async def service(
 
 
 @pytest.fixture
-async def client(service: IngestService) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=service.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
-
-        async def ready() -> bool:
-            return (await client.get("/readyz")).status_code == 200
-
-        await eventually(ready, what="ingest ready")
-        yield client
-
-
-@pytest.fixture
 async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = make_engine(database_url, pool_size=2)
     yield engine

@@ -14,7 +14,7 @@ from services.ingest.settings import IngestSettings
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.topics import SHOP_EVENTS, Topics
-from tests.conftest import Infra, eventually
+from tests.conftest import Infra
 from tests.unit.ingest.deliveries import CHECKOUT_CUSTOMER_ID, SHOP, SHOP_ID, Delivery, delivery
 
 pytestmark = pytest.mark.integration
@@ -70,18 +70,6 @@ async def service(
         yield svc
     finally:
         await svc.stop()
-
-
-@pytest.fixture
-async def client(service: IngestService) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=service.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
-
-        async def ready() -> bool:
-            return (await client.get("/readyz")).status_code == 200
-
-        await eventually(ready, what="ingest ready")
-        yield client
 
 
 async def post(client: httpx.AsyncClient, d: Delivery) -> httpx.Response:

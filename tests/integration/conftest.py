@@ -1,0 +1,24 @@
+"""Fixtures shared by the integration tests of more than one module."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.ingest.app import IngestService
+from tests.conftest import eventually
+
+
+@pytest.fixture
+async def client(service: IngestService) -> AsyncIterator[httpx.AsyncClient]:
+    """HTTP client on the module's `service` (an IngestService), once it is ready."""
+    transport = httpx.ASGITransport(app=service.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        await eventually(ready, what="ingest ready")
+        yield client
