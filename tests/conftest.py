@@ -136,8 +136,3 @@ async def read_topic(bootstrap: str, topic: str, wait_ms: int = 300) -> list[Any
     finally:
         await consumer.stop()
     return [record for records in batch.values() for record in records]
-
-
-@pytest.fixture(scope="session")
-def shopify_fixtures() -> Path:
-    return FIXTURES

@@ -20,11 +20,10 @@ OUTBOX_BATCH = 500
 
 
 async def _wait_any(*waits: asyncio.Future[object] | asyncio.Task[object]) -> None:
-    done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
-    del done
 
 
 @dataclass

@@ -37,9 +37,16 @@ class JourneyCatalog:
     def __init__(self) -> None:
         self._versions: dict[tuple[str, int], Journey] = {}
         self._active: list[Journey] = []
+        self._stamp: tuple[int, datetime | None] | None = None
 
     async def refresh(self, conn: AsyncConnection) -> None:
-        stored = await JourneyRepository().all_versions(conn)
+        """One cheap query per batch; definitions are re-read only when they changed."""
+        repo = JourneyRepository()
+        stamp = await repo.stamp(conn)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        stored = await repo.all_versions(conn)
         self._versions = {(j.id, j.version): j for j, _ in stored}
         self._active = [j for j, active in stored if active]
 
@@ -86,7 +93,8 @@ class Runner:
             if journey is None:
                 continue
             outcome = engine.on_activity(journey, enrollment, activity.kind, facts, now)
-            await self._apply(conn, journey, outcome, customer, now)
+            if outcome.decisions or outcome.enrollment != enrollment:
+                await self._apply(conn, journey, outcome, customer, now)
             if outcome.enrollment.status == "active":
                 enrolled.add(journey.id)
         for journey in self.catalog.active():
@@ -133,8 +141,6 @@ class Runner:
         assert enrollment.id is not None
         for decision in outcome.decisions:
             await self._decide(conn, journey, enrollment.id, decision, customer, now)
-        if enrollment.status != "active":
-            await self.timers.cancel(conn, enrollment.id)
 
     async def _decide(
         self,

@@ -103,6 +103,17 @@ async def count(settings: SchedulerSettings, table: sa.Table) -> int:
     return int(n or 0)
 
 
+async def scheduler_waiting_for_a_cart(
+    settings: SchedulerSettings, clock: ManualClock, producer: AIOKafkaProducer, topics: Topics
+) -> SchedulerService:
+    """A running scheduler with the default journeys that has enrolled one abandoned cart."""
+    service = await start_scheduler(settings, clock)
+    await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
+    await send(producer, topics, activity(clock))
+    await eventually(lambda: count(settings, timers), what="timer stored")
+    return service
+
+
 async def test_a_cart_becomes_two_requests_three_and_fifty_one_hours_later(
     infra: Infra,
     topics: Topics,
@@ -110,12 +121,9 @@ async def test_a_cart_becomes_two_requests_three_and_fifty_one_hours_later(
     clock: ManualClock,
     producer: AIOKafkaProducer,
 ) -> None:
-    service = await start_scheduler(scheduler_settings, clock)
+    service = await scheduler_waiting_for_a_cart(scheduler_settings, clock, producer, topics)
     try:
-        await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
-        await send(producer, topics, activity(clock))
         await send(producer, topics, activity(clock))  # redelivered: no second enrolment
-        await eventually(lambda: count(scheduler_settings, timers), what="timer stored")
         await clock.advance(timedelta(hours=2, minutes=59))
         assert await requests(infra, topics) == []
         await clock.advance(timedelta(minutes=1))
@@ -139,11 +147,8 @@ async def test_an_order_before_the_reminder_means_no_request(
     clock: ManualClock,
     producer: AIOKafkaProducer,
 ) -> None:
-    service = await start_scheduler(scheduler_settings, clock)
+    service = await scheduler_waiting_for_a_cart(scheduler_settings, clock, producer, topics)
     try:
-        await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
-        await send(producer, topics, activity(clock))
-        await eventually(lambda: count(scheduler_settings, timers), what="timer stored")
         await send(producer, topics, activity(clock, events.ORDER_PLACED, "order-1"))
         await eventually(lambda: _no_timers(scheduler_settings), what="timer cancelled")
         await clock.advance(timedelta(hours=60))
@@ -160,10 +165,7 @@ async def test_timers_due_while_the_scheduler_was_down_fire_once_after_restart(
     clock: ManualClock,
     producer: AIOKafkaProducer,
 ) -> None:
-    first = await start_scheduler(scheduler_settings, clock)
-    await load_journeys(first.engine, DEFAULT_JOURNEYS_DIR, clock)
-    await send(producer, topics, activity(clock))
-    await eventually(lambda: count(scheduler_settings, timers), what="timer stored")
+    first = await scheduler_waiting_for_a_cart(scheduler_settings, clock, producer, topics)
     await first.stop()
     await clock.advance(timedelta(hours=4))  # due while nobody was running
     second = await start_scheduler(scheduler_settings, clock)

@@ -53,6 +53,13 @@ class JourneyRepository:
         rows = await conn.execute(sa.select(journeys.c.definition, journeys.c.active))
         return [(Journey.model_validate(r.definition), r.active) for r in rows]
 
+    async def stamp(self, conn: AsyncConnection) -> tuple[int, datetime | None]:
+        """Changes whenever a version is added or (re)activated: (rows, newest loaded_at)."""
+        row = (
+            await conn.execute(sa.select(sa.func.count(), sa.func.max(journeys.c.loaded_at)))
+        ).one()
+        return int(row[0]), row[1]
+
     async def stored(self, conn: AsyncConnection, journey_id: str, version: int) -> Journey | None:
         row = await conn.scalar(
             sa.select(journeys.c.definition).where(
@@ -76,7 +83,8 @@ class JourneyRepository:
                 definition=journey.model_dump(mode="json", by_alias=True, exclude_none=True),
             )
             .on_conflict_do_update(
-                index_elements=["id", "version"], set_={"active": journey.active}
+                index_elements=["id", "version"],
+                set_={"active": journey.active, "loaded_at": now},
             )
         )
 

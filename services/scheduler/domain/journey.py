@@ -156,10 +156,6 @@ class Journey(Model):
     def index_of(self, step_id: str) -> int:
         return next(i for i, s in enumerate(self.steps) if s.id == step_id)
 
-    @property
-    def runs_on_events(self) -> bool:
-        return isinstance(self.trigger, EventTrigger)
-
 
 def parse_journey(text: str) -> Journey:
     data: Any = yaml.safe_load(text)

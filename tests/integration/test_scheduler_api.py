@@ -1,0 +1,53 @@
+"""The control plane: a shop uploads journey versions and sees why a definition is refused."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.scheduler.app import SchedulerService
+from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
+from shared.clock import ManualClock
+from tests.conftest import Infra
+
+DEFINITION = (DEFAULT_JOURNEYS_DIR / "abandoned-cart.yaml").read_text()
+
+
+@pytest.fixture
+async def api(
+    infra: Infra, database_url: str, clock: ManualClock
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = SchedulerSettings(database_url=database_url, kafka_bootstrap_servers=infra.bootstrap)
+    service = SchedulerService(settings, clock)
+    transport = httpx.ASGITransport(app=service.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://scheduler") as client:
+        yield client
+    await service.stop()
+
+
+async def test_an_uploaded_version_becomes_the_active_one(api: httpx.AsyncClient) -> None:
+    assert (await api.put("/journeys/abandoned-cart", content=DEFINITION)).status_code == 201
+    faster = DEFINITION.replace("version: 1", "version: 2").replace("for: 3h", "for: 1h")
+    assert (await api.put("/journeys/abandoned-cart", content=faster)).status_code == 201
+
+    active = (await api.get("/journeys/abandoned-cart")).json()
+    assert active["version"] == 2
+    assert active["steps"][0]["wait"]["for"] == "1h"
+    listed = {(j["version"], j["active"]) for j in (await api.get("/journeys")).json()}
+    assert listed == {(1, False), (2, True)}
+
+
+async def test_refused_definitions_say_why(api: httpx.AsyncClient) -> None:
+    broken = DEFINITION.replace("for: 3h", "for: soon")
+    answer = await api.put("/journeys/abandoned-cart", content=broken)
+    assert answer.status_code == 422 and "for" in answer.json()["detail"]
+
+    assert (await api.put("/journeys/other-id", content=DEFINITION)).status_code == 422
+
+    assert (await api.put("/journeys/abandoned-cart", content=DEFINITION)).status_code == 201
+    changed = DEFINITION.replace("for: 3h", "for: 2h")  # same version, other content
+    conflict = await api.put("/journeys/abandoned-cart", content=changed)
+    assert conflict.status_code == 409 and "bump" in conflict.json()["detail"]
+    assert (await api.get("/journeys/missing")).status_code == 404
