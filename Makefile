@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
 TANSU := .local/bin/tansu
 PYTEST_ARGS ?=
+# Tests mostly wait on the broker and PostgreSQL, so more workers than cores pay off; each
+# worker starts its own PostgreSQL cluster and broker.
+TEST_WORKERS ?= 4
 
 .PHONY: run test lint format bench demo deps venv postgres tansu schemas clean
 
@@ -13,7 +16,7 @@ run: deps ## Start PostgreSQL, Tansu, the mail catcher and the three services (C
 	$(PY) deploy/local/devstack.py run
 
 test: deps ## The whole suite against real PostgreSQL, broker and SMTP server
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: venv ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check .
