@@ -37,6 +37,14 @@ FIXTURES = ROOT / "tests" / "fixtures" / "shopify-2024-10"
 _counter = itertools.count()
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """One clear sentence instead of a stack trace per test when PostgreSQL cannot run here."""
+    try:
+        devstack.preflight()
+    except devstack.SetupError as exc:
+        pytest.exit(f"cannot start the test infrastructure: {exc}", returncode=3)
+
+
 @dataclass(frozen=True)
 class Infra:
     pg: devstack.Postgres
@@ -58,7 +66,7 @@ def infra() -> Iterator[Infra]:
         yield Infra(pg, f"127.0.0.1:{broker_port}")
     finally:
         devstack.stop_process(tansu)
-        pg.stop()
+        pg.remove()
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -129,7 +129,69 @@ def _as_pg_owner(args: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root; there we run it as the system's postgres user."""
     if os.geteuid() != 0:
         return args
-    return ["runuser", "-u", "postgres", "--", *args]
+    return ["runuser", "-u", PG_OS_USER, "--", *args]
+
+
+PG_OS_USER = "postgres"
+# Where PostgreSQL's files go when the checkout is private (root's home and `mktemp -d` are
+# mode 0700, so the postgres user cannot reach a data directory inside them). One folder per
+# checkout, named after its path, so two clones never share a cluster.
+PG_FALLBACK_ROOT = Path("/var/tmp")
+
+
+class SetupError(SystemExit):
+    """The local stack cannot start here; the message says what to do, in one sentence."""
+
+
+def preflight() -> None:
+    """Fail at once, with one clear sentence, when PostgreSQL cannot be run from here."""
+    pg_bin("initdb")
+    if os.geteuid() != 0:
+        return
+    if shutil.which("runuser") is None:
+        raise SetupError(
+            "running as root needs `runuser` (util-linux) to start PostgreSQL as "
+            "the postgres user; install util-linux or run as an ordinary user"
+        )
+    if not _os_user_exists(PG_OS_USER):
+        created = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_OS_USER],
+            capture_output=True,
+        )
+        if created.returncode != 0 or not _os_user_exists(PG_OS_USER):
+            raise SetupError(
+                "PostgreSQL refuses to run as root and there is no `postgres` user to run it "
+                "as (creating one failed); create it with `useradd --system postgres` or run "
+                "as an ordinary user"
+            )
+
+
+def _os_user_exists(name: str) -> bool:
+    return subprocess.run(["id", "-u", name], capture_output=True).returncode == 0
+
+
+def pg_reachable(path: Path) -> bool:
+    """Whether the postgres user can reach `path` (every parent directory traversable)."""
+    if os.geteuid() != 0:
+        return True
+    probe = subprocess.run(_as_pg_owner(["test", "-x", str(path)]), capture_output=True)
+    return probe.returncode == 0
+
+
+def pg_place(datadir: Path) -> Path:
+    """Where the data directory really lives: in the checkout when the postgres user can reach
+    it, else in a per-checkout folder under /var/tmp that it owns."""
+    if pg_reachable(ROOT):
+        return datadir
+    digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+    try:
+        relative = datadir.resolve().relative_to(ROOT)
+    except ValueError:
+        relative = Path(*datadir.resolve().parts[1:])
+    home = PG_FALLBACK_ROOT / f"rebound-pg-{digest}"
+    home.mkdir(mode=0o755, exist_ok=True)
+    shutil.chown(home, PG_OS_USER, PG_OS_USER)
+    return home / relative
 
 
 @dataclass
@@ -140,6 +202,8 @@ class Postgres:
     sockdir: Path = field(init=False)
 
     def __post_init__(self) -> None:
+        preflight()
+        self.datadir = pg_place(self.datadir)
         self.sockdir = self.datadir.parent / (self.datadir.name + "-sock")
 
     @property
@@ -192,6 +256,18 @@ class Postgres:
                 stdout=subprocess.DEVNULL,
             )
 
+    def remove(self) -> None:
+        """Stop the cluster and delete its files (wherever `pg_place` put them)."""
+        self.stop()
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)
+        folder = self.datadir.parent.parent
+        while PG_FALLBACK_ROOT in folder.parents:  # the empty folders above it, in the fallback
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+            folder = folder.parent
+
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run one statement as the cluster's owner; returns its unaligned output."""
         result = subprocess.run(
@@ -224,9 +300,8 @@ class Postgres:
         self.datadir.mkdir(parents=True, exist_ok=True)
         self.sockdir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            shutil.chown(self.datadir, "postgres", "postgres")
-            shutil.chown(self.sockdir, "postgres", "postgres")
-            shutil.chown(self.datadir.parent, "postgres", "postgres")
+            for path in (self.datadir, self.sockdir, self.datadir.parent):
+                shutil.chown(path, PG_OS_USER, PG_OS_USER)
         subprocess.run(
             _as_pg_owner(
                 [
