@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+INNER_PYTEST = (sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the private-folder problem only exists as root")
@@ -28,8 +29,7 @@ def test_the_suite_sets_up_from_a_checkout_in_a_private_folder() -> None:
         broker.parent.mkdir(parents=True)
         shutil.copy2(ROOT / ".local" / "bin" / "tansu", broker)
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist"]
-            + ["tests/integration/test_infra.py"],
+            [*INNER_PYTEST, "tests/integration/test_infra.py"],
             cwd=clone,
             env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
             capture_output=True,
