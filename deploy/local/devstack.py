@@ -129,7 +129,8 @@ def _as_pg_owner(args: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root; there we run it as the system's postgres user."""
     if os.geteuid() != 0:
         return args
-    return ["runuser", "-u", PG_OS_USER, "--", *args]
+    # `env -C /`: start where the postgres user may be, not in a private checkout
+    return ["runuser", "-u", PG_OS_USER, "--", "env", "-C", "/", *args]
 
 
 PG_OS_USER = "postgres"
