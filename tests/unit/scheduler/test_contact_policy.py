@@ -23,8 +23,8 @@ QUIET = QuietHours(time(21, 0), time(8, 0))
 ONE_A_DAY = ContactPolicy(limits=(ContactLimit(1, timedelta(days=1)),), quiet=QUIET)
 
 
-def _local(zone: ZoneInfo, *args: int) -> datetime:
-    return datetime(*args, tzinfo=zone)  # type: ignore[misc]
+def _local(zone: ZoneInfo, year: int, month: int, day: int, hour: int, minute: int) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=zone)
 
 
 def test_three_mails_on_one_day_under_one_a_day_go_on_three_days_in_priority_order() -> None:
