@@ -28,6 +28,18 @@ class Poison(Exception):
     """This record can never be processed; it goes to the dead-letter topic with the reason."""
 
 
+class InvalidRecord(Poison):
+    """Poison that names its record (like arroyo's InvalidMessage): the loop dead-letters exactly
+    that one and hands the rest of the batch back to the handler, without trying each alone."""
+
+    def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        super().__init__(reason)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.reason = reason
+
+
 class Transient(Exception):
     """The database or the broker is unreachable or overloaded; retry the same work later."""
 
@@ -77,6 +89,9 @@ def decide(
 
 
 def describe(error: BaseException) -> str:
+    """The reason as a person reads it: our own errors say it all, others carry their name."""
     text = str(error)
+    if classify(error) is not None and text:
+        return text
     name = type(error).__name__
     return f"{name}: {text}" if text else name

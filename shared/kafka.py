@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -20,6 +21,16 @@ from aiokafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsErr
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from shared import metrics
+from shared.driver_errors import translate
+from shared.errors import (
+    MAX_UNCLASSIFIED_ATTEMPTS,
+    Action,
+    InvalidRecord,
+    Transient,
+    Unavailable,
+    classify,
+    decide,
+)
 from shared.events import CONTENT_TYPE, CloudEvent, encode
 from shared.logging import get_logger
 from shared.retry import backoff_s, retry_forever
@@ -29,6 +40,7 @@ log = get_logger(__name__)
 
 Record: TypeAlias = ConsumerRecord  # aiokafka ships no type information
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
+_DEAD_LETTERED_MEMORY = 10_000
 
 
 def make_producer(bootstrap: str, client_id: str, linger_ms: int = 2) -> AIOKafkaProducer:
@@ -49,6 +61,9 @@ class Publisher:
     def __init__(self, producer: AIOKafkaProducer, service: str) -> None:
         self._producer = producer
         self._service = service
+        # (topic, partition, offset) dead-lettered lately: a handler that dead-letters a record
+        # itself and then fails its batch would otherwise see the loop dead-letter it again.
+        self._dead_lettered: OrderedDict[tuple[str, int, int], None] = OrderedDict()
 
     async def publish(self, topic: str, key: str, event: CloudEvent) -> None:
         await self._producer.send_and_wait(topic, encode(event), key=key.encode(), headers=HEADERS)
@@ -75,17 +90,26 @@ class Publisher:
             metrics.EVENTS_OUT.labels(self._service, topic).inc()
 
     async def dead_letter(self, record: Record, reason: str) -> None:
-        """Keep the original bytes and say why, so nothing is lost and it can be replayed."""
+        """Keep the original bytes and say why, so nothing is lost and it can be replayed.
+
+        A record is dead-lettered once per process, however often it is handed here."""
+        where = (record.topic, record.partition, record.offset)
+        if where in self._dead_lettered:
+            return
         headers = [
             *((k, v) for k, v in (record.headers or ()) if not k.startswith("dlq.")),
             ("dlq.reason", reason[:2000].encode()),
             ("dlq.topic", record.topic.encode()),
             ("dlq.partition", str(record.partition).encode()),
             ("dlq.offset", str(record.offset).encode()),
+            ("dlq.service", self._service.encode()),
         ]
         await self._producer.send_and_wait(
             dlq(record.topic), record.value, key=record.key, headers=headers
         )
+        self._dead_lettered[where] = None
+        if len(self._dead_lettered) > _DEAD_LETTERED_MEMORY:
+            self._dead_lettered.popitem(last=False)
         metrics.DEAD_LETTERS.labels(self._service, record.topic).inc()
         log.warning(
             "dead_lettered",
@@ -143,17 +167,25 @@ class Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
 class ConsumerLoop:
     """Fetch a batch, hand it to the handler, commit after the handler returns.
 
-    The handler must be idempotent and raise only for transient failures (database or broker
-    down): the same batch is then retried with backoff, forever, and the loop never exits.
-    Messages it cannot process it dead-letters itself.
+    The handler must be idempotent. When it raises, the one error policy decides
+    (`shared.errors.decide`, after `shared.driver_errors.translate`):
+    - transient (database or broker away) or unavailable (a downstream refused and the handler
+      released its claims): back off and hand the same batch again, without limit;
+    - an `InvalidRecord`: that record is dead-lettered, the rest of the batch handed again;
+    - poison or unclassified: the records are handed one at a time, so the good ones are
+      processed and the one that keeps failing is dead-lettered (at once when poison, after
+      `max_attempts` tries when unclassified). Then the batch is committed: a partition
+      never stalls on one record.
     """
 
     consumer: AIOKafkaConsumer
     handler: BatchHandler
     service: str
+    dead_letters: Publisher
     max_records: int = 500
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    max_attempts: int = MAX_UNCLASSIFIED_ATTEMPTS
 
     async def run(self) -> None:
         await start_with_retry(self.consumer, f"{self.service} consumer")
@@ -180,24 +212,67 @@ class ConsumerLoop:
 
     async def _handle(self, batch: list[Record]) -> None:
         attempt = 0
-        while True:
-            try:
-                await self.handler(batch)
+        while batch:
+            error = await self._try(batch)
+            if error is None:
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                metrics.ERRORS.labels(self.service, type(exc).__name__).inc()
-                delay_s = backoff_s(attempt, self.retry_initial_s, self.retry_max_s)
-                log.warning(
-                    "batch_failed_will_retry",
-                    size=len(batch),
-                    attempt=attempt,
-                    delay_s=round(delay_s, 2),
-                    error=repr(exc),
-                )
+            named = _named_record(error, batch)
+            if named is not None:
+                await self._dead_letter(named, str(error))
+                batch = [record for record in batch if record is not named]
+            elif classify(error) in (Transient, Unavailable):
+                await self._back_off(error, attempt, len(batch))
                 attempt += 1
-                await asyncio.sleep(delay_s)
+            else:
+                log.warning("batch_failed_trying_one_by_one", size=len(batch), error=repr(error))
+                for record in batch:
+                    await self._handle_one(record)
+                return
+
+    async def _handle_one(self, record: Record) -> None:
+        attempts = 0
+        while True:
+            error = await self._try([record])
+            if error is None:
+                return
+            attempts += 1
+            decision = decide(error, attempts, self.max_attempts)
+            if decision.action is Action.DEAD_LETTER:
+                await self._dead_letter(record, decision.reason)
+                return
+            await self._back_off(error, attempts - 1, 1)
+
+    async def _try(self, records: list[Record]) -> BaseException | None:
+        """None when the handler took the records, else its error in the policy's terms."""
+        try:
+            await self.handler(records)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = translate(exc)
+            metrics.ERRORS.labels(self.service, type(error).__name__).inc()
+            return error
+
+    async def _back_off(self, error: BaseException, attempt: int, size: int) -> None:
+        delay_s = backoff_s(attempt, self.retry_initial_s, self.retry_max_s)
+        log.warning(
+            "batch_failed_will_retry",
+            size=size,
+            attempt=attempt,
+            delay_s=round(delay_s, 2),
+            error=repr(error),
+        )
+        await asyncio.sleep(delay_s)
+
+    async def _dead_letter(self, record: Record, reason: str) -> None:
+        await retry_forever(
+            lambda: self.dead_letters.dead_letter(record, reason),
+            what="dead letter",
+            retryable=(KafkaError, OSError),
+            initial_s=self.retry_initial_s,
+            max_s=self.retry_max_s,
+        )
 
     async def _commit(self, batch: list[Record]) -> None:
         offsets: dict[TopicPartition, int] = {}
@@ -243,6 +318,19 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
                 2.0,
             )
     await consumer.stop()
+
+
+def _named_record(error: BaseException, batch: list[Record]) -> Record | None:
+    if not isinstance(error, InvalidRecord):
+        return None
+    for record in batch:
+        if (record.topic, record.partition, record.offset) == (
+            error.topic,
+            error.partition,
+            error.offset,
+        ):
+            return record
+    return None
 
 
 def make_consumer(

@@ -85,6 +85,7 @@ class DispatcherService:
             self._consumer,
             self._handler(publisher),
             SERVICE,
+            publisher,
             retry_initial_s=self.settings.retry_initial_s,
             retry_max_s=self.settings.retry_max_s,
         ).run()

@@ -36,6 +36,7 @@ from services.dispatcher.domain.decisions import (
 from services.dispatcher.domain.records import FinalStatus, MessageRecord, Status
 from shared import metrics
 from shared.clock import Clock
+from shared.errors import Unavailable
 from shared.events import InvalidEvent, MessageRequest
 from shared.logging import get_logger
 from shared.retry import backoff_s, retry_forever
@@ -44,7 +45,7 @@ SERVICE = "dispatcher"
 log = get_logger(__name__)
 
 
-class SmtpUnavailable(Exception):
+class SmtpUnavailable(Unavailable):
     """The relay could not be reached; the request was released and must be retried later."""
 
 

@@ -108,6 +108,7 @@ class IngestService:
             self._require(self._consumer),
             consumer.handle,
             SERVICE,
+            publisher,
             max_records=self.settings.consumer_batch_max,
             retry_initial_s=self.settings.retry_initial_s,
             retry_max_s=self.settings.retry_max_s,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.ingest.domain.canonical import subject_and_key
 from services.ingest.domain.facts import ShopEventIn, as_utc
-from services.ingest.handler import FactsHandler, UnstorableEvents
+from services.ingest.handler import FactsHandler
 from shared import events as ev
 from shared.kafka import Publisher, Record
 from shared.logging import get_logger
@@ -38,7 +38,8 @@ def decode_shop_event(raw: bytes | None) -> ShopEventIn:
 
 
 class ShopEventsConsumer:
-    """The ConsumerLoop handler: dead-letters what it cannot read, applies the rest."""
+    """The ConsumerLoop handler: dead-letters what it cannot read, applies the rest (what the
+    database refuses, the loop's one error policy finds and dead-letters)."""
 
     def __init__(self, facts: FactsHandler, publisher: Publisher) -> None:
         self._facts = facts
@@ -51,16 +52,4 @@ class ShopEventsConsumer:
                 decoded.append((record, decode_shop_event(record.value)))
             except ev.InvalidEvent as exc:
                 await self._publisher.dead_letter(record, str(exc))
-        try:
-            await self._facts.apply([event for _, event in decoded])
-        except UnstorableEvents as exc:
-            log.warning("batch_unstorable_applying_one_by_one", size=len(decoded), error=str(exc))
-            await self._one_by_one(decoded)
-
-    async def _one_by_one(self, decoded: list[tuple[Record, ShopEventIn]]) -> None:
-        """Find the event the database refuses, dead-letter it, and store all the others."""
-        for record, event in decoded:
-            try:
-                await self._facts.apply([event])
-            except UnstorableEvents as exc:
-                await self._publisher.dead_letter(record, f"the database refused it: {exc}")
+        await self._facts.apply([event for _, event in decoded])

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import asyncpg
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.facts_repository import FactsRepository
@@ -18,13 +16,6 @@ from services.ingest.domain.activity import activity_events
 from services.ingest.domain.facts import FactChanges, ShopEventIn, fold, order_totals
 from shared import events as ev
 from shared.kafka import Publisher
-
-# SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation).
-_CONTENT_SQLSTATE_CLASSES = ("22", "23")
-
-
-class UnstorableEvents(Exception):
-    """The database refused the batch's content (not its availability): retrying cannot help."""
 
 
 class FactsHandler:
@@ -34,43 +25,23 @@ class FactsHandler:
         self._activity_topic = activity_topic
 
     async def apply(self, events: Sequence[ShopEventIn]) -> None:
+        """Driver errors rise: ConsumerLoop translates them (shared.driver_errors) and finds
+        the event the database refuses by handing the batch's records one at a time."""
         unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
         if not unique:
             return
-        try:
-            async with self._engine.begin() as conn:
-                repo = FactsRepository(conn)
-                new_ids = await repo.claim_new([e.event_id for e in unique])
-                await _store(repo, fold(e for e in unique if e.event_id in new_ids))
-                owners = await repo.cart_owners(_unclaimed_carts(unique))
-                keys = {e.customer_key for e in unique if e.customer_key} | set(owners.values())
-                profiles = await repo.profiles(keys)
-                open_carts = await repo.open_carts(keys)
-        except (DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if refused_content(exc):
-                raise UnstorableEvents(str(getattr(exc, "orig", exc))) from exc
-            raise
+        async with self._engine.begin() as conn:
+            repo = FactsRepository(conn)
+            new_ids = await repo.claim_new([e.event_id for e in unique])
+            await _store(repo, fold(e for e in unique if e.event_id in new_ids))
+            owners = await repo.cart_owners(_unclaimed_carts(unique))
+            keys = {e.customer_key for e in unique if e.customer_key} | set(owners.values())
+            profiles = await repo.profiles(keys)
+            open_carts = await repo.open_carts(keys)
         activity = activity_events(unique, owners, profiles, open_carts)
         await self._publisher.publish_many(
             [(self._activity_topic, key, event) for key, event in activity]
         )
-
-
-def refused_content(exc: Exception) -> bool:
-    """Did the database refuse what it was given (bad value, broken constraint), rather than
-    fail to be there? Only then does retrying not help, and the culprit goes to the DLQ."""
-    if isinstance(exc, DataError | IntegrityError):
-        return True
-    # SQLAlchemy wraps the driver's error; the hot upserts call asyncpg directly.
-    cause: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
-    while cause is not None:
-        sqlstate = getattr(cause, "sqlstate", None)
-        if isinstance(sqlstate, str) and sqlstate[:2] in _CONTENT_SQLSTATE_CLASSES:
-            return True
-        if isinstance(cause, ValueError):  # the driver could not encode an argument
-            return True
-        cause = cause.__cause__
-    return False
 
 
 async def _store(repo: FactsRepository, changes: FactChanges) -> None:

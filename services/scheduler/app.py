@@ -64,6 +64,7 @@ class SchedulerService:
             self.consumer,
             handler,
             SERVICE,
+            self.publisher,
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
         )
