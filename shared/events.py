@@ -8,12 +8,12 @@ platforms are strings: Shopify ids exceed 2^53 and must never pass through a flo
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 CONTENT_TYPE = "application/cloudevents+json"
 NAMESPACE = uuid.UUID("5b0e4a52-8a4e-4a57-9d3b-7f3f0c1a2b9e")
@@ -38,6 +38,16 @@ ConsentState = Literal["subscribed", "not_subscribed", "unsubscribed", "pending"
 
 class InvalidEvent(ValueError):
     """The bytes are not a CloudEvent Rebound understands; the message goes to the DLQ."""
+
+
+def _aware(moment: datetime) -> datetime:
+    """A time without an offset is taken as UTC (what platforms mean by it), so every time in
+    Rebound is timezone-aware and comparing two of them can never raise."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+# Every point in time on a topic: naive input is normalised to UTC when it is read.
+Instant = Annotated[datetime, AfterValidator(_aware)]
 
 
 class Contract(BaseModel):
@@ -68,7 +78,7 @@ class Customer(Contract):
     last_name: str | None = None
     locale: str | None = None
     marketing_consent: ConsentState | None = None
-    registered_at: datetime | None = None
+    registered_at: Instant | None = None
 
 
 class Line(Contract):
@@ -89,7 +99,7 @@ class CartUpdated(Contract):
     currency: str | None = None
     total_price: Decimal | None = None
     recovery_url: str | None = None
-    updated_at: datetime
+    updated_at: Instant
 
 
 class OrderEvent(Contract):
@@ -101,8 +111,8 @@ class OrderEvent(Contract):
     currency: str | None = None
     total_price: Decimal
     cart_id: str | None = None
-    placed_at: datetime
-    cancelled_at: datetime | None = None
+    placed_at: Instant
+    cancelled_at: Instant | None = None
 
 
 class CustomerChanged(Contract):
@@ -112,7 +122,7 @@ class CustomerChanged(Contract):
 class ConsentChanged(Contract):
     customer: Customer
     state: ConsentState | None
-    changed_at: datetime | None = None
+    changed_at: Instant | None = None
 
 
 SHOP_PAYLOADS: dict[str, type[Contract]] = {
@@ -136,10 +146,10 @@ class Profile(Contract):
     last_name: str | None = None
     locale: str | None = None
     marketing_consent: ConsentState | None = None
-    registered_at: datetime | None = None
+    registered_at: Instant | None = None
     orders_count: int = 0
     total_spent: Decimal = Decimal(0)
-    last_order_at: datetime | None = None
+    last_order_at: Instant | None = None
 
 
 class CartSnapshot(Contract):
@@ -148,7 +158,7 @@ class CartSnapshot(Contract):
     currency: str | None = None
     total_price: Decimal | None = None
     recovery_url: str | None = None
-    updated_at: datetime
+    updated_at: Instant
 
 
 class Activity(Contract):
@@ -156,7 +166,7 @@ class Activity(Contract):
 
     kind: str  # the canonical event type it came from, e.g. shop.cart.updated.v1
     source_event_id: str
-    occurred_at: datetime
+    occurred_at: Instant
     profile: Profile
     cart: CartSnapshot | None = None  # the open cart after this event, if any
     order_id: str | None = None
@@ -186,7 +196,7 @@ class MessageRequest(Contract):
     consent_required: bool = True
     marketing_consent: ConsentState | None = None
     context: dict[str, Any] = Field(default_factory=dict)
-    requested_at: datetime
+    requested_at: Instant
 
 
 class MessageResult(Contract):
@@ -202,7 +212,7 @@ class MessageResult(Contract):
     reason: str | None = None
     email: str | None = None
     smtp_message_id: str | None = None
-    occurred_at: datetime
+    occurred_at: Instant
 
 
 # --- the envelope ----------------------------------------------------------------------
@@ -216,7 +226,7 @@ class CloudEvent(BaseModel):
     source: str
     type: str
     subject: str | None = None  # the customer key
-    time: datetime
+    time: Instant
     datacontenttype: Literal["application/json"] = "application/json"
     shopid: str | None = None  # extension attribute
     data: dict[str, Any]

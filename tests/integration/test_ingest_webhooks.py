@@ -15,7 +15,14 @@ from shared import events as ev
 from shared.clock import ManualClock
 from shared.topics import SHOP_EVENTS, Topics
 from tests.conftest import Infra
-from tests.unit.ingest.deliveries import CHECKOUT_CUSTOMER_ID, SHOP, SHOP_ID, Delivery, delivery
+from tests.unit.ingest.deliveries import (
+    CHECKOUT_CUSTOMER_ID,
+    SHOP,
+    SHOP_ID,
+    Delivery,
+    delivery,
+    fixture_body,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -92,11 +99,16 @@ async def test_signed_checkout_is_acknowledged_after_one_event_is_on_the_topic(
     assert cart.customer.id == CHECKOUT_CUSTOMER_ID
 
 
+# The delivery that once stopped reminders for a third of all customers: refused at the edge.
+YEAR_ONE_CHECKOUT = {**fixture_body("checkouts.create"), "updated_at": "0001-01-01T00:00:00Z"}
+
+
 @pytest.mark.parametrize(
     ("d", "status"),
     [
         (delivery("checkouts.create", secret="forged"), 401),
         (delivery("checkouts.create", body=delivery("checkouts.create").body[:100]), 400),
+        (delivery("checkouts.create", body=YEAR_ONE_CHECKOUT), 400),
         (delivery("products.create"), 200),
         (delivery("checkouts.create", topic="shop/redact"), 200),
     ],

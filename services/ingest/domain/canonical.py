@@ -7,6 +7,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
+from services.ingest.domain import limits
 from shared.events import CartUpdated, CloudEvent, Contract, customer_key, make_event
 
 SOURCE_SHOPIFY = "rebound/ingest/shopify"
@@ -40,6 +41,8 @@ def subject_and_key(shop_id: str, data: Contract) -> tuple[str | None, str]:
 def shop_event(
     *, type: str, source: str, event_id: str, shop_id: str, data: Contract, now: datetime
 ) -> ShopEvent:
+    """Raises InvalidEvent when the payload says what no shop can mean (domain/limits.py)."""
+    limits.check(data, now)
     subject, key = subject_and_key(shop_id, data)
     event = make_event(
         type=type, source=source, id=event_id, time=now, subject=subject, shop_id=shop_id, data=data

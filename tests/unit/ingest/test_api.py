@@ -23,6 +23,7 @@ from tests.unit.ingest.deliveries import (
     SHOP_ID,
     Delivery,
     delivery,
+    fixture_body,
 )
 
 NOW = datetime(2024, 10, 1, 12, tzinfo=UTC)
@@ -245,3 +246,99 @@ async def test_the_openapi_page_explains_events(client: httpx.AsyncClient) -> No
     submission = spec["components"]["schemas"]["EventSubmission"]
     assert submission["examples"][0]["type"] == ev.CART_UPDATED
     assert set(submission["properties"]["type"]["enum"]) == set(ev.SHOP_PAYLOADS)
+
+
+def _checkout(**changes: Any) -> Delivery:
+    body = fixture_body("checkouts.create")
+    body["updated_at"] = NOW.isoformat()
+    for path, value in changes.items():
+        target = body
+        *parents, leaf = path.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    return delivery("checkouts.create", body=body)
+
+
+@pytest.mark.parametrize(
+    ("d", "reason"),
+    [
+        (
+            _checkout(updated_at="0001-01-01T00:00:00Z"),
+            "updated_at: 0001-01-01T00:00:00+00:00 is before 1970",
+        ),
+        (_checkout(updated_at="1969-12-31T23:59:59Z"), "is before 1970"),
+        (
+            _checkout(updated_at="2024-10-02T12:00:01Z"),
+            "updated_at: 2024-10-02T12:00:01+00:00 is more than a day in the future",
+        ),
+        (
+            _checkout(customer__first_name="Jo\u0000hn"),
+            "customer.first_name: contains a NUL character",
+        ),
+        (
+            _checkout(customer__first_name="J" * 2000),
+            "customer.first_name: 2000 characters; at most 1000",
+        ),
+        (
+            _checkout(email="a" * 250 + "@example.com"),
+            "customer.email: 262 characters; at most 254",
+        ),
+        (
+            _checkout(line_items=[fixture_body("checkouts.create")["line_items"][0]] * 1001),
+            "lines: 1001 items",
+        ),
+    ],
+)
+async def test_what_no_shop_can_mean_is_refused_at_the_edge_with_the_reason(
+    client: httpx.AsyncClient, sink: RecordingSink, d: Delivery, reason: str
+) -> None:
+    response = await _post(client, d)
+    assert response.status_code == 400
+    assert reason in response.json()["error"]
+    assert sink.events == []
+
+
+async def test_a_day_ahead_of_our_clock_is_still_accepted(
+    client: httpx.AsyncClient, sink: RecordingSink
+) -> None:
+    response = await _post(client, _checkout(updated_at="2024-10-02T11:59:00Z"))
+    assert response.status_code == 200, response.text
+    assert len(sink.events) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (
+            {"updated_at": "1900-01-01T00:00:00Z"},
+            "updated_at: 1900-01-01T00:00:00+00:00 is before 1970",
+        ),
+        ({"cart_id": "9\u0000"}, "cart_id: contains a NUL character"),
+        (
+            {"customer": {"id": "77", "last_name": "x" * 1001}},
+            "customer.last_name: 1001 characters",
+        ),
+    ],
+)
+async def test_events_refuses_what_no_shop_can_mean(
+    client: httpx.AsyncClient, sink: RecordingSink, data: dict[str, Any], reason: str
+) -> None:
+    submission = _cart_submission()
+    submission["data"] = {**submission["data"], **data}
+    response = await client.post("/events", headers=AUTH, json=submission)
+    assert response.status_code == 400
+    assert reason in response.json()["error"]
+    assert sink.events == []
+
+
+async def test_a_time_without_offset_is_taken_as_utc(
+    client: httpx.AsyncClient, sink: RecordingSink
+) -> None:
+    submission = _cart_submission()
+    submission["data"] = {**submission["data"], "updated_at": "2024-10-01T10:00:00"}
+    assert (await client.post("/events", headers=AUTH, json=submission)).status_code == 202
+    [produced] = sink.events
+    assert ev.payload(produced.event, ev.CartUpdated).updated_at == datetime(
+        2024, 10, 1, 10, tzinfo=UTC
+    )
