@@ -428,6 +428,27 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_next_is_proce
     assert await harness.row("rk-unknown") is None  # never claimed, nothing half-done
 
 
+async def test_a_request_the_database_refuses_is_dead_lettered_and_the_next_ones_are_sent(
+    harness: Harness,
+) -> None:
+    await harness.start()
+    same_customer = "ada@example.com"  # one customer key: one partition, in this order
+    await harness.send(message_request("rk-\u0000nul", email=same_customer))
+    await harness.send(message_request("rk-after-1", email=same_customer))
+    await harness.send(message_request("rk-after-2", email=same_customer))
+
+    await eventually(lambda: len(harness.mails_to(same_customer)) == 2, 30, "both later mails")
+    await eventually(lambda: len(harness.dead_letters.records) == 1, what="one dead letter")
+    [dead] = harness.dead_letters.records
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert headers["dlq.reason"].startswith("the database refused it: ")
+    assert headers["dlq.offset"] == "0"
+    assert decode(dead.value).data["request_key"] == "rk-\u0000nul"
+    for key in ("rk-after-1", "rk-after-2"):
+        row = await harness.row(key)
+        assert row is not None and row["status"] == "sent"
+
+
 # --- operations ---------------------------------------------------------------------------
 
 

@@ -6,18 +6,19 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 
+import orjson
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaProducer
 
-from services.scheduler.adapters.tables import enrollments, timers
+from services.scheduler.adapters.tables import enrollments, processed_activities, timers
 from services.scheduler.app import SchedulerService
 from services.scheduler.journeys_loader import load_journeys
 from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
 from shared import events
 from shared.clock import ManualClock
 from shared.events import Activity, CartSnapshot, Line, MessageRequest, Profile
-from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
+from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics, dlq
 from tests.conftest import Infra, eventually, read_topic
 
 KEY = "shop:c:603851970716743400"
@@ -183,3 +184,39 @@ async def _has(infra: Infra, topics: Topics, n: int) -> bool:
 
 async def _no_timers(settings: SchedulerSettings) -> bool:
     return await count(settings, timers) == 0
+
+
+async def test_a_poison_activity_is_dead_lettered_and_the_next_on_its_partition_is_applied(
+    infra: Infra,
+    topics: Topics,
+    scheduler_settings: SchedulerSettings,
+    clock: ManualClock,
+    producer: AIOKafkaProducer,
+) -> None:
+    service = await start_scheduler(scheduler_settings, clock)
+    await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
+    try:
+        # What an older ingest published for the year-1 checkout: naive times, year 1.
+        year_one = orjson.loads(events.encode(activity(clock, source_id="year-1")))
+        year_one["data"]["occurred_at"] = "0001-01-01T00:00:00"
+        year_one["data"]["cart"]["updated_at"] = "0001-01-01T00:00:00"
+        # A name PostgreSQL cannot store (jsonb refuses \u0000): it can never succeed.
+        unstorable = orjson.loads(events.encode(activity(clock, source_id="nul")))
+        unstorable["data"]["profile"]["first_name"] = "Jo\u0000hn"
+        for value in (orjson.dumps(year_one), orjson.dumps(unstorable)):
+            await producer.send_and_wait(topics.name(CUSTOMER_ACTIVITY), value, key=KEY.encode())
+        await send(producer, topics, activity(clock, source_id="good"))
+
+        async def applied() -> bool:
+            return await count(scheduler_settings, processed_activities) == 2
+
+        await eventually(applied, what="the year-1 and the good activity applied")
+        [dead] = await read_topic(infra.bootstrap, topics.name(dlq(CUSTOMER_ACTIVITY)), 500)
+        assert dead.value == orjson.dumps(unstorable)
+        headers = {k: v.decode() for k, v in dead.headers}
+        assert headers["dlq.reason"].startswith("the database refused it: ")
+        assert headers["dlq.topic"] == topics.name(CUSTOMER_ACTIVITY)
+        assert headers["dlq.offset"] == "1"
+        assert await count(scheduler_settings, timers) == 1  # the cart is waiting for its reminder
+    finally:
+        await service.stop()
