@@ -21,7 +21,7 @@ test: deps ## The whole suite against real PostgreSQL, broker and SMTP server
 lint: venv ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy shared services tests deploy
+	$(VENV)/bin/mypy shared services rebound tests deploy
 
 format: venv
 	$(VENV)/bin/ruff check --fix .

@@ -129,6 +129,7 @@ def _innermost(error: BaseException) -> BaseException:
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, asyncpg.PostgresError | asyncpg.InterfaceError):
-            return cause
+            found: BaseException = cause
+            return found
         cause = getattr(cause, "orig", None) or cause.__cause__
     return orig if isinstance(orig, BaseException) else error

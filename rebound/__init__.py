@@ -1,0 +1,1 @@
+"""Operator commands for a running Rebound: `python -m rebound --help`."""
