@@ -66,8 +66,7 @@ def replay_command(
         ),
     ] = None,
 ) -> None:
-    """Produce dead letters again, original bytes and key, to the topic they came from; each
-    is replayed once (a later replay skips it)."""
+    """Send dead letters again (original bytes and key) to their topic, each only once."""
     bootstrap, dlq = _where(topic)
     try:
         done, skipped = asyncio.run(replay(bootstrap, dlq, offset or ()))

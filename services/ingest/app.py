@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable
+from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.broker import KafkaEventSink
+from services.ingest.adapters.tables import processed_events
 from services.ingest.api import events_router, install_error_handlers, shopify_router
 from services.ingest.consumer import ShopEventsConsumer
 from services.ingest.domain.shops import Shop, ShopDirectory
@@ -21,6 +23,7 @@ from shared.clock import Clock
 from shared.db import make_engine, ping
 from shared.http import ReadinessCheck, ops_router
 from shared.kafka import ConsumerLoop, make_consumer, make_producer, stop_consumer
+from shared.pruning import Pruner
 from shared.runtime import Loops
 from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics
 
@@ -97,6 +100,19 @@ class IngestService:
                 self._topics.name(SHOP_EVENTS),
             )
             self._loops.spawn("consumer", self._consume)
+            self._loops.spawn("prune", self.pruner(self._engine).run)
+
+    def pruner(self, engine: AsyncEngine) -> Pruner:
+        """Forgets processed event ids the broker can no longer redeliver."""
+        s = self.settings
+        return Pruner(
+            engine,
+            processed_events,
+            "processed_at",
+            self._clock,
+            timedelta(days=s.processed_retention_days),
+            s.prune_interval_s,
+        )
 
     async def _consume(self) -> None:
         publisher = await self._sink.started()

@@ -44,3 +44,12 @@ class IngestSettings(ServiceSettings):
     )
     consumer_batch_max: int = Field(default=2000, ge=1, description="Records per consumer batch.")
     db_pool_size: int = Field(default=5, ge=1)
+    processed_retention_days: float = Field(
+        default=14,
+        ge=1,
+        description="How long processed event ids are kept to drop redeliveries; longer than "
+        "the broker's retention (Kafka's default is 7 days).",
+    )
+    prune_interval_s: float = Field(
+        default=3600, gt=0, description="How often old processed event ids are deleted."
+    )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from fastapi import FastAPI
 
+from services.scheduler.adapters.tables import processed_activities
 from services.scheduler.api import control_router
 from services.scheduler.consumer import ActivityHandler
 from services.scheduler.loops import OutboxRelay, TimerLoop
@@ -23,6 +25,7 @@ from shared.kafka import (
     start_with_retry,
     stop_consumer,
 )
+from shared.pruning import Pruner
 from shared.runtime import Loops
 from shared.topics import CUSTOMER_ACTIVITY, Topics
 
@@ -68,6 +71,14 @@ class SchedulerService:
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
         )
+        self.pruner = Pruner(  # forgets activity ids the broker can no longer redeliver
+            self.engine,
+            processed_activities,
+            "processed_at",
+            clock,
+            timedelta(days=settings.processed_retention_days),
+            settings.prune_interval_s,
+        )
         self._loops = Loops(SERVICE)
         self.app = FastAPI(
             title="Rebound scheduler", description="Journeys, enrolments and durable timers."
@@ -85,6 +96,7 @@ class SchedulerService:
     async def start(self) -> None:
         self._loops.spawn("producer", self._start_producer)
         self._loops.spawn("activities", self.consumer_loop.run)
+        self._loops.spawn("prune", self.pruner.run)
 
     async def _start_producer(self) -> None:
         """The producer first: the relay and the timers need it; then they run forever."""

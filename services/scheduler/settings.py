@@ -22,3 +22,12 @@ class SchedulerSettings(ServiceSettings):
     )
     poll_interval_s: float = Field(default=1.0, description="How often due timers are looked for.")
     claim_batch: int = 200
+    processed_retention_days: float = Field(
+        default=14,
+        ge=1,
+        description="How long processed event ids are kept to drop redeliveries; longer than "
+        "the broker's retention (Kafka's default is 7 days).",
+    )
+    prune_interval_s: float = Field(
+        default=3600, gt=0, description="How often old processed event ids are deleted."
+    )

@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     Numeric,
@@ -23,6 +24,7 @@ processed_events = Table(
     metadata,
     Column("event_id", Text, primary_key=True),
     Column("processed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Index("processed_events_processed_at", "processed_at"),
 )
 
 customers = Table(

@@ -33,6 +33,7 @@ processed_activities = sa.Table(
     metadata,
     sa.Column("event_id", sa.Text, primary_key=True),
     sa.Column("processed_at", TS, nullable=False),
+    sa.Index("processed_activities_processed_at", "processed_at"),
 )
 enrollments = sa.Table(
     "enrollments",
