@@ -4,6 +4,7 @@
 #   python -m services.scheduler run              (port 8002)
 #   python -m services.dispatcher run             (port 8003)
 #   python -m services.<name> migrate, python -m services.scheduler load-journeys
+#   python -m rebound dlq list|replay TOPIC        (dead letters)
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
@@ -18,11 +19,12 @@ RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
+COPY rebound ./rebound
 # Everything the services read at run time (migrations, journeys, templates, schemas) is
 # package data, so the image runs from the installed package and holds no source tree.
 RUN pip install --no-deps . \
     && cd / && python -c "import services.ingest.__main__, services.scheduler.__main__, \
-services.dispatcher.__main__, shared.schemas"
+services.dispatcher.__main__, shared.schemas, rebound.__main__"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="rebound" \

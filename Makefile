@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # worker starts its own PostgreSQL cluster and broker.
 TEST_WORKERS ?= 4
 
-.PHONY: run test lint format bench demo deps venv postgres tansu schemas clean
+.PHONY: run test lint format bench demo dlq deps venv postgres tansu schemas clean
 
 run: deps ## Start PostgreSQL, Tansu, the mail catcher and the three services (Ctrl-C stops)
 	$(PY) deploy/local/devstack.py run
@@ -32,6 +32,9 @@ bench: deps ## Webhook throughput/latency and consumer throughput (see BENCHMARK
 
 demo: venv ## Post a signed Shopify checkout to the running `make run`
 	$(PY) deploy/local/demo.py
+
+dlq: venv ## List the dead letters of TOPIC (make dlq TOPIC=shop.events); replay: python -m rebound dlq replay TOPIC
+	$(PY) -m rebound dlq list $(TOPIC)
 
 schemas: venv ## Regenerate the published JSON Schemas from shared/events.py
 	$(PY) -m shared.schemas
