@@ -32,6 +32,13 @@ MESSAGE_REQUESTED = "message.requested.v1"
 MESSAGE_SENT = "message.sent.v1"
 MESSAGE_FAILED = "message.failed.v1"
 MESSAGE_SUPPRESSED = "message.suppressed.v1"
+MESSAGE_CONVERTED = "message.converted.v1"
+JOURNEY_DECISION = "journey.decision.v1"
+# What recipients did with a message (email.events)
+EMAIL_OPENED = "email.opened.v1"
+EMAIL_CLICKED = "email.clicked.v1"
+EMAIL_UNSUBSCRIBED = "email.unsubscribed.v1"
+EMAIL_BOUNCED = "email.bounced.v1"
 
 ConsentState = Literal["subscribed", "not_subscribed", "unsubscribed", "pending", "redacted"]
 
@@ -150,6 +157,8 @@ class Profile(Contract):
     orders_count: int = 0
     total_spent: Decimal = Decimal(0)
     last_order_at: Instant | None = None
+    last_human_open_at: Instant | None = None
+    last_click_at: Instant | None = None
 
 
 class CartSnapshot(Contract):
@@ -159,6 +168,26 @@ class CartSnapshot(Contract):
     total_price: Decimal | None = None
     recovery_url: str | None = None
     updated_at: Instant
+
+
+class MessageEngagement(Contract):
+    """One sent message as the facts know it after an e-mail event (the opened branch etc.)."""
+
+    request_key: str
+    journey_id: str
+    step_id: str
+    sent_at: Instant
+    first_human_open_at: Instant | None = None
+    first_machine_open_at: Instant | None = None
+    human_opens: int = 0
+    machine_opens: int = 0
+    first_click_at: Instant | None = None
+    clicked_links: list[str] = Field(default_factory=list)
+    converted_at: Instant | None = None
+    order_id: str | None = None
+    revenue: Decimal | None = None
+    unsubscribed_at: Instant | None = None
+    bounced_at: Instant | None = None
 
 
 class Activity(Contract):
@@ -171,6 +200,7 @@ class Activity(Contract):
     cart: CartSnapshot | None = None  # the open cart after this event, if any
     order_id: str | None = None
     order_total: Decimal | None = None
+    message: MessageEngagement | None = None  # for e-mail events and attributed orders
 
 
 class Recipient(Contract):
@@ -213,6 +243,86 @@ class MessageResult(Contract):
     email: str | None = None
     smtp_message_id: str | None = None
     occurred_at: Instant
+
+
+class JourneyDecision(Contract):
+    """journey.decision.v1 on engagement.results: a `publish` step other channels act on."""
+
+    decision: str  # e.g. customer.sunset
+    journey_id: str
+    journey_version: int | None = None
+    step_id: str
+    customer_key: str
+
+
+class MessageConverted(Contract):
+    """message.converted.v1 on engagement.results: an order attributed to a message, last touch."""
+
+    request_key: str
+    shop_id: str
+    customer_key: str
+    journey_id: str
+    step_id: str
+    order_id: str
+    revenue: Decimal
+    currency: str | None = None
+    touch: Literal["click", "open"]  # what put the message inside the attribution window
+    touched_at: Instant
+    ordered_at: Instant
+    recovered_cart_id: str | None = None  # set when the order is the abandoned cart itself
+
+
+# --- e-mail events (email.events) ------------------------------------------------------
+
+
+class EmailEvent(Contract):
+    """The message an e-mail event is about; every type below adds what happened."""
+
+    request_key: str
+    shop_id: str
+    customer_key: str
+    journey_id: str
+    step_id: str
+    sent_at: Instant
+
+
+class EmailOpened(EmailEvent):
+    opened_at: Instant
+    machine: bool = Field(
+        description="Fetched by a mail-privacy proxy or a scanner, or seconds after the send; "
+        "journeys branch on human opens."
+    )
+    machine_reason: str | None = None  # privacy_proxy, scanner, right_after_send
+
+
+class EmailClicked(EmailEvent):
+    clicked_at: Instant
+    link_index: int
+    url: str
+
+
+class EmailUnsubscribed(EmailEvent):
+    unsubscribed_at: Instant
+    method: Literal["one_click", "confirm_page"]
+
+
+class EmailBounced(EmailEvent):
+    """The relay refused the address; `permanent` (5xx) suppresses it for marketing."""
+
+    email: str
+    bounced_at: Instant
+    permanent: bool
+    stage: Literal["envelope", "data"]
+    smtp_code: int | None = None
+    detail: str = ""
+
+
+EMAIL_PAYLOADS: dict[str, type[EmailEvent]] = {
+    EMAIL_OPENED: EmailOpened,
+    EMAIL_CLICKED: EmailClicked,
+    EMAIL_UNSUBSCRIBED: EmailUnsubscribed,
+    EMAIL_BOUNCED: EmailBounced,
+}
 
 
 # --- the envelope ----------------------------------------------------------------------

@@ -37,6 +37,12 @@ MODELS: dict[str, type[BaseModel]] = {
     "activity": events.Activity,
     "message_request": events.MessageRequest,
     "message_result": events.MessageResult,
+    "message_converted": events.MessageConverted,
+    "journey_decision": events.JourneyDecision,
+    "email_opened": events.EmailOpened,
+    "email_clicked": events.EmailClicked,
+    "email_unsubscribed": events.EmailUnsubscribed,
+    "email_bounced": events.EmailBounced,
 }
 
 # Event type -> (topic it travels on, file stem of its `data` schema).
@@ -53,6 +59,12 @@ EVENT_TYPES: dict[str, tuple[str, str]] = {
     events.MESSAGE_SENT: (topics.ENGAGEMENT_RESULTS, "message_result"),
     events.MESSAGE_FAILED: (topics.ENGAGEMENT_RESULTS, "message_result"),
     events.MESSAGE_SUPPRESSED: (topics.ENGAGEMENT_RESULTS, "message_result"),
+    events.MESSAGE_CONVERTED: (topics.ENGAGEMENT_RESULTS, "message_converted"),
+    events.JOURNEY_DECISION: (topics.ENGAGEMENT_RESULTS, "journey_decision"),
+    events.EMAIL_OPENED: (topics.EMAIL_EVENTS, "email_opened"),
+    events.EMAIL_CLICKED: (topics.EMAIL_EVENTS, "email_clicked"),
+    events.EMAIL_UNSUBSCRIBED: (topics.EMAIL_EVENTS, "email_unsubscribed"),
+    events.EMAIL_BOUNCED: (topics.EMAIL_EVENTS, "email_bounced"),
 }
 
 
