@@ -131,7 +131,9 @@ def _from_array(data: Any) -> Claims:
         raise InvalidToken("unknown token format")
     if not isinstance(data[7], int):
         raise InvalidToken("unknown token format")
-    message = MessageRef(*data[2:7], sent_at=datetime.fromtimestamp(data[7], UTC))
+    shop_id, customer_key, request_key, journey_id, step_id = data[2:7]
+    sent_at = datetime.fromtimestamp(data[7], UTC)
+    message = MessageRef(shop_id, customer_key, request_key, journey_id, step_id, sent_at)
     return Claims(kind, message, _link(data[8:]) if len(data) == 11 else None)
 
 
