@@ -9,23 +9,26 @@ from pathlib import Path
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.broker import KafkaEventSink
+from services.ingest.adapters.email_events import KafkaEmailEventSink
 from services.ingest.adapters.tables import processed_events
 from services.ingest.api import events_router, install_error_handlers, shopify_router
 from services.ingest.consumer import ShopEventsConsumer
 from services.ingest.domain.shops import Shop, ShopDirectory
 from services.ingest.handler import FactsHandler
 from services.ingest.settings import IngestSettings, ShopConfig
+from services.ingest.tracking import tracking_router
 from shared.clock import Clock
 from shared.db import make_engine, ping
 from shared.http import ReadinessCheck, ops_router
 from shared.kafka import ConsumerLoop, make_consumer, make_producer, stop_consumer
 from shared.pruning import Pruner
 from shared.runtime import Loops
-from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics
+from shared.topics import CUSTOMER_ACTIVITY, EMAIL_EVENTS, SHOP_EVENTS, Topics
+from shared.tracking import TokenSigner
 
 SERVICE = "ingest"
 T = TypeVar("T")
@@ -57,6 +60,9 @@ class IngestService:
         self._sink = KafkaEventSink(
             self._topics.name(SHOP_EVENTS), settings.produce_timeout_s, SERVICE
         )
+        self._email_sink = KafkaEmailEventSink(
+            self._sink, self._topics.name(EMAIL_EVENTS), settings.produce_timeout_s
+        )
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._engine: AsyncEngine | None = None
@@ -83,8 +89,16 @@ class IngestService:
             shops = shop_directory(self.settings.shops)
             app.include_router(shopify_router(shops, self._sink, self._clock))
             app.include_router(events_router(shops, self._sink, self._clock))
+            if self.settings.tracking_keys:
+                app.include_router(self._tracking_router())
             install_error_handlers(app)
         return app
+
+    def _tracking_router(self) -> APIRouter:
+        s = self.settings
+        max_age = timedelta(days=s.tracking_max_age_days)
+        signer = TokenSigner(s.tracking_keys)
+        return tracking_router(signer, self._email_sink, self._clock, max_age)
 
     async def start(self) -> None:
         """Returns at once; the broker and database connections come up in the background."""
@@ -131,6 +145,7 @@ class IngestService:
         ).run()
 
     async def stop(self) -> None:
+        await _quietly(self._email_sink.drain())
         await self._loops.stop()
         if self._consumer is not None:
             await _quietly(stop_consumer(self._consumer))

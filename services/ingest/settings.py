@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
+from shared.tracking import TrackingKey
 
 Role = Literal["api", "consumer", "all"]
 
@@ -52,4 +53,13 @@ class IngestSettings(ServiceSettings):
     )
     prune_interval_s: float = Field(
         default=3600, gt=0, description="How often old processed event ids are deleted."
+    )
+    tracking_keys: list[TrackingKey] = Field(
+        default_factory=list,
+        description='JSON list in REBOUND_INGEST_TRACKING_KEYS, newest first, e.g. [{"kid": '
+        '"2026-11", "secret": "..."}]; the same list as the dispatcher\'s. Empty: the '
+        "tracking and unsubscribe endpoints are not served.",
+    )
+    tracking_max_age_days: int = Field(
+        default=400, ge=1, description="Opens and clicks of older mail are not recorded."
     )
