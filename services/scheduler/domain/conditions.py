@@ -34,6 +34,25 @@ Op = Literal[
 ]
 Facts = Mapping[str, Any]
 FACT_ROOTS = ("profile", "cart", "event", "last_message", "enrollment")
+# The engine fills exactly these; a condition on anything else under them could never hold.
+LAST_MESSAGE_FIELDS = frozenset(
+    {
+        "request_key",
+        "step_id",
+        "sent_at",
+        "opened",
+        "human_opened",
+        "machine_opened",
+        "opened_at",
+        "clicked",
+        "clicked_at",
+        "converted",
+        "converted_at",
+        "revenue",
+    }
+)
+ENROLLMENT_FIELDS = frozenset({"journey_id", "step_id", "entered_at", "holdout", "messages_sent"})
+_CLOSED_ROOTS = {"last_message": LAST_MESSAGE_FIELDS, "enrollment": ENROLLMENT_FIELDS}
 _MISSING = object()
 
 
@@ -49,8 +68,14 @@ class Leaf(BaseModel):
     @field_validator("field", "ref")
     @classmethod
     def _known_root(cls, path: str | None) -> str | None:
-        if path is not None and path.split(".")[0] not in FACT_ROOTS:
+        if path is None:
+            return path
+        root, _, rest = path.partition(".")
+        if root not in FACT_ROOTS:
             raise ValueError(f"{path!r}: facts start with one of {', '.join(FACT_ROOTS)}")
+        known = _CLOSED_ROOTS.get(root)
+        if known is not None and rest not in known:
+            raise ValueError(f"{path!r}: {root} has {', '.join(sorted(known))}")
         return path
 
     @model_validator(mode="after")

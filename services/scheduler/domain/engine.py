@@ -14,7 +14,9 @@ from typing import Literal
 from services.scheduler.domain.conditions import Facts, lookup
 from services.scheduler.domain.journey import EventTrigger, Journey, Send, Step
 from shared.clock import parse_duration
+from shared.events import EMAIL_OPENED
 
+UNSUBSCRIBED = "unsubscribed"
 MAX_STEPS_PER_ADVANCE = 100  # a goto loop without a wait is a definition error, not a hang
 
 Status = Literal["active", "exited", "completed"]
@@ -95,17 +97,45 @@ def on_timer(
 def on_activity(
     journey: Journey, enrollment: Enrollment, kind: str, facts: Facts, now: datetime
 ) -> Outcome:
-    """Exit rules first; otherwise a wait that restarts on this kind of activity restarts."""
+    """Unsubscribed leaves every marketing journey; then the exit rules; then a wait that
+    restarts on this activity restarts, and one that waits for this engagement ends now.
+
+    `facts` are scoped to this enrolment (facts.for_enrollment): `last_message` is its own.
+    """
     if enrollment.status != "active":
         return Outcome(enrollment)
+    if journey.consent == "marketing" and _unsubscribed(facts):
+        return _exit(enrollment, UNSUBSCRIBED)
     for rule in journey.exit:
         if rule.event == kind and (rule.if_ is None or rule.if_.holds(facts, now)):
-            exited = replace(enrollment, status="exited", exit_reason=rule.reason)
-            return Outcome(exited, [CancelTimer()])
+            return _exit(enrollment, rule.reason)
     step = _current(journey, enrollment)
     if step.wait is not None and kind in step.wait.restart_on:
         return Outcome(enrollment, [ScheduleTimer(step.id, _due(step, facts, now))])
+    if step.wait is not None and kind in step.wait.until and _engaged(kind, facts):
+        moved_on = advance(
+            journey, replace(enrollment, step_index=enrollment.step_index + 1), facts, now
+        )
+        return Outcome(moved_on.enrollment, [CancelTimer(), *moved_on.decisions])
     return Outcome(enrollment)
+
+
+def _exit(enrollment: Enrollment, reason: str) -> Outcome:
+    return Outcome(replace(enrollment, status="exited", exit_reason=reason), [CancelTimer()])
+
+
+def _unsubscribed(facts: Facts) -> bool:
+    return bool(lookup(facts, "profile.marketing_consent") == "unsubscribed")
+
+
+def _engaged(kind: str, facts: Facts) -> bool:
+    """The event is about this enrolment's last message, and that message now shows it
+    (a machine open is an open event too, but leaves `opened` false)."""
+    about = lookup(facts, "event.request_key")
+    if about is None or about != lookup(facts, "last_message.request_key"):
+        return False
+    shown = "last_message.opened" if kind == EMAIL_OPENED else "last_message.clicked"
+    return lookup(facts, shown) is True
 
 
 def advance(journey: Journey, enrollment: Enrollment, facts: Facts, now: datetime) -> Outcome:

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from shared.events import CartSnapshot, Profile
+from shared.events import CartSnapshot, MessageEngagement, Profile
 
 SECONDS_PER_DAY = 86_400
 
 
 def build_facts(
-    kind: str, occurred_at: datetime, profile: Profile, cart: CartSnapshot | None, now: datetime
+    kind: str,
+    occurred_at: datetime,
+    profile: Profile,
+    cart: CartSnapshot | None,
+    now: datetime,
+    about_message: str | None = None,
 ) -> dict[str, Any]:
+    """`about_message` is the request key an e-mail event or a conversion concerns."""
     profile_facts = profile.model_dump()
     profile_facts["days_since_last_order"] = _days_since(profile.last_order_at, now)
     profile_facts["days_since_registration"] = _days_since(profile.registered_at, now)
@@ -21,7 +30,7 @@ def build_facts(
         cart_facts = cart.model_dump()
         cart_facts["item_count"] = sum(line.quantity for line in cart.lines)
     return {
-        "event": {"kind": kind, "occurred_at": occurred_at},
+        "event": {"kind": kind, "occurred_at": occurred_at, "request_key": about_message},
         "profile": profile_facts,
         "cart": cart_facts or {"item_count": 0},
     }
@@ -29,3 +38,73 @@ def build_facts(
 
 def _days_since(moment: datetime | None, now: datetime) -> float | None:
     return None if moment is None else (now - moment).total_seconds() / SECONDS_PER_DAY
+
+
+@dataclass(frozen=True)
+class LastMessage:
+    """The enrolment's most recent message and what the recipient did with it so far."""
+
+    request_key: str
+    step_id: str
+    sent_at: datetime
+    human_opened_at: datetime | None = None
+    machine_opened_at: datetime | None = None
+    clicked_at: datetime | None = None
+    converted_at: datetime | None = None
+    revenue: Decimal | None = None
+
+    def as_facts(self) -> dict[str, Any]:
+        # `opened` is a human open: privacy proxies fetch every image of every mail.
+        return {
+            "request_key": self.request_key,
+            "step_id": self.step_id,
+            "sent_at": self.sent_at,
+            "opened": self.human_opened_at is not None,
+            "human_opened": self.human_opened_at is not None,
+            "machine_opened": self.machine_opened_at is not None,
+            "opened_at": self.human_opened_at,
+            "clicked": self.clicked_at is not None,
+            "clicked_at": self.clicked_at,
+            "converted": self.converted_at is not None,
+            "converted_at": self.converted_at,
+            "revenue": self.revenue,
+        }
+
+
+@dataclass(frozen=True)
+class EnrollmentView:
+    journey_id: str
+    step_id: str
+    entered_at: datetime
+    holdout: bool
+    messages_sent: int = 0
+
+
+def for_enrollment(
+    facts: Mapping[str, Any], enrollment: EnrollmentView, last_message: LastMessage | None
+) -> dict[str, Any]:
+    """The shared facts plus what belongs to one enrolment (its last message, its progress)."""
+    scoped = dict(facts)
+    scoped["enrollment"] = {
+        "journey_id": enrollment.journey_id,
+        "step_id": enrollment.step_id,
+        "entered_at": enrollment.entered_at,
+        "holdout": enrollment.holdout,
+        "messages_sent": enrollment.messages_sent,
+    }
+    if last_message is not None:
+        scoped["last_message"] = last_message.as_facts()
+    return scoped
+
+
+def engagement_of(message: MessageEngagement) -> LastMessage:
+    return LastMessage(
+        request_key=message.request_key,
+        step_id=message.step_id,
+        sent_at=message.sent_at,
+        human_opened_at=message.first_human_open_at,
+        machine_opened_at=message.first_machine_open_at,
+        clicked_at=message.first_click_at,
+        converted_at=message.converted_at,
+        revenue=message.revenue,
+    )

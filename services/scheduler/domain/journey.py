@@ -7,6 +7,7 @@ by the engine in engine.py.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from services.scheduler.domain.conditions import Condition
 from shared.clock import parse_duration
+from shared.events import EMAIL_CLICKED, EMAIL_OPENED
 
 
 class Model(BaseModel):
@@ -47,10 +49,31 @@ class Exit(Model):
     reason: str
 
 
+# Engagement with the enrolment's last message that can end a wait early (a human open counts
+# as opened; a privacy proxy's fetch does not).
+UNTIL_EVENTS = (EMAIL_OPENED, EMAIL_CLICKED)
+_VERSIONED = re.compile(r"\.v\d+$")
+
+
 class Wait(Model):
     for_: Duration = Field(alias="for")
     from_: str | None = Field(default=None, alias="from")  # a datetime fact; default: now
     restart_on: list[str] = Field(default_factory=list)  # e.g. a cart change restarts the wait
+    until: list[str] = Field(default_factory=list)  # e.g. email.clicked: ends the wait early
+
+    @field_validator("until", mode="before")
+    @classmethod
+    def _known_engagement(cls, value: Any) -> Any:
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list):
+            return value
+        versioned = [
+            f"{n}.v1" if isinstance(n, str) and not _VERSIONED.search(n) else n for n in names
+        ]
+        unknown = [n for n in versioned if n not in UNTIL_EVENTS]
+        if unknown:
+            raise ValueError(f"until: {unknown} is not one of {', '.join(UNTIL_EVENTS)}")
+        return versioned
 
     @property
     def delay(self) -> timedelta:
