@@ -28,7 +28,6 @@ from shared.events import Activity, MessageRequest, Recipient, make_event
 from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
 
 SOURCE = "rebound/scheduler"
-JOURNEY_DECISION = "journey.decision.v1"
 
 
 class JourneyCatalog:
@@ -246,16 +245,17 @@ class Runner:
         event = events.CloudEvent(
             id=events.stable_event_id("decision", str(enrollment_id), decision.step_id),
             source=SOURCE,
-            type=JOURNEY_DECISION,
+            type=events.JOURNEY_DECISION,
             subject=customer.key,
             time=now,
             shopid=customer.profile.shop_id,
-            data={
-                "decision": decision.decision,
-                "journey_id": journey.id,
-                "step_id": decision.step_id,
-                "customer_key": customer.key,
-            },
+            data=events.JourneyDecision(
+                decision=decision.decision,
+                journey_id=journey.id,
+                journey_version=journey.version,
+                step_id=decision.step_id,
+                customer_key=customer.key,
+            ).model_dump(mode="json"),
         )
         await self.outbox.add(
             conn, self.topics.name(ENGAGEMENT_RESULTS), customer.key, events.encode(event), now
