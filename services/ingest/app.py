@@ -16,18 +16,28 @@ from services.ingest.adapters.broker import KafkaEventSink
 from services.ingest.adapters.email_events import KafkaEmailEventSink
 from services.ingest.adapters.tables import processed_events
 from services.ingest.api import events_router, install_error_handlers, shopify_router
+from services.ingest.attribution import AttributionConsumer
+from services.ingest.attribution import Topics as AttributionTopics
 from services.ingest.consumer import ShopEventsConsumer
+from services.ingest.domain.engagement import Windows
 from services.ingest.domain.shops import Shop, ShopDirectory
+from services.ingest.engagement import EmailEventsConsumer
 from services.ingest.handler import FactsHandler
 from services.ingest.settings import IngestSettings, ShopConfig
 from services.ingest.tracking import tracking_router
-from shared.clock import Clock
+from shared.clock import Clock, parse_duration
 from shared.db import make_engine, ping
 from shared.http import ReadinessCheck, ops_router
-from shared.kafka import ConsumerLoop, make_consumer, make_producer, stop_consumer
+from shared.kafka import BatchHandler, ConsumerLoop, make_consumer, make_producer, stop_consumer
 from shared.pruning import Pruner
 from shared.runtime import Loops
-from shared.topics import CUSTOMER_ACTIVITY, EMAIL_EVENTS, SHOP_EVENTS, Topics
+from shared.topics import (
+    CUSTOMER_ACTIVITY,
+    EMAIL_EVENTS,
+    ENGAGEMENT_RESULTS,
+    SHOP_EVENTS,
+    Topics,
+)
 from shared.tracking import TokenSigner
 
 SERVICE = "ingest"
@@ -65,6 +75,7 @@ class IngestService:
         )
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._side_consumers: list[AIOKafkaConsumer] = []
         self._engine: AsyncEngine | None = None
         self.app = self._build_app()
 
@@ -115,6 +126,8 @@ class IngestService:
             )
             self._loops.spawn("consumer", self._consume)
             self._loops.spawn("prune", self.pruner(self._engine).run)
+            self._loops.spawn("email-events", self._consume_email_events)
+            self._loops.spawn("attribution", self._consume_orders_for_attribution)
 
     def pruner(self, engine: AsyncEngine) -> Pruner:
         """Forgets processed event ids the broker can no longer redeliver."""
@@ -127,6 +140,55 @@ class IngestService:
             timedelta(days=s.processed_retention_days),
             s.prune_interval_s,
         )
+
+    def _side_consumer(self, group: str, topic: str) -> AIOKafkaConsumer:
+        s = self.settings
+        consumer = make_consumer(
+            s.kafka_bootstrap_servers,
+            s.topic_prefix + group,
+            f"{s.kafka_client_id}-{group}",
+            self._topics.name(topic),
+        )
+        self._side_consumers.append(consumer)
+        return consumer
+
+    async def _run_loop(self, consumer: AIOKafkaConsumer, handler: BatchHandler) -> None:
+        s = self.settings
+        await ConsumerLoop(
+            consumer,
+            handler,
+            SERVICE,
+            await self._sink.started(),
+            max_records=s.consumer_batch_max,
+            retry_initial_s=s.retry_initial_s,
+            retry_max_s=s.retry_max_s,
+        ).run()
+
+    async def _consume_email_events(self) -> None:
+        """email.events -> engagement facts and consent -> customer.activity (own group)."""
+        consumer = self._side_consumer("ingest-email", EMAIL_EVENTS)
+        publisher = await self._sink.started()
+        handler = EmailEventsConsumer(
+            self._require(self._engine), publisher, self._topics.name(CUSTOMER_ACTIVITY)
+        )
+        await self._run_loop(consumer, handler.handle)
+
+    async def _consume_orders_for_attribution(self) -> None:
+        """Orders placed (from ingest's own customer.activity) -> message.converted."""
+        consumer = self._side_consumer("ingest-attribution", CUSTOMER_ACTIVITY)
+        publisher = await self._sink.started()
+        topics = AttributionTopics(
+            self._topics.name(CUSTOMER_ACTIVITY), self._topics.name(ENGAGEMENT_RESULTS)
+        )
+        windows = {
+            shop.shop_id: Windows(
+                parse_duration(shop.attribution_click_window),
+                parse_duration(shop.attribution_open_window),
+            )
+            for shop in self.settings.shops
+        }
+        handler = AttributionConsumer(self._require(self._engine), publisher, topics, windows)
+        await self._run_loop(consumer, handler.handle)
 
     async def _consume(self) -> None:
         publisher = await self._sink.started()
@@ -149,6 +211,8 @@ class IngestService:
         await self._loops.stop()
         if self._consumer is not None:
             await _quietly(stop_consumer(self._consumer))
+        for side in self._side_consumers:
+            await _quietly(stop_consumer(side))
         if self._producer is not None:
             await _quietly(self._producer.stop())
         if self._engine is not None:

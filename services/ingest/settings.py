@@ -28,6 +28,16 @@ class ShopConfig(BaseModel):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token for POST /events (shops on other platforms)."
     )
+    attribution_click_window: str = Field(
+        default="5d",
+        pattern=r"^(\d+[smhdw])+$",
+        description="An order this long after a click is credited to the clicked message.",
+    )
+    attribution_open_window: str = Field(
+        default="1d",
+        pattern=r"^(\d+[smhdw])+$",
+        description="An order this long after a human open is credited to the opened message.",
+    )
 
 
 class IngestSettings(ServiceSettings):

@@ -1,0 +1,86 @@
+"""The e-mail events consumer: email.events -> engagement facts (and consent) -> customer.activity.
+
+Idempotent like the shop events consumer: processed_events says which events are new, only
+those change facts; activity is published for every event, duplicates included, after the
+commit, so a crash between the two is repaired by the redelivery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest.adapters.engagement_repository import EngagementRepository
+from services.ingest.adapters.facts_repository import FactsRepository
+from services.ingest.domain.engagement import (
+    EmailEventIn,
+    activity,
+    fold,
+    with_touches,
+)
+from shared import events as ev
+from shared.kafka import Publisher, Record
+
+
+def decode_email_event(raw: bytes | None) -> EmailEventIn:
+    event = ev.decode(raw)
+    model = ev.EMAIL_PAYLOADS.get(event.type)
+    if model is None:
+        raise ev.InvalidEvent(f"unknown e-mail event type {event.type!r}")
+    return EmailEventIn(event.id, event.type, ev.payload(event, model))
+
+
+class EmailEventsConsumer:
+    def __init__(self, engine: AsyncEngine, publisher: Publisher, activity_topic: str) -> None:
+        self._engine = engine
+        self._publisher = publisher
+        self._activity_topic = activity_topic
+
+    async def handle(self, batch: list[Record]) -> None:
+        decoded: list[EmailEventIn] = []
+        for record in batch:
+            try:
+                decoded.append(decode_email_event(record.value))
+            except ev.InvalidEvent as exc:
+                await self._publisher.dead_letter(record, str(exc))
+        await self.apply(decoded)
+
+    async def apply(self, events: Sequence[EmailEventIn]) -> None:
+        unique = list({e.event_id: e for e in events}.values())
+        if not unique:
+            return
+        keys = {e.data.customer_key for e in unique}
+        async with self._engine.begin() as conn:
+            repo = EngagementRepository(conn)
+            new_ids = await repo.claim_new([e.event_id for e in unique])
+            changes = fold(e for e in unique if e.event_id in new_ids)
+            await repo.upsert_messages([changes.messages[k] for k in sorted(changes.messages)])
+            await repo.upsert_customers([changes.customers[k] for k in sorted(changes.customers)])
+            await repo.unsubscribe(
+                e.data.customer_key for e in unique if e.type == ev.EMAIL_UNSUBSCRIBED
+            )
+            facts = FactsRepository(conn)
+            profiles = await facts.profiles(keys)
+            carts = await facts.open_carts(keys)
+            touches = await repo.last_touches(keys)
+            messages = await repo.messages(e.data.request_key for e in unique)
+        out = [
+            (
+                self._activity_topic,
+                e.data.customer_key,
+                activity(
+                    kind=e.type,
+                    source_event_id=e.event_id,
+                    occurred_at=e.at,
+                    profile=with_touches(
+                        profiles[e.data.customer_key], touches.get(e.data.customer_key)
+                    ),
+                    cart=carts.get(e.data.customer_key),
+                    message=messages.get(e.data.request_key),
+                ),
+            )
+            for e in unique
+            if e.data.customer_key in profiles
+        ]
+        await self._publisher.publish_many(out)
