@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.scheduler.adapters.engagement_repository import EngagementRepository
 from services.scheduler.adapters.repository import (
     ActivityRepository,
     CustomerFacts,
@@ -21,7 +22,12 @@ from services.scheduler.adapters.repository import (
     TimerRepository,
 )
 from services.scheduler.domain import engine
-from services.scheduler.domain.facts import build_facts
+from services.scheduler.domain.facts import (
+    EnrollmentView,
+    LastMessage,
+    build_facts,
+    for_enrollment,
+)
 from services.scheduler.domain.journey import Journey
 from shared import events
 from shared.events import Activity, MessageRequest, Recipient, make_event
@@ -65,6 +71,7 @@ class Runner:
     enrollments: EnrollmentRepository
     timers: TimerRepository
     outbox: OutboxRepository
+    engagement: EngagementRepository
 
     @classmethod
     def build(cls, catalog: JourneyCatalog, topics: Topics, discount_code: str) -> Runner:
@@ -76,6 +83,7 @@ class Runner:
             EnrollmentRepository(),
             TimerRepository(),
             OutboxRepository(),
+            EngagementRepository(),
         )
 
     async def apply_activity(
@@ -83,15 +91,21 @@ class Runner:
     ) -> None:
         customer = CustomerFacts(activity.profile.key, partition, activity.profile, activity.cart)
         await self.activities.save_customer(conn, customer, now)
+        about = activity.message.request_key if activity.message else None
+        if activity.message is not None:
+            await self.engagement.record(conn, activity.message)
         facts = build_facts(
-            activity.kind, activity.occurred_at, activity.profile, activity.cart, now
+            activity.kind, activity.occurred_at, activity.profile, activity.cart, now, about
         )
         enrolled: set[str] = set()
-        for enrollment in await self.enrollments.active_for_update(conn, customer.key):
+        active = await self.enrollments.active_for_update(conn, customer.key)
+        last = await self.engagement.last_messages(conn, (e.id for e in active if e.id))
+        for enrollment in active:
             journey = self.catalog.version(enrollment.journey_id, enrollment.journey_version)
             if journey is None:
                 continue
-            outcome = engine.on_activity(journey, enrollment, activity.kind, facts, now)
+            scoped = _scoped(facts, journey, enrollment, last.get(enrollment.id or 0))
+            outcome = engine.on_activity(journey, enrollment, activity.kind, scoped, now)
             if outcome.decisions or outcome.enrollment != enrollment:
                 await self._apply(conn, journey, outcome, customer, now)
             if outcome.enrollment.status == "active":
@@ -120,7 +134,9 @@ class Runner:
         if journey is None or customer is None:
             return
         facts = build_facts("timer", now, customer.profile, customer.cart, now)
-        outcome = engine.on_timer(journey, enrollment, step_id, facts, now)
+        last = await self.engagement.last_messages(conn, [enrollment_id])
+        scoped = _scoped(facts, journey, enrollment, last.get(enrollment_id))
+        outcome = engine.on_timer(journey, enrollment, step_id, scoped, now)
         await self._apply(conn, journey, outcome, customer, now)
 
     async def _apply(
@@ -260,3 +276,16 @@ class Runner:
         await self.outbox.add(
             conn, self.topics.name(ENGAGEMENT_RESULTS), customer.key, events.encode(event), now
         )
+
+
+def _scoped(
+    facts: dict[str, Any],
+    journey: Journey,
+    enrollment: engine.Enrollment,
+    last: tuple[LastMessage, int] | None,
+) -> dict[str, Any]:
+    """The facts as one enrolment sees them: its own last message and progress."""
+    step = journey.steps[min(enrollment.step_index, len(journey.steps) - 1)]
+    message, sent = last if last is not None else (None, 0)
+    view = EnrollmentView(journey.id, step.id, enrollment.entered_at, enrollment.holdout, sent)
+    return for_enrollment(facts, view, message)
