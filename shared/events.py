@@ -312,7 +312,7 @@ class EmailBounced(EmailEvent):
     email: str
     bounced_at: Instant
     permanent: bool
-    stage: Literal["envelope", "data"]
+    stage: Literal["recipient", "data"]  # refused at RCPT TO, or after DATA
     smtp_code: int | None = None
     detail: str = ""
 

@@ -10,12 +10,21 @@ from fastapi import FastAPI
 from services.dispatcher.adapters.mailer import SmtpConfig, SmtpMailer
 from services.dispatcher.adapters.repository import SCHEMA, MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
+from services.dispatcher.adapters.suppressions import SuppressionRepository
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.consumer import RequestHandler
-from services.dispatcher.dispatch import SERVICE, Dispatcher, SendPolicy
+from services.dispatcher.dispatch import (
+    SERVICE,
+    Dispatcher,
+    Engagement,
+    SendPolicy,
+    ShopIdentity,
+)
 from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.suppression_events import SuppressionEvents
 from shared import db
 from shared.clock import Clock
+from shared.events import CloudEvent
 from shared.http import ops_router
 from shared.kafka import (
     ConsumerLoop,
@@ -26,7 +35,8 @@ from shared.kafka import (
     stop_consumer,
 )
 from shared.runtime import Loops
-from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
+from shared.topics import EMAIL_EVENTS, ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
+from shared.tracking import TokenSigner
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -59,6 +69,7 @@ class DispatcherService:
         self.engine = db.make_engine(settings.database_url, pool_size=settings.concurrency + 2)
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._suppression_consumer: AIOKafkaConsumer | None = None
         self._loops = Loops(SERVICE)
         self.app = FastAPI(title="Rebound dispatcher")
         self.app.include_router(
@@ -75,7 +86,29 @@ class DispatcherService:
             s.kafka_client_id,
             self.topics.name(MESSAGE_REQUESTS),
         )
+        self._suppression_consumer = make_consumer(
+            s.kafka_bootstrap_servers,
+            s.topic_prefix + SERVICE + "-suppressions",
+            s.kafka_client_id + "-suppressions",
+            self.topics.name(EMAIL_EVENTS),
+        )
         self._loops.spawn("requests", self._consume)
+        self._loops.spawn("suppressions", self._consume_suppressions)
+
+    async def _consume_suppressions(self) -> None:
+        """email.events -> dispatcher.suppressions (unsubscribes, hard bounces)."""
+        assert self._producer is not None and self._suppression_consumer is not None
+        await start_with_retry(self._producer, f"{SERVICE} producer")
+        publisher = Publisher(self._producer, SERVICE)
+        handler = SuppressionEvents(SuppressionRepository(self.engine), publisher)
+        await ConsumerLoop(
+            self._suppression_consumer,
+            handler,
+            SERVICE,
+            publisher,
+            retry_initial_s=self.settings.retry_initial_s,
+            retry_max_s=self.settings.retry_max_s,
+        ).run()
 
     async def _consume(self) -> None:
         assert self._producer is not None and self._consumer is not None
@@ -104,13 +137,23 @@ class DispatcherService:
                 retry_initial_s=s.retry_initial_s,
                 retry_max_s=s.retry_max_s,
             ),
+            engagement=self._engagement(publisher),
         )
         return RequestHandler(dispatcher, publisher, s.concurrency)
+
+    def _engagement(self, publisher: Publisher) -> Engagement:
+        s = self.settings
+        shops = {c.shop_id: ShopIdentity(c.mail(), c.dkim_key()) for c in s.shops}
+        signer = TokenSigner(s.tracking_keys) if s.tracking_keys else None
+        bounces = BounceTopic(publisher, self.topics.name(EMAIL_EVENTS))
+        return Engagement(shops, signer, SuppressionRepository(self.engine), bounces)
 
     async def stop(self) -> None:
         await self._loops.stop()
         if self._consumer is not None:
             await stop_consumer(self._consumer)
+        if self._suppression_consumer is not None:
+            await stop_consumer(self._suppression_consumer)
         if self._producer is not None:
             await self._producer.stop()
         await self.engine.dispose()
@@ -122,3 +165,12 @@ class DispatcherService:
         if self._producer is None:
             return False
         return await Publisher(self._producer, SERVICE).ready()
+
+
+class BounceTopic:
+    def __init__(self, publisher: Publisher, topic: str) -> None:
+        self._publisher = publisher
+        self._topic = topic
+
+    async def publish_bounce(self, key: str, event: CloudEvent) -> None:
+        await self._publisher.publish(self._topic, key, event)

@@ -8,12 +8,17 @@ a row a crash left in 'sending' resolves to "not sent again".
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.utils import formataddr
+from typing import Protocol
 
+from services.dispatcher.adapters.dkim import DkimKey
 from services.dispatcher.adapters.mailer import SendFailed, SmtpMailer, compose
 from services.dispatcher.adapters.repository import TRANSIENT_DB_ERRORS, MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
+from services.dispatcher.adapters.suppressions import HARD_BOUNCE, SuppressionRepository
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.domain.content import (
     RenderedMessage,
@@ -30,16 +35,27 @@ from services.dispatcher.domain.decisions import (
     after_failure,
     classify,
     failure_reason,
+    is_hard_bounce,
     on_seen_before,
     suppression_reason,
 )
 from services.dispatcher.domain.records import FinalStatus, MessageRecord, Status
+from services.dispatcher.domain.tracking import ShopMail, prepare
 from shared import metrics
 from shared.clock import Clock
 from shared.errors import Unavailable
-from shared.events import InvalidEvent, MessageRequest
+from shared.events import (
+    EMAIL_BOUNCED,
+    CloudEvent,
+    EmailBounced,
+    InvalidEvent,
+    MessageRequest,
+    make_event,
+    stable_event_id,
+)
 from shared.logging import get_logger
 from shared.retry import backoff_s, retry_forever
+from shared.tracking import MessageRef, TokenSigner
 
 SERVICE = "dispatcher"
 log = get_logger(__name__)
@@ -57,6 +73,28 @@ class SendPolicy:
     retry_max_s: float
 
 
+@dataclass(frozen=True)
+class ShopIdentity:
+    """A configured shop: its mail identity and DKIM key (None: not signed)."""
+
+    mail: ShopMail
+    dkim: DkimKey | None
+
+
+@dataclass(frozen=True)
+class Engagement:
+    """Tracking and suppression; without shops configured, mail goes out as before."""
+
+    shops: Mapping[str, ShopIdentity]
+    signer: TokenSigner | None
+    suppressions: SuppressionRepository
+    bounces: BouncePublisher
+
+
+class BouncePublisher(Protocol):
+    async def publish_bounce(self, key: str, event: CloudEvent) -> None: ...
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -67,6 +105,7 @@ class Dispatcher:
         results: ResultPublisher,
         clock: Clock,
         policy: SendPolicy,
+        engagement: Engagement,
     ) -> None:
         self._repo = repository
         self._renderer = renderer
@@ -74,6 +113,7 @@ class Dispatcher:
         self._results = results
         self._clock = clock
         self._policy = policy
+        self._engagement = engagement
 
     async def handle(self, request: MessageRequest) -> None:
         """Raises InvalidEvent (dead-letter it) or a transient error (retry the batch)."""
@@ -82,6 +122,10 @@ class Dispatcher:
             await self._seen_before(existing)
             return
         reason = suppression_reason(request.consent_required, request.marketing_consent)
+        if reason is None and request.consent_required:
+            reason = await self._engagement.suppressions.reason(
+                request.shop_id, request.customer_key, request.recipient.email
+            )
         if reason is not None:
             await self._suppress(request, reason)
             return
@@ -90,20 +134,28 @@ class Dispatcher:
         if not await self._repo.insert(self._new_record(request, rendered.subject, "sending")):
             log.info("claimed_by_another_consumer", request_key=request.request_key)
             return
-        await self._results.publish(await self._deliver(request.request_key, message))
+        await self._results.publish(await self._deliver(request, message))
 
     def _compose(self, request: MessageRequest, rendered: RenderedMessage) -> EmailMessage:
         """Built before the claim: a request that cannot become a mail is dead-lettered."""
         recipient = request.recipient
+        mail_from, headers = self._policy.mail_from, []
+        shop = self._engagement.shops.get(request.shop_id)
+        signer = self._engagement.signer
+        if shop is not None and signer is not None:
+            mail_from = formataddr((shop.mail.sender_name, shop.mail.sender_address))
+            prepared = prepare(rendered, shop.mail, self._message_ref(request), signer.sign)
+            rendered, headers = prepared.rendered, prepared.headers
         try:
             return compose(
                 rendered=rendered,
-                mail_from=self._policy.mail_from,
+                mail_from=mail_from,
+                headers=headers,
                 to_email=recipient.email,
                 to_name=one_line(
                     " ".join(filter(None, (recipient.first_name, recipient.last_name)))
                 ),
-                message_id=message_id(request.request_key, self._policy.mail_from),
+                message_id=message_id(request.request_key, mail_from),
                 date=self._clock.now(),
             )
         except ValueError as exc:  # e.g. a header the email package refuses
@@ -125,12 +177,27 @@ class Dispatcher:
             log.info("message_suppressed", request_key=request.request_key, reason=reason)
             await self._results.publish(record)
 
-    async def _deliver(self, key: str, message: EmailMessage) -> MessageRecord:
+    def _message_ref(self, request: MessageRequest) -> MessageRef:
+        return MessageRef(
+            shop_id=request.shop_id,
+            customer_key=request.customer_key,
+            request_key=request.request_key,
+            journey_id=request.journey_id,
+            step_id=request.step_id,
+            sent_at=self._clock.now(),
+        )
+
+    async def _deliver(self, request: MessageRequest, message: EmailMessage) -> MessageRecord:
+        key = request.request_key
+        shop = self._engagement.shops.get(request.shop_id)
+        dkim = shop.dkim if shop is not None else None
         while True:
             attempts = await self._repo.count_attempt(key, self._clock.now())
             try:
-                await self._mailer.send(message)
+                await self._mailer.send(message, dkim)
             except SendFailed as exc:
+                if is_hard_bounce(exc.failure):
+                    await self._hard_bounce(request, exc.failure)
                 outcome = await self._after_failure(key, exc.failure, attempts)
                 if outcome is None:
                     continue
@@ -139,6 +206,38 @@ class Dispatcher:
             mid = str(message["Message-ID"])
             log.info("mail_sent", request_key=key, attempts=attempts, message_id=mid)
             return await self._record(key, "sent", None, mid)
+
+    async def _hard_bounce(self, request: MessageRequest, failure: SmtpFailure) -> None:
+        """Suppress the address for marketing now, and tell the facts (email.events)."""
+        now = self._clock.now()
+        email = request.recipient.email.lower()
+        row = (request.shop_id, "address", email, HARD_BOUNCE, now)
+        await self._engagement.suppressions.add([row])
+        ref = self._message_ref(request)
+        bounced = EmailBounced(
+            request_key=ref.request_key,
+            shop_id=ref.shop_id,
+            customer_key=ref.customer_key,
+            journey_id=ref.journey_id,
+            step_id=ref.step_id,
+            sent_at=now,
+            email=email,
+            bounced_at=now,
+            permanent=True,
+            stage="data" if failure.stage == "data" else "recipient",
+            smtp_code=failure.code,
+            detail=failure.detail[:500],
+        )
+        event = make_event(
+            type=EMAIL_BOUNCED,
+            source="rebound/dispatcher",
+            id=stable_event_id("bounce", request.request_key),
+            time=now,
+            subject=request.customer_key,
+            shop_id=request.shop_id,
+            data=bounced,
+        )
+        await self._engagement.bounces.publish_bounce(request.customer_key, event)
 
     async def _after_failure(
         self, key: str, failure: SmtpFailure, attempts: int

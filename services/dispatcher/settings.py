@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.dispatcher.shops import ShopMailConfig
 from shared.settings import ServiceSettings
+from shared.tracking import TrackingKey
 
 
 class DispatcherSettings(ServiceSettings):
@@ -34,3 +36,23 @@ class DispatcherSettings(ServiceSettings):
         "marked failed (server keeps deferring with 4xx).",
     )
     concurrency: int = Field(default=8, ge=1, description="Requests of a batch sent at once.")
+
+    shops: list[ShopMailConfig] = Field(
+        default_factory=list,
+        description="JSON list in REBOUND_DISPATCHER_SHOPS: per shop sender, footer address, "
+        "public tracking URL, tracking on/off, DKIM key. A shop without an entry gets plain mail "
+        "from mail_from.",
+    )
+    tracking_keys: list[TrackingKey] = Field(
+        default_factory=list,
+        description="JSON list in REBOUND_DISPATCHER_TRACKING_KEYS, newest first (it signs); "
+        "the same list as ingest's.",
+    )
+
+    @model_validator(mode="after")
+    def _keys_for_shops(self) -> DispatcherSettings:
+        if self.shops and not self.tracking_keys:
+            raise ValueError(
+                "shops need tracking_keys: their mail carries signed unsubscribe links"
+            )
+        return self

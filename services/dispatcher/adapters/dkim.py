@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import dkim  # type: ignore[import-untyped]
+import dkim
 
 SIGNED_HEADERS = (
     b"from",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
@@ -10,6 +11,7 @@ from email.utils import format_datetime, formataddr, parseaddr
 
 from aiosmtplib import SMTP, SMTPException, SMTPResponseException
 
+from services.dispatcher.adapters.dkim import DkimKey, dkim_sign
 from services.dispatcher.domain.content import RenderedMessage
 from services.dispatcher.domain.decisions import SmtpFailure, Stage
 
@@ -40,6 +42,7 @@ def compose(
     to_name: str,
     message_id: str,
     date: datetime,
+    headers: Sequence[tuple[str, str]] = (),
 ) -> EmailMessage:
     """A multipart/alternative mail: the plain-text part first, the HTML part preferred."""
     message = EmailMessage()
@@ -48,6 +51,8 @@ def compose(
     message["To"] = formataddr((to_name, to_email)) if to_name else to_email
     message["Date"] = format_datetime(date)
     message["Message-ID"] = message_id
+    for name, value in headers:
+        message[name] = value
     message.set_content(rendered.text)
     message.add_alternative(rendered.html, subtype="html")
     return message
@@ -70,17 +75,20 @@ class SmtpMailer:
             local_hostname=c.local_hostname,
         )
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: EmailMessage, dkim: DkimKey | None = None) -> None:
         """Deliver to the relay; raises SendFailed saying at which stage it stopped."""
         sender = parseaddr(str(message["From"]))[1]
         recipient = parseaddr(str(message["To"]))[1]
         raw = message.as_bytes(policy=policy.SMTP)
+        if dkim is not None:
+            raw = dkim_sign(raw, dkim)  # over the exact bytes DATA sends
         smtp = self._client()
         stage: Stage = "connect"
         try:
             await smtp.connect()
             stage = "envelope"
             await smtp.mail(sender)
+            stage = "recipient"
             await smtp.rcpt(recipient)
             stage = "data"
             await smtp.data(raw)

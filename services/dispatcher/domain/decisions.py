@@ -37,8 +37,8 @@ def on_seen_before(record: MessageRecord) -> Seen:
 
 # --- SMTP failures ------------------------------------------------------------------------
 
-Stage = Literal["connect", "envelope", "data"]
-"""connect: TCP, greeting, EHLO, TLS, AUTH; envelope: MAIL FROM / RCPT TO; data: DATA."""
+Stage = Literal["connect", "envelope", "recipient", "data"]
+"""connect: TCP, greeting, EHLO, TLS, AUTH; envelope: MAIL FROM; recipient: RCPT TO; data."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,15 @@ def after_failure(kind: FailureKind, attempts: int, max_attempts: int) -> Next:
     if attempts < max_attempts:
         return Next.RETRY
     return Next.RELEASE if kind is FailureKind.UNREACHABLE else Next.FAIL
+
+
+def is_hard_bounce(failure: SmtpFailure) -> bool:
+    """The relay refused this address for good: 5xx at RCPT or after DATA."""
+    return (
+        failure.stage in ("recipient", "data")
+        and failure.code is not None
+        and (500 <= failure.code < 600)
+    )
 
 
 def failure_reason(kind: FailureKind, failure: SmtpFailure, attempts: int) -> str:

@@ -9,7 +9,7 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
-import dkim  # type: ignore[import-untyped]
+import dkim
 import pytest
 from pydantic import SecretStr
 
