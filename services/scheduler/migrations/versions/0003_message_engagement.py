@@ -1,7 +1,7 @@
 """message engagement: what the recipient did with each requested message (from activity)
 
-Revision ID: 0002_engagement
-Revises: 0001
+Revision ID: 0003_engagement
+Revises: 0002
 Create Date: 2026-11-26
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0002_engagement"
-down_revision: str | None = "0001"
+revision: str = "0003_engagement"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,8 +1,8 @@
 """engagement: per-message opens, clicks, unsubscribes, bounces; per-customer last touches;
 conversions (an order attributed to a message)
 
-Revision ID: 0002_engagement
-Revises: 0001
+Revision ID: 0003_engagement
+Revises: 0002
 Create Date: 2026-11-26
 """
 
@@ -15,8 +15,8 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import ARRAY
 
 SCHEMA = "ingest"
-revision: str = "0002_engagement"
-down_revision: str | None = "0001"
+revision: str = "0003_engagement"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
