@@ -172,7 +172,9 @@ async def test_an_order_two_days_after_a_click_is_credited_one_ten_days_after_is
         )
 
     await eventually(clicked, what="the click in the facts")
+    await clock.advance(timedelta(days=2))
     await order(client, "o-2d", clicked_at + timedelta(days=2), "84.90")
+    await clock.advance(timedelta(days=8))
     await order(client, "o-10d", clicked_at + timedelta(days=10), "20.00")
 
     async def converted() -> list[ev.MessageConverted]:
