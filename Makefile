@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # worker starts its own PostgreSQL cluster and broker.
 TEST_WORKERS ?= 4
 
-.PHONY: run test lint format bench demo dlq deps venv postgres tansu schemas clean
+.PHONY: run test lint format bench demo dlq deps venv postgres tansu smtp-sink schemas clean
 
 run: deps ## Start PostgreSQL, Tansu, the mail catcher and the three services (Ctrl-C stops)
 	$(PY) deploy/local/devstack.py run
@@ -27,7 +27,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: deps ## Webhook throughput/latency and consumer throughput (see BENCHMARKS.md)
+bench: deps smtp-sink ## Every hot path beside its naive peer, in the same run (see BENCHMARKS.md)
 	$(PY) -m tests.bench $(BENCH_ARGS)
 
 demo: venv ## Post a signed Shopify checkout to the running `make run`
@@ -55,6 +55,12 @@ postgres: ## The PostgreSQL server binaries (installed from the system's package
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
 tansu: $(TANSU)
+
+smtp-sink: ## Postfix's smtp-sink for the mail bench (installed from the system's packages if absent)
+	@command -v smtp-sink >/dev/null || ls /usr/sbin/smtp-sink >/dev/null 2>&1 || \
+	  (echo "installing postfix (for smtp-sink)" && apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null) || \
+	  echo "smtp-sink could not be installed: the mail bench falls back to the aiosmtpd catcher"
 
 $(TANSU): | venv
 	$(PY) deploy/local/devstack.py tansu

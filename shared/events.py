@@ -39,6 +39,7 @@ EMAIL_OPENED = "email.opened.v1"
 EMAIL_CLICKED = "email.clicked.v1"
 EMAIL_UNSUBSCRIBED = "email.unsubscribed.v1"
 EMAIL_BOUNCED = "email.bounced.v1"
+MESSAGE_UNCERTAIN = "message.uncertain.v1"
 
 ConsentState = Literal["subscribed", "not_subscribed", "unsubscribed", "pending", "redacted"]
 
@@ -230,7 +231,11 @@ class MessageRequest(Contract):
 
 
 class MessageResult(Contract):
-    """engagement.results: what happened to a request (sent, failed or suppressed)."""
+    """engagement.results: what happened to a request (sent, failed, suppressed, uncertain).
+
+    `uncertain`: the dispatcher stopped between the SMTP DATA command and the relay's answer,
+    so the relay may have accepted the message; it is never sent again.
+    """
 
     request_key: str
     shop_id: str
@@ -238,7 +243,7 @@ class MessageResult(Contract):
     journey_id: str
     step_id: str
     channel: Literal["email"] = "email"
-    status: Literal["sent", "failed", "suppressed"]
+    status: Literal["sent", "failed", "suppressed", "uncertain"]
     reason: str | None = None
     email: str | None = None
     smtp_message_id: str | None = None

@@ -65,6 +65,7 @@ EVENT_TYPES: dict[str, tuple[str, str]] = {
     events.EMAIL_CLICKED: (topics.EMAIL_EVENTS, "email_clicked"),
     events.EMAIL_UNSUBSCRIBED: (topics.EMAIL_EVENTS, "email_unsubscribed"),
     events.EMAIL_BOUNCED: (topics.EMAIL_EVENTS, "email_bounced"),
+    events.MESSAGE_UNCERTAIN: (topics.ENGAGEMENT_RESULTS, "message_result"),
 }
 
 

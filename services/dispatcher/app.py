@@ -6,8 +6,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from services.dispatcher.adapters.mailer import SmtpConfig, SmtpMailer
+from services.dispatcher.adapters.mailer import SmtpConfig, SmtpPool
 from services.dispatcher.adapters.repository import SCHEMA, MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
 from services.dispatcher.adapters.suppressions import SuppressionRepository
@@ -56,6 +57,16 @@ def smtp_config(settings: DispatcherSettings) -> SmtpConfig:
         tls=settings.smtp_tls,
         timeout_s=settings.smtp_timeout_s,
         local_hostname=settings.smtp_local_hostname,
+        backoff_initial_s=settings.retry_initial_s,
+        backoff_max_s=settings.retry_max_s,
+    )
+
+
+def make_engine(settings: DispatcherSettings) -> AsyncEngine:
+    """A few connections, no pre-ping: a batch runs a handful of statements, and a connection
+    that broke is invalidated by the repository when a statement fails on it."""
+    return create_async_engine(
+        settings.database_url, pool_size=4, max_overflow=4, pool_pre_ping=False, pool_recycle=1800
     )
 
 
@@ -66,7 +77,8 @@ class DispatcherService:
         self.settings = settings
         self.clock = clock
         self.topics = Topics(settings.topic_prefix)
-        self.engine = db.make_engine(settings.database_url, pool_size=settings.concurrency + 2)
+        self.engine = make_engine(settings)
+        self._pool = SmtpPool(smtp_config(settings), settings.smtp_connections)
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._suppression_consumer: AIOKafkaConsumer | None = None
@@ -121,6 +133,7 @@ class DispatcherService:
             publisher,
             retry_initial_s=self.settings.retry_initial_s,
             retry_max_s=self.settings.retry_max_s,
+            max_records=self.settings.batch_size,
         ).run()
 
     def _handler(self, publisher: Publisher) -> RequestHandler:
@@ -128,7 +141,7 @@ class DispatcherService:
         dispatcher = Dispatcher(
             repository=MessageRepository(self.engine),
             renderer=TemplateRenderer(),
-            mailer=SmtpMailer(smtp_config(s)),
+            pool=self._pool,
             results=ResultPublisher(publisher, self.topics.name(ENGAGEMENT_RESULTS)),
             clock=self.clock,
             policy=SendPolicy(
@@ -139,7 +152,7 @@ class DispatcherService:
             ),
             engagement=self._engagement(publisher),
         )
-        return RequestHandler(dispatcher, publisher, s.concurrency)
+        return RequestHandler(dispatcher, publisher)
 
     def _engagement(self, publisher: Publisher) -> Engagement:
         s = self.settings
@@ -150,6 +163,7 @@ class DispatcherService:
 
     async def stop(self) -> None:
         await self._loops.stop()
+        self._pool.close()
         if self._consumer is not None:
             await stop_consumer(self._consumer)
         if self._suppression_consumer is not None:

@@ -1,16 +1,16 @@
 """The edge on message.requests: decode, dead-letter what cannot be processed, dispatch.
 
-Requests of one batch run concurrently (bounded); one key is handled once per batch. Any
-transient failure is raised after the others finished, so ConsumerLoop retries the batch and
-the requests already done are merely republished. Once the relay proved unreachable, the rest
-of the batch does not queue up behind SMTP timeouts: it is handed back at once.
+A batch is handled as a whole by the Dispatcher (one key once per batch). What can never be a
+mail is answered with message.failed and its record dead-lettered with the reason; the batch
+goes on. When the relay is unreachable (`Unavailable`) or the database away (`Transient`),
+the error is raised after everything decided was recorded and published, so the consumer loop
+retries the batch: decided requests are then merely republished.
 """
 
 from __future__ import annotations
 
-import asyncio
-
-from services.dispatcher.dispatch import Dispatcher, SmtpUnavailable
+from services.dispatcher.dispatch import Dispatcher
+from shared.errors import Transient, Unavailable
 from shared.events import MESSAGE_REQUESTED, InvalidEvent, MessageRequest, decode, payload
 from shared.kafka import Publisher, Record
 
@@ -23,10 +23,9 @@ def decode_request(raw: bytes | None) -> MessageRequest:
 
 
 class RequestHandler:
-    def __init__(self, dispatcher: Dispatcher, publisher: Publisher, concurrency: int) -> None:
+    def __init__(self, dispatcher: Dispatcher, publisher: Publisher) -> None:
         self._dispatcher = dispatcher
         self._publisher = publisher
-        self._slots = asyncio.Semaphore(concurrency)
 
     async def __call__(self, batch: list[Record]) -> None:
         pending: dict[str, tuple[Record, MessageRequest]] = {}
@@ -37,25 +36,12 @@ class RequestHandler:
                 await self._publisher.dead_letter(record, str(exc))
                 continue
             pending.setdefault(request.request_key, (record, request))
-        relay_down = asyncio.Event()
-        outcomes = await asyncio.gather(
-            *(self._one(record, request, relay_down) for record, request in pending.values()),
-            return_exceptions=True,
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-
-    async def _one(
-        self, record: Record, request: MessageRequest, relay_down: asyncio.Event
-    ) -> None:
-        async with self._slots:
-            if relay_down.is_set():
-                raise SmtpUnavailable("skipped: the relay was unreachable earlier in this batch")
-            try:
-                await self._dispatcher.handle(request)
-            except InvalidEvent as exc:
-                await self._publisher.dead_letter(record, str(exc))
-            except SmtpUnavailable:
-                relay_down.set()
-                raise
+        if not pending:
+            return
+        outcome = await self._dispatcher.handle([request for _, request in pending.values()])
+        for key, reason in outcome.unbuildable.items():
+            await self._publisher.dead_letter(pending[key][0], reason)
+        if outcome.database_down is not None:
+            raise Transient(outcome.database_down)
+        if outcome.relay_down is not None:
+            raise Unavailable(f"SMTP relay unavailable: {outcome.relay_down}")

@@ -1,68 +1,50 @@
-"""One message request, start to finish: decide, claim, send, record, publish.
+"""A batch of message requests, start to finish: decide, claim, send, record, publish.
 
-The row in dispatcher.messages is claimed (status 'sending', committed) before any SMTP
-traffic, so a redelivered request never sends a second e-mail: a final row is republished,
-a row a crash left in 'sending' resolves to "not sent again".
+Per batch: one statement reads what is already known, one claims the rest (suppressed and
+unbuildable requests are recorded final in the same statement), the mails go out over the
+pooled SMTP connections, each group of them is marked 'data' in one statement just before
+their DATA commands, one statement records every outcome, and the results are published
+together. A crash before DATA leaves a row 'claimed' (sent after the restart), a crash after
+it leaves it 'data' (reported uncertain, never resent).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formataddr
-from typing import Protocol
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import partial
 
-from services.dispatcher.adapters.dkim import DkimKey
-from services.dispatcher.adapters.mailer import SendFailed, SmtpMailer, compose
-from services.dispatcher.adapters.repository import TRANSIENT_DB_ERRORS, MessageRepository
+from services.dispatcher.adapters.data_gate import DataGate
+from services.dispatcher.adapters.mailer import ClaimLost, Envelope, SmtpConnection, SmtpPool
+from services.dispatcher.adapters.mime import Mailbox, MailParts, UnsendableMessage, build
+from services.dispatcher.adapters.repository import MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
-from services.dispatcher.adapters.suppressions import HARD_BOUNCE, SuppressionRepository
 from services.dispatcher.adapters.templates import TemplateRenderer
-from services.dispatcher.domain.content import (
-    RenderedMessage,
-    message_id,
-    one_line,
-    render_context,
-)
+from services.dispatcher.domain.content import message_id, render_context
 from services.dispatcher.domain.decisions import (
-    INTERRUPTED_REASON,
-    FailureKind,
+    UNCERTAIN_REASON,
     Next,
     Seen,
     SmtpFailure,
     after_failure,
     classify,
     failure_reason,
-    is_hard_bounce,
     on_seen_before,
     suppression_reason,
 )
-from services.dispatcher.domain.records import FinalStatus, MessageRecord, Status
-from services.dispatcher.domain.tracking import ShopMail, prepare
+from services.dispatcher.domain.records import MessageRecord, Status
 from shared import metrics
 from shared.clock import Clock
-from shared.errors import Unavailable
-from shared.events import (
-    EMAIL_BOUNCED,
-    CloudEvent,
-    EmailBounced,
-    InvalidEvent,
-    MessageRequest,
-    make_event,
-    stable_event_id,
-)
+from shared.errors import Transient
+from shared.events import InvalidEvent, MessageRequest
 from shared.logging import get_logger
-from shared.retry import backoff_s, retry_forever
-from shared.tracking import MessageRef, TokenSigner
+from shared.retry import retry_forever
 
 SERVICE = "dispatcher"
 log = get_logger(__name__)
-
-
-class SmtpUnavailable(Unavailable):
-    """The relay could not be reached; the request was released and must be retried later."""
 
 
 @dataclass(frozen=True)
@@ -73,26 +55,35 @@ class SendPolicy:
     retry_max_s: float
 
 
-@dataclass(frozen=True)
-class ShopIdentity:
-    """A configured shop: its mail identity and DKIM key (None: not signed)."""
+@dataclass
+class Job:
+    """One mail of this batch on its way through SMTP; `record` ends up final or released."""
 
-    mail: ShopMail
-    dkim: DkimKey | None
-
-
-@dataclass(frozen=True)
-class Engagement:
-    """Tracking and suppression; without shops configured, mail goes out as before."""
-
-    shops: Mapping[str, ShopIdentity]
-    signer: TokenSigner | None
-    suppressions: SuppressionRepository
-    bounces: BouncePublisher
+    record: MessageRecord
+    envelope: Envelope
+    tries: int = 0  # SMTP attempts in this batch
 
 
-class BouncePublisher(Protocol):
-    async def publish_bounce(self, key: str, event: CloudEvent) -> None: ...
+@dataclass
+class BatchOutcome:
+    """What became of a batch: records to publish, requests that were not mail (dead-letter
+    them too), and whether the relay or the database stopped it (retry the batch later)."""
+
+    published: list[MessageRecord] = field(default_factory=list)
+    unbuildable: dict[str, str] = field(default_factory=dict)  # request key -> reason
+    relay_down: str | None = None
+    database_down: str | None = None
+
+
+@dataclass
+class _Sending:
+    """Shared state of the connections working on one batch."""
+
+    queue: deque[Job]
+    gate: DataGate
+    done: list[Job] = field(default_factory=list)
+    relay_down: str | None = None
+    database_down: str | None = None
 
 
 class Dispatcher:
@@ -101,205 +92,227 @@ class Dispatcher:
         *,
         repository: MessageRepository,
         renderer: TemplateRenderer,
-        mailer: SmtpMailer,
+        pool: SmtpPool,
         results: ResultPublisher,
         clock: Clock,
         policy: SendPolicy,
-        engagement: Engagement,
     ) -> None:
         self._repo = repository
         self._renderer = renderer
-        self._mailer = mailer
+        self._pool = pool
         self._results = results
         self._clock = clock
         self._policy = policy
-        self._engagement = engagement
+        self._sender = Mailbox.parse(policy.mail_from)
+        self._sender_header = self._sender.header("From")
 
-    async def handle(self, request: MessageRequest) -> None:
-        """Raises InvalidEvent (dead-letter it) or a transient error (retry the batch)."""
-        existing = await self._repo.get(request.request_key)
-        if existing is not None:
-            await self._seen_before(existing)
-            return
-        reason = suppression_reason(request.consent_required, request.marketing_consent)
-        if reason is None and request.consent_required:
-            reason = await self._engagement.suppressions.reason(
-                request.shop_id, request.customer_key, request.recipient.email
-            )
-        if reason is not None:
-            await self._suppress(request, reason)
-            return
-        rendered = self._renderer.render(request.template, request.subject, render_context(request))
-        message = self._compose(request, rendered)
-        if not await self._repo.insert(self._new_record(request, rendered.subject, "sending")):
-            log.info("claimed_by_another_consumer", request_key=request.request_key)
-            return
-        await self._results.publish(await self._deliver(request, message))
-
-    def _compose(self, request: MessageRequest, rendered: RenderedMessage) -> EmailMessage:
-        """Built before the claim: a request that cannot become a mail is dead-lettered."""
-        recipient = request.recipient
-        mail_from, headers = self._policy.mail_from, []
-        shop = self._engagement.shops.get(request.shop_id)
-        signer = self._engagement.signer
-        if shop is not None and signer is not None:
-            mail_from = formataddr((shop.mail.sender_name, shop.mail.sender_address))
-            prepared = prepare(rendered, shop.mail, self._message_ref(request), signer.sign)
-            rendered, headers = prepared.rendered, prepared.headers
-        try:
-            return compose(
-                rendered=rendered,
-                mail_from=mail_from,
-                headers=headers,
-                to_email=recipient.email,
-                to_name=one_line(
-                    " ".join(filter(None, (recipient.first_name, recipient.last_name)))
-                ),
-                message_id=message_id(request.request_key, mail_from),
-                date=self._clock.now(),
-            )
-        except ValueError as exc:  # e.g. a header the email package refuses
-            raise InvalidEvent(f"cannot build the e-mail: {exc}") from exc
-
-    async def _seen_before(self, record: MessageRecord) -> None:
-        if on_seen_before(record) is Seen.MARK_INTERRUPTED:
-            log.warning("send_interrupted_not_resent", request_key=record.request_key)
-            metrics.MESSAGES_SKIPPED.labels(SERVICE, "interrupted").inc()
-            record = await self._repo.finish(
-                record.request_key, "failed", INTERRUPTED_REASON, None, self._clock.now()
-            )
-        await self._results.publish(record)
-
-    async def _suppress(self, request: MessageRequest, reason: str) -> None:
-        record = self._new_record(request, request.subject, "suppressed", reason)
-        if await self._repo.insert(record):
-            metrics.MESSAGES_SKIPPED.labels(SERVICE, reason).inc()
-            log.info("message_suppressed", request_key=request.request_key, reason=reason)
-            await self._results.publish(record)
-
-    def _message_ref(self, request: MessageRequest) -> MessageRef:
-        return MessageRef(
-            shop_id=request.shop_id,
-            customer_key=request.customer_key,
-            request_key=request.request_key,
-            journey_id=request.journey_id,
-            step_id=request.step_id,
-            sent_at=self._clock.now(),
-        )
-
-    async def _deliver(self, request: MessageRequest, message: EmailMessage) -> MessageRecord:
-        key = request.request_key
-        shop = self._engagement.shops.get(request.shop_id)
-        dkim = shop.dkim if shop is not None else None
-        while True:
-            attempts = await self._repo.count_attempt(key, self._clock.now())
-            try:
-                await self._mailer.send(message, dkim)
-            except SendFailed as exc:
-                if is_hard_bounce(exc.failure):
-                    await self._hard_bounce(request, exc.failure)
-                outcome = await self._after_failure(key, exc.failure, attempts)
-                if outcome is None:
-                    continue
-                return outcome
-            metrics.MAILS_SENT.labels(SERVICE).inc()
-            mid = str(message["Message-ID"])
-            log.info("mail_sent", request_key=key, attempts=attempts, message_id=mid)
-            return await self._record(key, "sent", None, mid)
-
-    async def _hard_bounce(self, request: MessageRequest, failure: SmtpFailure) -> None:
-        """Suppress the address for marketing now, and tell the facts (email.events)."""
+    async def handle(self, requests: list[MessageRequest]) -> BatchOutcome:
+        """Every request ends in a published result, except those the relay or the database
+        kept from being decided: then `relay_down` / `database_down` say to retry the batch."""
+        outcome = BatchOutcome()
         now = self._clock.now()
-        email = request.recipient.email.lower()
-        row = (request.shop_id, "address", email, HARD_BOUNCE, now)
-        await self._engagement.suppressions.add([row])
-        ref = self._message_ref(request)
-        bounced = EmailBounced(
-            request_key=ref.request_key,
-            shop_id=ref.shop_id,
-            customer_key=ref.customer_key,
-            journey_id=ref.journey_id,
-            step_id=ref.step_id,
-            sent_at=now,
-            email=email,
-            bounced_at=now,
-            permanent=True,
-            stage="data" if failure.stage == "data" else "recipient",
-            smtp_code=failure.code,
-            detail=failure.detail[:500],
-        )
-        event = make_event(
-            type=EMAIL_BOUNCED,
-            source="rebound/dispatcher",
-            id=stable_event_id("bounce", request.request_key),
-            time=now,
-            subject=request.customer_key,
-            shop_id=request.shop_id,
-            data=bounced,
-        )
-        await self._engagement.bounces.publish_bounce(request.customer_key, event)
+        known = await self._repo.known([r.request_key for r in requests])
+        fresh: list[MessageRequest] = []
+        uncertain: list[str] = []
+        for request in requests:
+            record = known.get(request.request_key)
+            if record is None or on_seen_before(record) is Seen.SEND:
+                fresh.append(request)
+            elif on_seen_before(record) is Seen.MARK_UNCERTAIN:
+                uncertain.append(request.request_key)
+            else:
+                outcome.published.append(record)
+        outcome.published += await self._mark_uncertain(uncertain, now)
+        claim_id = uuid.uuid4().hex
+        jobs = await self._claim(fresh, claim_id, now, outcome)
+        await self._send(jobs, claim_id, outcome)
+        await self._results.publish(outcome.published)
+        return outcome
 
-    async def _after_failure(
-        self, key: str, failure: SmtpFailure, attempts: int
-    ) -> MessageRecord | None:
-        """The failed record, or None to try again; raises SmtpUnavailable to release."""
+    async def _mark_uncertain(self, keys: list[str], now: datetime) -> list[MessageRecord]:
+        records = await self._repo.mark_uncertain(keys, UNCERTAIN_REASON, now)
+        for record in records:
+            log.warning("send_interrupted_during_data", request_key=record.request_key)
+            metrics.MESSAGES_SKIPPED.labels(SERVICE, "uncertain").inc()
+        return records
+
+    async def _claim(
+        self, requests: list[MessageRequest], claim_id: str, now: datetime, outcome: BatchOutcome
+    ) -> list[Job]:
+        prepared = [self._prepare(request, now) for request in requests]
+        owned = await self._repo.claim([record for record, _ in prepared], claim_id, now)
+        jobs: list[Job] = []
+        for record, envelope in prepared:
+            attempts = owned.get(record.request_key)
+            if attempts is None:
+                log.info("claimed_by_another_dispatcher", request_key=record.request_key)
+            elif envelope is None:
+                self._count_skipped(record)
+                outcome.published.append(record)
+                if record.status == "failed" and record.reason is not None:
+                    outcome.unbuildable[record.request_key] = record.reason
+            else:
+                jobs.append(Job(replace(record, attempts=attempts), envelope))
+        return jobs
+
+    def _prepare(
+        self, request: MessageRequest, now: datetime
+    ) -> tuple[MessageRecord, Envelope | None]:
+        """The record to claim and the mail to send; a suppressed or unbuildable request gets
+        its final record and no mail."""
+        reason = suppression_reason(request.consent_required, request.marketing_consent)
+        if reason is not None:
+            return _new_record(request, request.subject, "suppressed", now, reason), None
+        try:
+            rendered = self._renderer.render(
+                request.template, request.subject, render_context(request)
+            )
+            recipient = request.recipient
+            content = build(
+                MailParts(
+                    sender=self._sender,
+                    to_name=" ".join(filter(None, (recipient.first_name, recipient.last_name))),
+                    to_address=recipient.email,
+                    subject=rendered.subject,
+                    message_id=message_id(request.request_key, self._policy.mail_from),
+                    date=now,
+                    text=rendered.text,
+                    html=rendered.html,
+                ),
+                self._sender_header,
+            )
+        except InvalidEvent as exc:
+            return _new_record(request, request.subject, "failed", now, str(exc)), None
+        except UnsendableMessage as exc:
+            reason = f"cannot build the e-mail: {exc}"
+            return _new_record(request, request.subject, "failed", now, reason), None
+        envelope = Envelope(self._sender.address, recipient.email, content)
+        return _new_record(request, rendered.subject, "claimed", now), envelope
+
+    def _count_skipped(self, record: MessageRecord) -> None:
+        reason = record.reason if record.status == "suppressed" else "unbuildable"
+        metrics.MESSAGES_SKIPPED.labels(SERVICE, reason or record.status).inc()
+        log.info("message_not_sent", request_key=record.request_key, status=record.status)
+
+    # --- SMTP -----------------------------------------------------------------------------
+
+    async def _send(self, jobs: list[Job], claim_id: str, outcome: BatchOutcome) -> None:
+        if not jobs:
+            return
+        gate = DataGate(lambda keys: self._repo.mark_data(keys, claim_id, self._clock.now()))
+        state = _Sending(deque(jobs), gate)
+        connections = self._pool.connections[: len(jobs)]
+        try:
+            results = await asyncio.gather(
+                *(self._work(c, state) for c in connections), return_exceptions=True
+            )
+        finally:
+            gate.close()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        for job in state.queue:  # not sent: the relay or the database stopped the batch
+            state.done.append(self._finished(job, "claimed", None))
+        outcome.published += await self._record(state.done, claim_id)
+        outcome.relay_down, outcome.database_down = state.relay_down, state.database_down
+        sent = sum(1 for job in state.done if job.record.status == "sent")
+        log.info("batch_sent", sent=sent, mails=len(jobs), connections=len(connections))
+
+    async def _work(self, connection: SmtpConnection, state: _Sending) -> None:
+        """Take mail after mail until the batch is done or cannot go on."""
+        while state.queue and state.relay_down is None and state.database_down is None:
+            job = state.queue.popleft()
+            job.tries += 1
+            key = job.record.request_key
+            try:
+                failure = await connection.send(job.envelope, partial(state.gate.enter, key))
+            except ClaimLost:
+                log.info("claim_taken_over", request_key=key)
+                continue
+            except Transient as exc:
+                state.database_down = str(exc)
+                state.queue.append(job)
+                continue
+            if failure is None:
+                metrics.MAILS_SENT.labels(SERVICE).inc()
+                state.done.append(self._finished(job, "sent", None))
+                continue
+            self._after_failure(job, failure, state)
+            await connection.pause()
+
+    def _after_failure(self, job: Job, failure: SmtpFailure, state: _Sending) -> None:
         kind = classify(failure)
+        attempts = job.record.attempts + job.tries - 1
         action = after_failure(kind, attempts, self._policy.max_attempts)
         metrics.ERRORS.labels(SERVICE, f"smtp_{kind}").inc()
         log.warning(
             "smtp_failed",
-            request_key=key,
+            request_key=job.record.request_key,
             kind=str(kind),
             attempt=attempts,
             action=str(action),
             error=failure.describe(),
         )
         if action is Next.RETRY:
-            policy = self._policy
-            await asyncio.sleep(backoff_s(attempts - 1, policy.retry_initial_s, policy.retry_max_s))
-            return None
-        if action is Next.RELEASE:
-            await self._repo.release(key)
-            raise SmtpUnavailable(failure.describe())
-        return await self._record_failed(key, kind, failure_reason(kind, failure, attempts))
+            state.queue.append(job)
+        elif action is Next.RELEASE:
+            state.relay_down = failure.describe()
+            state.queue.append(job)
+        elif action is Next.UNCERTAIN:
+            metrics.MESSAGES_SKIPPED.labels(SERVICE, "uncertain").inc()
+            reason = failure_reason(kind, failure, attempts)
+            state.done.append(self._finished(job, "uncertain", reason))
+        elif action is Next.FAIL:
+            metrics.MESSAGES_SKIPPED.labels(SERVICE, f"smtp_{kind}").inc()
+            reason = failure_reason(kind, failure, attempts)
+            state.done.append(self._finished(job, "failed", reason))
 
-    async def _record_failed(self, key: str, kind: FailureKind, reason: str) -> MessageRecord:
-        metrics.MESSAGES_SKIPPED.labels(SERVICE, f"smtp_{kind}").inc()
-        return await self._record(key, "failed", reason, None)
-
-    async def _record(
-        self, key: str, status: FinalStatus, reason: str | None, smtp_message_id: str | None
-    ) -> MessageRecord:
-        """After SMTP spoke, the outcome is known: wait out a database outage to record it
-        rather than leave the row in 'sending', which would later read as a crash."""
-
-        async def finish() -> MessageRecord:
-            return await self._repo.finish(key, status, reason, smtp_message_id, self._clock.now())
-
-        return await retry_forever(
-            finish,
-            what="record message outcome",
-            initial_s=self._policy.retry_initial_s,
-            max_s=self._policy.retry_max_s,
-            retryable=TRANSIENT_DB_ERRORS,
-        )
-
-    def _new_record(
-        self, request: MessageRequest, subject: str, status: Status, reason: str | None = None
-    ) -> MessageRecord:
-        now = self._clock.now()
-        return MessageRecord(
-            request_key=request.request_key,
-            shop_id=request.shop_id,
-            customer_key=request.customer_key,
-            journey_id=request.journey_id,
-            step_id=request.step_id,
-            email=request.recipient.email,
-            subject=subject,
+    def _finished(self, job: Job, status: Status, reason: str | None) -> Job:
+        record = job.record
+        mid = message_id(record.request_key, self._policy.mail_from) if status == "sent" else None
+        final = replace(
+            record,
             status=status,
             reason=reason,
-            smtp_message_id=None,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
+            smtp_message_id=mid,
+            attempts=record.attempts + job.tries - 1,
         )
+        return replace(job, record=final)
+
+    async def _record(self, done: list[Job], claim_id: str) -> list[MessageRecord]:
+        """After SMTP spoke, the outcome is known: wait out a database outage to record it
+        rather than leave the rows in 'data', which would later read as a crash."""
+        now = self._clock.now()
+        records = [replace(job.record, updated_at=now) for job in done]
+
+        async def finish() -> set[str]:
+            return await self._repo.finish(records, claim_id, now)
+
+        written = await retry_forever(
+            finish,
+            what="record message outcomes",
+            initial_s=self._policy.retry_initial_s,
+            max_s=self._policy.retry_max_s,
+            retryable=(Transient,),
+        )
+        return [r for r in records if r.request_key in written and r.is_final]
+
+
+def _new_record(
+    request: MessageRequest, subject: str, status: Status, now: datetime, reason: str | None = None
+) -> MessageRecord:
+    return MessageRecord(
+        request_key=request.request_key,
+        shop_id=request.shop_id,
+        customer_key=request.customer_key,
+        journey_id=request.journey_id,
+        step_id=request.step_id,
+        email=request.recipient.email,
+        subject=subject,
+        status=status,
+        reason=reason,
+        smtp_message_id=None,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )

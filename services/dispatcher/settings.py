@@ -35,7 +35,15 @@ class DispatcherSettings(ServiceSettings):
         "handed back to the consumer (server unreachable) or the message is "
         "marked failed (server keeps deferring with 4xx).",
     )
-    concurrency: int = Field(default=8, ge=1, description="Requests of a batch sent at once.")
+    smtp_connections: int = Field(
+        default=32,
+        ge=1,
+        description="Persistent SMTP connections to the relay; each carries one mail at a time, "
+        "so this many mails are in flight at once.",
+    )
+    batch_size: int = Field(
+        default=500, ge=1, description="Message requests fetched and handled as one batch."
+    )
 
     shops: list[ShopMailConfig] = Field(
         default_factory=list,

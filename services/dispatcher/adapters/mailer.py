@@ -1,19 +1,25 @@
-"""SMTP through aiosmtplib, one step at a time, so a failure says how far the message got."""
+"""SMTP through aiosmtplib: persistent connections, one step at a time, so a failure says how
+far the message got.
+
+A connection is opened once and reused for mail after mail (a new connection per mail costs
+the relay a TCP and EHLO handshake each time). It reconnects by itself after it broke; after
+a refused envelope it sends RSET so the next mail starts clean; after the relay throttled it
+(4xx) or dropped it, the connection waits before taking the next mail.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
-from email import policy
-from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, parseaddr
 
 from aiosmtplib import SMTP, SMTPException, SMTPResponseException
 
-from services.dispatcher.adapters.dkim import DkimKey, dkim_sign
-from services.dispatcher.domain.content import RenderedMessage
 from services.dispatcher.domain.decisions import SmtpFailure, Stage
+from shared.retry import backoff_s
+
+# The relay closes the connection with this code (e.g. too many connections or mails).
+SERVICE_CLOSING = 421
 
 
 @dataclass(frozen=True)
@@ -26,41 +32,28 @@ class SmtpConfig:
     tls: bool = False
     timeout_s: float = 10.0
     local_hostname: str | None = None
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 10.0
 
 
-class SendFailed(Exception):
-    def __init__(self, failure: SmtpFailure) -> None:
-        super().__init__(failure.describe())
-        self.failure = failure
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipient: str
+    content: bytes  # the whole message, CRLF line ends
 
 
-def compose(
-    *,
-    rendered: RenderedMessage,
-    mail_from: str,
-    to_email: str,
-    to_name: str,
-    message_id: str,
-    date: datetime,
-    headers: Sequence[tuple[str, str]] = (),
-) -> EmailMessage:
-    """A multipart/alternative mail: the plain-text part first, the HTML part preferred."""
-    message = EmailMessage()
-    message["Subject"] = rendered.subject
-    message["From"] = mail_from
-    message["To"] = formataddr((to_name, to_email)) if to_name else to_email
-    message["Date"] = format_datetime(date)
-    message["Message-ID"] = message_id
-    for name, value in headers:
-        message[name] = value
-    message.set_content(rendered.text)
-    message.add_alternative(rendered.html, subtype="html")
-    return message
+class ClaimLost(Exception):
+    """The DATA gate said no: another dispatcher owns the request now. Nothing was sent."""
 
 
-class SmtpMailer:
+class SmtpConnection:
+    """One persistent connection to the relay."""
+
     def __init__(self, config: SmtpConfig) -> None:
         self._config = config
+        self._smtp: SMTP | None = None
+        self._setbacks = 0  # failures in a row, for this connection's backoff
 
     def _client(self) -> SMTP:
         c = self._config
@@ -75,35 +68,83 @@ class SmtpMailer:
             local_hostname=c.local_hostname,
         )
 
-    async def send(self, message: EmailMessage, dkim: DkimKey | None = None) -> None:
-        """Deliver to the relay; raises SendFailed saying at which stage it stopped."""
-        sender = parseaddr(str(message["From"]))[1]
-        recipient = parseaddr(str(message["To"]))[1]
-        raw = message.as_bytes(policy=policy.SMTP)
-        if dkim is not None:
-            raw = dkim_sign(raw, dkim)  # over the exact bytes DATA sends
-        smtp = self._client()
+    async def send(
+        self, envelope: Envelope, before_data: Callable[[], Awaitable[bool]]
+    ) -> SmtpFailure | None:
+        """None when the relay accepted the message, else how far it got and what was said.
+
+        `before_data` runs after the envelope was accepted and before DATA is issued; False
+        (or an exception) aborts the transaction with RSET and raises ClaimLost (or that).
+        """
         stage: Stage = "connect"
         try:
-            await smtp.connect()
+            smtp = await self._connected()
             stage = "envelope"
-            await smtp.mail(sender)
-            stage = "recipient"
-            await smtp.rcpt(recipient)
+            await smtp.mail(envelope.sender)
+            await smtp.rcpt(envelope.recipient)
+            await self._gate(smtp, before_data)
             stage = "data"
-            await smtp.data(raw)
+            await smtp.data(envelope.content)
         except SMTPResponseException as exc:
-            raise SendFailed(SmtpFailure(stage, exc.code, exc.message)) from exc
-        except (SMTPException, OSError) as exc:
-            raise SendFailed(SmtpFailure(stage, None, f"{type(exc).__name__}: {exc}")) from exc
-        finally:
-            await _close(smtp)
+            await self._after_refusal(exc.code, stage)
+            return SmtpFailure(stage, exc.code, exc.message)
+        except (SMTPException, OSError, TimeoutError) as exc:
+            self.close()
+            self._setbacks += 1
+            return SmtpFailure(stage, None, f"{type(exc).__name__}: {exc}")
+        self._setbacks = 0
+        return None
+
+    async def _connected(self) -> SMTP:
+        if self._smtp is None or not self._smtp.is_connected:
+            self.close()
+            self._smtp = self._client()
+            await self._smtp.connect()
+        return self._smtp
+
+    async def _gate(self, smtp: SMTP, before_data: Callable[[], Awaitable[bool]]) -> None:
+        try:
+            allowed = await before_data()
+        except Exception:
+            await self._reset(smtp)
+            raise
+        if not allowed:
+            await self._reset(smtp)
+            raise ClaimLost
+
+    async def _after_refusal(self, code: int, stage: Stage) -> None:
+        if 400 <= code < 500:
+            self._setbacks += 1
+        if code == SERVICE_CLOSING or stage == "connect":
+            self.close()
+        elif stage == "envelope" and self._smtp is not None:
+            await self._reset(self._smtp)
+
+    async def _reset(self, smtp: SMTP) -> None:
+        """End a half-done transaction so the next mail starts clean; a broken line is closed."""
+        try:
+            await smtp.rset()
+        except (SMTPException, OSError, TimeoutError):
+            self.close()
+
+    async def pause(self) -> None:
+        """After throttling or a broken line, wait before this connection takes more mail."""
+        if self._setbacks:
+            c = self._config
+            await asyncio.sleep(backoff_s(self._setbacks - 1, c.backoff_initial_s, c.backoff_max_s))
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
 
 
-async def _close(smtp: SMTP) -> None:
-    if not smtp.is_connected:
-        return
-    try:
-        await smtp.quit()
-    except (SMTPException, OSError):
-        smtp.close()
+class SmtpPool:
+    """A fixed set of persistent connections; each carries one mail at a time."""
+
+    def __init__(self, config: SmtpConfig, size: int) -> None:
+        self.connections = [SmtpConnection(config) for _ in range(size)]
+
+    def close(self) -> None:
+        for connection in self.connections:
+            connection.close()

@@ -1,9 +1,20 @@
-"""dispatcher.messages: one row per request key, claimed before SMTP is spoken."""
+"""dispatcher.messages: one row per request key; a handful of set statements per batch.
+
+Every statement covers a whole batch (`= ANY`, `unnest` arrays) and runs on the asyncpg
+connection underneath the engine as its own implicit transaction: one round trip, one durable
+commit. `claim_id` names the batch that owns a row; a later statement of that batch only
+touches rows it still owns, so two dispatchers racing for a request during a partition move
+never both send it. Driver errors leave here as `Transient` (the database is away).
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Any
 
+import asyncpg
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -12,20 +23,24 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
-    delete,
-    select,
-    update,
 )
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.engine import Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.dispatcher.domain.records import FinalStatus, MessageRecord
+from services.dispatcher.domain.records import MessageRecord
+from shared.errors import Transient
 
 SCHEMA = "dispatcher"
-# What a database outage looks like from here; worth waiting out, never worth a wrong record.
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (SQLAlchemyError, OSError)
+# What a database outage looks like from here (refused, reset, shut down, timed out).
+_DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    SQLAlchemyError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+)
 
 metadata = MetaData(schema=SCHEMA)
 messages = Table(
@@ -44,71 +59,145 @@ messages = Table(
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("claim_id", Text),
     CheckConstraint(
-        "status IN ('sending', 'sent', 'failed', 'suppressed')", name="messages_status_known"
+        "status IN ('claimed', 'data', 'sent', 'failed', 'suppressed', 'uncertain')",
+        name="messages_status_known",
     ),
 )
 
+_RECORD_COLUMNS = (
+    "request_key, shop_id, customer_key, journey_id, step_id, email, subject, status, "
+    "reason, smtp_message_id, attempts, created_at, updated_at"
+)
 
-def _record(row: Row[tuple[object, ...]]) -> MessageRecord:
-    return MessageRecord(**row._asdict())
+# -- name: known -- the recorded state of these request keys
+_KNOWN = f"SELECT {_RECORD_COLUMNS} FROM dispatcher.messages WHERE request_key = ANY($1::text[])"
+
+# -- name: claim -- new rows (claimed, suppressed or failed), or take over a row a crash left
+# 'claimed'; a 'claimed' row counts one more SMTP attempt. Returns the rows this batch owns.
+_CLAIM = """
+INSERT INTO dispatcher.messages AS m (request_key, shop_id, customer_key, journey_id, step_id,
+    email, subject, status, reason, attempts, claim_id, created_at, updated_at)
+SELECT t.k, t.shop, t.customer, t.journey, t.step, t.email, t.subject, t.status, t.reason,
+    CASE WHEN t.status = 'claimed' THEN 1 ELSE 0 END, $10, $11, $11
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+    $7::text[], $8::text[], $9::text[])
+    AS t(k, shop, customer, journey, step, email, subject, status, reason)
+ON CONFLICT (request_key) DO UPDATE SET
+    status = excluded.status, reason = excluded.reason, subject = excluded.subject,
+    claim_id = excluded.claim_id, updated_at = excluded.updated_at,
+    attempts = m.attempts + CASE WHEN excluded.status = 'claimed' THEN 1 ELSE 0 END
+WHERE m.status = 'claimed'
+RETURNING m.request_key, m.attempts
+"""
+
+# -- name: mark_data -- just before their DATA commands go out; only rows this batch owns
+_MARK_DATA = """
+UPDATE dispatcher.messages SET status = 'data', updated_at = $3
+WHERE request_key = ANY($1::text[]) AND claim_id = $2 AND status IN ('claimed', 'data')
+RETURNING request_key
+"""
+
+# -- name: finish -- what SMTP said, per row; status 'claimed' releases the row (not sent)
+_FINISH = """
+UPDATE dispatcher.messages AS m SET status = t.status, reason = t.reason,
+    smtp_message_id = t.mid, attempts = t.attempts, updated_at = $7,
+    claim_id = CASE WHEN t.status = 'claimed' THEN NULL ELSE m.claim_id END
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[])
+    AS t(k, status, reason, mid, attempts)
+WHERE m.request_key = t.k AND m.claim_id = $6
+RETURNING m.request_key
+"""
+
+# -- name: mark_uncertain -- rows a crash left between DATA and the relay's answer
+_MARK_UNCERTAIN = f"""
+UPDATE dispatcher.messages SET status = 'uncertain', reason = $2, updated_at = $3
+WHERE request_key = ANY($1::text[]) AND status = 'data'
+RETURNING {_RECORD_COLUMNS}
+"""
+
+
+def _record(row: Any) -> MessageRecord:
+    return MessageRecord(**dict(row.items()))
 
 
 class MessageRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def get(self, request_key: str) -> MessageRecord | None:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(messages).where(messages.c.request_key == request_key))
-            ).first()
-        return None if row is None else _record(row)
+    @asynccontextmanager
+    async def _driver(self) -> AsyncIterator[Any]:
+        """The asyncpg connection of a pooled engine connection; outside any transaction, so
+        each statement commits by itself."""
+        try:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                try:
+                    yield raw.driver_connection
+                except _DATABASE_AWAY:
+                    await conn.invalidate()  # never hand a broken connection out again
+                    raise
+        except _DATABASE_AWAY as exc:
+            raise Transient(f"database unavailable: {exc!r}") from exc
 
-    async def insert(self, record: MessageRecord) -> bool:
-        """Store a new record (a claim when its status is 'sending'); False if the key exists."""
-        statement = (
-            insert(messages)
-            .values(**vars(record))
-            .on_conflict_do_nothing(index_elements=["request_key"])
-            .returning(messages.c.request_key)
-        )
-        async with self._engine.begin() as conn:
-            return (await conn.execute(statement)).first() is not None
+    async def known(self, request_keys: Sequence[str]) -> dict[str, MessageRecord]:
+        async with self._driver() as driver:
+            rows = await driver.fetch(_KNOWN, list(request_keys))
+        return {row["request_key"]: _record(row) for row in rows}
 
-    async def count_attempt(self, request_key: str, now: datetime) -> int:
-        """Record that SMTP is about to be tried once more; returns the attempt number."""
-        statement = (
-            update(messages)
-            .where(messages.c.request_key == request_key)
-            .values(attempts=messages.c.attempts + 1, updated_at=now)
-            .returning(messages.c.attempts)
-        )
-        async with self._engine.begin() as conn:
-            attempts: int = (await conn.execute(statement)).scalar_one()
-        return attempts
+    async def claim(
+        self, records: Sequence[MessageRecord], claim_id: str, now: datetime
+    ) -> dict[str, int]:
+        """Insert or take over the rows; returns key -> attempts for the rows now owned."""
+        if not records:
+            return {}
+        columns = [
+            [r.request_key for r in records],
+            [r.shop_id for r in records],
+            [r.customer_key for r in records],
+            [r.journey_id for r in records],
+            [r.step_id for r in records],
+            [r.email for r in records],
+            [r.subject for r in records],
+            [r.status for r in records],
+            [r.reason for r in records],
+        ]
+        async with self._driver() as driver:
+            rows = await driver.fetch(_CLAIM, *columns, claim_id, now)
+        return {row[0]: row[1] for row in rows}
+
+    async def mark_data(
+        self, request_keys: Sequence[str], claim_id: str, now: datetime
+    ) -> set[str]:
+        """Record that DATA is about to be issued; returns the keys this batch still owns."""
+        async with self._driver() as driver:
+            rows = await driver.fetch(_MARK_DATA, list(request_keys), claim_id, now)
+        return {row[0] for row in rows}
 
     async def finish(
-        self,
-        request_key: str,
-        status: FinalStatus,
-        reason: str | None,
-        smtp_message_id: str | None,
-        now: datetime,
-    ) -> MessageRecord:
-        statement = (
-            update(messages)
-            .where(messages.c.request_key == request_key)
-            .values(status=status, reason=reason, smtp_message_id=smtp_message_id, updated_at=now)
-            .returning(*messages.c)
-        )
-        async with self._engine.begin() as conn:
-            return _record((await conn.execute(statement)).one())
+        self, records: Sequence[MessageRecord], claim_id: str, now: datetime
+    ) -> set[str]:
+        """Write each record's status, reason, Message-ID and attempts; returns the keys
+        written (a row another dispatcher took over is left alone)."""
+        if not records:
+            return set()
+        columns = [
+            [r.request_key for r in records],
+            [r.status for r in records],
+            [r.reason for r in records],
+            [r.smtp_message_id for r in records],
+            [r.attempts for r in records],
+        ]
+        async with self._driver() as driver:
+            rows = await driver.fetch(_FINISH, *columns, claim_id, now)
+        return {row[0] for row in rows}
 
-    async def release(self, request_key: str) -> None:
-        """Give a claim back when nothing reached the SMTP server, so a retry may send."""
-        statement = delete(messages).where(
-            messages.c.request_key == request_key, messages.c.status == "sending"
-        )
-        async with self._engine.begin() as conn:
-            await conn.execute(statement)
+    async def mark_uncertain(
+        self, request_keys: Sequence[str], reason: str, now: datetime
+    ) -> list[MessageRecord]:
+        if not request_keys:
+            return []
+        async with self._driver() as driver:
+            rows = await driver.fetch(_MARK_UNCERTAIN, list(request_keys), reason, now)
+        return [_record(row) for row in rows]

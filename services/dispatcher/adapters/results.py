@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.dispatcher.domain.records import MessageRecord
 from shared.events import (
     MESSAGE_FAILED,
     MESSAGE_SENT,
     MESSAGE_SUPPRESSED,
+    MESSAGE_UNCERTAIN,
     CloudEvent,
     MessageResult,
     make_event,
@@ -15,13 +18,18 @@ from shared.events import (
 from shared.kafka import Publisher
 
 SOURCE = "rebound/dispatcher"
-RESULT_TYPES = {"sent": MESSAGE_SENT, "failed": MESSAGE_FAILED, "suppressed": MESSAGE_SUPPRESSED}
+RESULT_TYPES = {
+    "sent": MESSAGE_SENT,
+    "failed": MESSAGE_FAILED,
+    "suppressed": MESSAGE_SUPPRESSED,
+    "uncertain": MESSAGE_UNCERTAIN,
+}
 
 
 def result_event(record: MessageRecord) -> CloudEvent:
     """The same record always gives the same event (id and time), so republishing is harmless."""
-    if record.status == "sending":
-        raise ValueError(f"{record.request_key}: no result while still sending")
+    if not record.is_final:
+        raise ValueError(f"{record.request_key}: no result while still {record.status}")
     result = MessageResult(
         request_key=record.request_key,
         shop_id=record.shop_id,
@@ -50,6 +58,9 @@ class ResultPublisher:
         self._publisher = publisher
         self._topic = topic
 
-    async def publish(self, record: MessageRecord) -> None:
-        """Returns once the broker acknowledged it (acks=all)."""
-        await self._publisher.publish(self._topic, record.customer_key, result_event(record))
+    async def publish(self, records: Sequence[MessageRecord]) -> None:
+        """All at once; returns once the broker acknowledged every one (acks=all)."""
+        if records:
+            await self._publisher.publish_many(
+                [(self._topic, r.customer_key, result_event(r)) for r in records]
+            )

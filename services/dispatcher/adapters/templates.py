@@ -1,4 +1,8 @@
-"""Renders a step's templates in a Jinja2 sandbox: HTML (autoescaped), plain text, subject."""
+"""Renders a step's templates in a Jinja2 sandbox: HTML (autoescaped), plain text, subject.
+
+Each template (the subject line too) is compiled once per process and kept: compiling costs
+far more than rendering.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
 from services.dispatcher.domain.content import RenderedMessage, one_line
@@ -14,6 +18,9 @@ from shared.events import InvalidEvent
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[1] / "templates"
 _TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]*")
+# Subject lines come inside requests; journeys hold a few each, so this bound is never reached
+# in practice, but a stream of distinct subjects cannot grow memory without limit.
+MAX_CACHED_SUBJECTS = 1024
 
 
 class TemplateRenderer:
@@ -27,19 +34,40 @@ class TemplateRenderer:
             keep_trailing_newline=True,
             auto_reload=False,
         )
-        self._subjects = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+        self._subjects_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+        self._subjects: dict[str, Template] = {}
+        self._bodies: dict[str, tuple[Template, Template]] = {}
 
     def render(self, template: str, subject: str, context: dict[str, Any]) -> RenderedMessage:
         """Raises InvalidEvent for an unknown template or one this context cannot fill."""
-        if not _TEMPLATE_NAME.fullmatch(template):
-            raise InvalidEvent(f"invalid template name {template!r}")
         try:
+            html, text = self._bodies.get(template) or self._load(template)
             return RenderedMessage(
-                subject=one_line(self._subjects.from_string(subject).render(context)),
-                html=self._files.get_template(f"{template}.html.j2").render(context),
-                text=self._files.get_template(f"{template}.txt.j2").render(context),
+                subject=one_line(self._subject(subject).render(context)),
+                html=html.render(context),
+                text=text.render(context),
             )
+        except InvalidEvent:
+            raise
         except TemplateNotFound as exc:
             raise InvalidEvent(f"unknown template {template!r} ({exc.name} missing)") from exc
         except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise InvalidEvent(f"template {template!r} cannot be rendered: {exc}") from exc
+
+    def _load(self, template: str) -> tuple[Template, Template]:
+        if not _TEMPLATE_NAME.fullmatch(template):
+            raise InvalidEvent(f"invalid template name {template!r}")
+        pair = (
+            self._files.get_template(f"{template}.html.j2"),
+            self._files.get_template(f"{template}.txt.j2"),
+        )
+        self._bodies[template] = pair
+        return pair
+
+    def _subject(self, source: str) -> Template:
+        compiled = self._subjects.get(source)
+        if compiled is None:
+            if len(self._subjects) >= MAX_CACHED_SUBJECTS:
+                self._subjects.clear()
+            compiled = self._subjects[source] = self._subjects_env.from_string(source)
+        return compiled

@@ -13,9 +13,9 @@ from services.dispatcher.domain.records import MessageRecord
 from shared.events import ConsentState
 
 NO_MARKETING_CONSENT = "no_marketing_consent"
-INTERRUPTED_REASON = (
-    "interrupted while sending: the SMTP server may already have accepted it, "
-    "so it is not sent again (a lost reminder is cheaper than a duplicate)"
+UNCERTAIN_REASON = (
+    "interrupted between the DATA command and the relay's answer: the relay may have "
+    "accepted it, so it is not sent again (a lost reminder is cheaper than a duplicate)"
 )
 
 
@@ -28,11 +28,14 @@ def suppression_reason(consent_required: bool, consent: ConsentState | None) -> 
 
 class Seen(StrEnum):
     REPUBLISH = "republish"  # already decided: publish the recorded result again
-    MARK_INTERRUPTED = "mark_interrupted"  # a crash left it mid-send: never send again
+    SEND = "send"  # a crash came before DATA: the relay never had it, send it now
+    MARK_UNCERTAIN = "mark_uncertain"  # a crash came during DATA: never send again
 
 
 def on_seen_before(record: MessageRecord) -> Seen:
-    return Seen.REPUBLISH if record.is_final else Seen.MARK_INTERRUPTED
+    if record.is_final:
+        return Seen.REPUBLISH
+    return Seen.SEND if record.status == "claimed" else Seen.MARK_UNCERTAIN
 
 
 # --- SMTP failures ------------------------------------------------------------------------
@@ -56,6 +59,7 @@ class FailureKind(StrEnum):
     DEFERRED = "deferred"  # the server answered 4xx: retry a bounded number of times
     REJECTED = "rejected"  # the server answered 5xx: permanent
     AMBIGUOUS = "ambiguous"  # the line broke during DATA: it may have been accepted
+    LOST_CLAIM = "lost_claim"  # another dispatcher took the request over: it sends, not us
 
 
 def classify(failure: SmtpFailure) -> FailureKind:
@@ -72,11 +76,17 @@ class Next(StrEnum):
     RETRY = "retry"  # try again after a backoff, in this batch
     RELEASE = "release"  # give the claim back and let the consumer retry the batch later
     FAIL = "fail"  # record it as failed and publish message.failed
+    UNCERTAIN = "uncertain"  # record it as uncertain: maybe delivered, never resent
+    DROP = "drop"  # not ours any more: record and publish nothing
 
 
 def after_failure(kind: FailureKind, attempts: int, max_attempts: int) -> Next:
     """What to do after `attempts` tries (the failed one included) ended in `kind`."""
-    if kind in (FailureKind.REJECTED, FailureKind.AMBIGUOUS):
+    if kind is FailureKind.AMBIGUOUS:
+        return Next.UNCERTAIN
+    if kind is FailureKind.LOST_CLAIM:
+        return Next.DROP
+    if kind is FailureKind.REJECTED:
         return Next.FAIL
     if attempts < max_attempts:
         return Next.RETRY
@@ -96,5 +106,5 @@ def failure_reason(kind: FailureKind, failure: SmtpFailure, attempts: int) -> st
     if kind is FailureKind.DEFERRED:
         return f"smtp deferred {attempts} times: {failure.describe()}"
     if kind is FailureKind.AMBIGUOUS:
-        return f"smtp connection lost during DATA, not resent: {failure.describe()}"
+        return f"{UNCERTAIN_REASON}; the relay said: {failure.describe()}"
     return f"smtp rejected: {failure.describe()}"

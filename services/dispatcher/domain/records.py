@@ -1,4 +1,10 @@
-"""The durable record of one message request: the single source of truth for "was it sent?"."""
+"""The durable record of one message request: the single source of truth for "was it sent?".
+
+A request moves claimed -> data -> sent. `claimed`: this dispatcher owns it and no DATA
+command was issued yet, so after a crash it is safe to send (the relay never had it).
+`data`: recorded just before DATA went out; a crash from here to the relay's answer leaves
+it unknown whether the relay took it, and it becomes `uncertain`, never sent again.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-Status = Literal["sending", "sent", "failed", "suppressed"]
-FinalStatus = Literal["sent", "failed", "suppressed"]
-FINAL_STATUSES: frozenset[str] = frozenset({"sent", "failed", "suppressed"})
+Status = Literal["claimed", "data", "sent", "failed", "suppressed", "uncertain"]
+FinalStatus = Literal["sent", "failed", "suppressed", "uncertain"]
+FINAL_STATUSES: frozenset[str] = frozenset({"sent", "failed", "suppressed", "uncertain"})
 
 
 @dataclass(frozen=True)

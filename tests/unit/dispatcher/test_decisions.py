@@ -60,8 +60,12 @@ def test_a_decided_request_is_only_republished(status: str) -> None:
     assert on_seen_before(replace(RECORD, status=status)) is Seen.REPUBLISH  # type: ignore[arg-type]
 
 
-def test_a_request_left_mid_send_is_never_sent_again() -> None:
-    assert on_seen_before(replace(RECORD, status="sending")) is Seen.MARK_INTERRUPTED
+def test_a_request_a_crash_left_before_data_is_sent() -> None:
+    assert on_seen_before(replace(RECORD, status="claimed")) is Seen.SEND
+
+
+def test_a_request_a_crash_left_during_data_is_uncertain_and_never_sent_again() -> None:
+    assert on_seen_before(replace(RECORD, status="data")) is Seen.MARK_UNCERTAIN
 
 
 @pytest.mark.parametrize(
@@ -84,9 +88,12 @@ def test_smtp_failures_are_classified_by_how_far_the_message_got(
     assert classify(failure) is kind
 
 
-def test_permanent_and_ambiguous_failures_are_never_retried() -> None:
+def test_permanent_failures_fail_and_are_never_retried() -> None:
     assert after_failure(FailureKind.REJECTED, 1, 5) is Next.FAIL
-    assert after_failure(FailureKind.AMBIGUOUS, 1, 5) is Next.FAIL
+
+
+def test_a_line_lost_during_data_is_uncertain_never_failed_nor_retried() -> None:
+    assert after_failure(FailureKind.AMBIGUOUS, 1, 5) is Next.UNCERTAIN
 
 
 def test_transient_failures_are_retried_up_to_the_limit() -> None:
