@@ -24,6 +24,7 @@ from shared.events import (
     MESSAGE_REQUESTED,
     MESSAGE_SENT,
     MESSAGE_SUPPRESSED,
+    MESSAGE_UNCERTAIN,
     CloudEvent,
     MessageRequest,
     decode,
@@ -153,6 +154,15 @@ class Harness:
         await self.service.start()
         return self.service
 
+    async def restart(self, **overrides: Any) -> DispatcherService:
+        """Stop the service abruptly (its tasks are cancelled wherever they are, nothing is
+        committed to the broker) and start a new one, as after a kill -9."""
+        assert self.service is not None
+        await self.service.stop()
+        self.service = DispatcherService(self.settings(**overrides), self.clock)
+        await self.service.start()
+        return self.service
+
     async def stop(self) -> None:
         if self.service is not None:
             await self.service.stop()
@@ -168,6 +178,18 @@ class Harness:
             key=request.customer_key.encode(),
             headers=HEADERS,
         )
+
+    async def send_many(self, requests: list[MessageRequest]) -> None:
+        futures = [
+            await self.producer.send(
+                self.topics.name(MESSAGE_REQUESTS),
+                encode(request_event(r)),
+                key=r.customer_key.encode(),
+                headers=HEADERS,
+            )
+            for r in requests
+        ]
+        await asyncio.gather(*futures)
 
     async def send_raw(self, value: bytes, key: bytes = b"poison") -> None:
         await self.producer.send_and_wait(self.topics.name(MESSAGE_REQUESTS), value, key=key)
@@ -245,7 +267,7 @@ async def test_a_request_becomes_one_email_a_sent_row_and_a_sent_event(harness: 
 
 
 async def test_many_customers_at_once_each_get_exactly_one_email(harness: Harness) -> None:
-    await harness.start(concurrency=4)
+    await harness.start(smtp_connections=4)
     keys = [f"rk-many-{n}" for n in range(20)]
     for key in keys:
         await harness.send(message_request(key))
@@ -253,6 +275,52 @@ async def test_many_customers_at_once_each_get_exactly_one_email(harness: Harnes
     await eventually(lambda: all(harness.results.of(k) for k in keys), 30, "20 results")
     await settle()
     assert sorted(len(harness.mails_to(f"{k}@example.com")) for k in keys) == [1] * 20
+
+
+async def test_a_batch_of_500_requests_gives_500_mails_each_exactly_once(harness: Harness) -> None:
+    await harness.start()
+    keys = [f"rk-500-{n}" for n in range(500)]
+    await harness.send_many([message_request(key) for key in keys])
+
+    await eventually(lambda: len(harness.results.events()) >= 500, 60, "500 results")
+    await settle()
+    assert {e.type for e in harness.results.events()} == {MESSAGE_SENT}
+    assert sorted(e.data["request_key"] for e in harness.results.events()) == sorted(keys)
+    recipients = sorted(r for m in harness.store.messages for r in m.recipients)
+    assert recipients == sorted(f"{key}@example.com" for key in keys)
+
+
+async def test_hostile_names_make_well_formed_mail_and_every_request_gets_a_result(
+    harness: Harness,
+) -> None:
+    await harness.start()
+    long_name = "Maximiliana" * 182  # 2,002 characters
+    await harness.send(
+        message_request("rk-long", recipient=recipient("long@example.com", long_name))
+    )
+    await harness.send(
+        message_request(
+            "rk-crlf", recipient=recipient("crlf@example.com", "Ada\r\nBcc: all@evil.test")
+        )
+    )
+
+    await eventually(lambda: harness.mails_to("crlf@example.com"), 30, "the CR/LF mail")
+    await eventually(lambda: harness.mails_to("long@example.com"), 30, "the long-name mail")
+    await eventually(lambda: len(harness.results.events()) == 2, what="two results")
+    assert {e.type for e in harness.results.events()} == {MESSAGE_SENT}
+    for mail in harness.store.messages:
+        assert max(len(line) for line in mail.raw.split(b"\r\n")) <= 78
+        assert mail.message["Bcc"] is None
+    [crlf] = harness.mails_to("crlf@example.com")
+    assert crlf.recipients == ["crlf@example.com"]
+    assert crlf.message["Subject"] == "Ada Bcc: all@evil.test, you left something in your cart"
+    [long] = harness.mails_to("long@example.com")
+    assert long.message["Subject"].startswith("MaximilianaMaximiliana")
+    assert long_name in long.part("text/plain")  # the body keeps the name as given
+
+
+def recipient(email: str, first_name: str) -> dict[str, str]:
+    return {"email": email, "first_name": first_name}
 
 
 # --- idempotency --------------------------------------------------------------------------
@@ -286,28 +354,114 @@ async def test_a_request_redelivered_after_it_was_sent_only_republishes_the_resu
     assert first == second  # the same event, harmless to any consumer
 
 
-async def test_a_request_a_crash_left_mid_send_is_failed_not_sent_again(harness: Harness) -> None:
+async def test_a_dispatcher_killed_after_the_claim_sends_the_mail_after_restart_once(
+    harness: Harness,
+) -> None:
+    silent = await SilentServer.start()  # accepts TCP, never greets: SMTP never gets going
+    await harness.start(smtp_port=silent.port, smtp_timeout_s=60.0)
+    await harness.send(message_request("rk-claimed"))
+    await eventually(lambda: row_status(harness, "rk-claimed", "claimed"), 30, "the claim")
+    await eventually(lambda: silent.connections, what="an SMTP connection attempt")
+
+    await harness.restart()  # the real relay now
+    await eventually(results_for(harness, "rk-claimed"), 30, "message.sent")
+    await settle()
+    assert len(harness.mails_to("rk-claimed@example.com")) == 1
+    [event] = harness.results.of("rk-claimed")
+    assert event.type == MESSAGE_SENT
+    row = await harness.row("rk-claimed")
+    assert row is not None and row["status"] == "sent"
+    silent.close()
+
+
+async def test_a_dispatcher_killed_during_data_reports_uncertain_and_never_resends(
+    harness: Harness,
+) -> None:
+    hanging = HangingStore()
+    port = devstack.free_port()
+    controller = start_catcher(hanging, port)  # takes the content, never answers it
+    try:
+        await harness.start(smtp_port=port, smtp_timeout_s=60.0)
+        await harness.send(message_request("rk-data"))
+        await eventually(lambda: hanging.received, 30, "the mail content at the relay")
+        row = await harness.row("rk-data")
+        assert row is not None and row["status"] == "data"
+
+        await harness.restart()  # the real relay now, which would accept it again
+        await eventually(results_for(harness, "rk-data"), 30, "a result")
+        await settle()
+    finally:
+        controller.stop()
+    [event] = harness.results.of("rk-data")
+    assert event.type == MESSAGE_UNCERTAIN
+    assert event.data["status"] == "uncertain"
+    assert "DATA" in event.data["reason"]
+    assert harness.mails_to("rk-data@example.com") == []
+    row = await harness.row("rk-data")
+    assert row is not None and row["status"] == "uncertain"
+
+
+async def test_a_row_left_by_an_older_version_mid_send_is_uncertain_not_failed(
+    harness: Harness,
+) -> None:
     async with harness.engine.begin() as conn:
         await conn.execute(
             text(
                 "INSERT INTO dispatcher.messages (request_key, shop_id, customer_key, journey_id, "
                 "step_id, email, subject, status, attempts, created_at, updated_at) VALUES "
                 "('rk-crash', :shop, 'k', 'abandoned-cart', 'reminder', 'rk-crash@example.com', "
-                "'hi', 'sending', 1, now(), now())"
+                "'hi', 'data', 1, now(), now())"
             ),
             {"shop": SHOP},
         )
     await harness.start()
     await harness.send(message_request("rk-crash"))
 
-    await eventually(results_for(harness, "rk-crash"), 30, "message.failed")
+    await eventually(results_for(harness, "rk-crash"), 30, "message.uncertain")
     await settle()
     [event] = harness.results.of("rk-crash")
-    assert event.type == MESSAGE_FAILED
-    assert "interrupted while sending" in event.data["reason"]
+    assert event.type == MESSAGE_UNCERTAIN
     assert harness.mails_to("rk-crash@example.com") == []
-    row = await harness.row("rk-crash")
-    assert row is not None and row["status"] == "failed"
+
+
+class SilentServer:
+    """A TCP server that accepts connections and says nothing, like a relay that hung."""
+
+    def __init__(self, server: asyncio.Server) -> None:
+        self._server = server
+        self.connections = 0
+        self.port: int = server.sockets[0].getsockname()[1]
+
+    @classmethod
+    async def start(cls) -> SilentServer:
+        holder: list[SilentServer] = []
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            holder[0].connections += 1
+            await reader.read()  # until the client gives up
+
+        silent = cls(await asyncio.start_server(accept, "127.0.0.1", 0))
+        holder.append(silent)
+        return silent
+
+    def close(self) -> None:
+        self._server.close()
+
+
+class HangingStore(MailStore):
+    """Receives the whole message after DATA and never answers: the dispatcher waits."""
+
+    received: bool = False
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received = True
+        await asyncio.Event().wait()
+        return "250 never said"
+
+
+async def row_status(harness: Harness, key: str, status: str) -> bool:
+    row = await harness.row(key)
+    return row is not None and row["status"] == status
 
 
 # --- consent ------------------------------------------------------------------------------
@@ -390,6 +544,61 @@ async def test_mail_waits_for_an_smtp_server_that_is_down_and_arrives_once_it_is
         controller.stop()
 
 
+async def test_the_pool_reconnects_after_the_relay_restarted(harness: Harness) -> None:
+    port = devstack.free_port()
+    first = MailStore()
+    controller = start_catcher(first, port)
+    await harness.start(smtp_port=port)
+    await harness.send(message_request("rk-before"))
+    await eventually(lambda: first.messages, 30, "the mail before the restart")
+    controller.stop()  # every pooled connection breaks
+
+    second = MailStore()
+    controller = start_catcher(second, port)
+    try:
+        await harness.send(message_request("rk-after-restart"))
+        await eventually(lambda: second.messages, 30, "the mail after the restart")
+        await eventually(results_for(harness, "rk-after-restart"), what="message.sent")
+        await settle()
+    finally:
+        controller.stop()
+    assert [m.recipients for m in second.messages] == [["rk-after-restart@example.com"]]
+    assert [len(first.messages), len(second.messages)] == [1, 1]
+    assert harness.results.of("rk-after-restart")[0].type == MESSAGE_SENT
+
+
+class ThrottlingStore(MailStore):
+    """Answers the first MAIL commands with 421 (too many connections), then accepts."""
+
+    refusals: int = 2
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.refusals > 0:
+            self.refusals -= 1
+            return "421 4.7.0 too many connections, slow down"
+        envelope.mail_from = address
+        return "250 OK"
+
+
+async def test_a_throttling_relay_is_retried_and_the_mail_goes_once(harness: Harness) -> None:
+    store = ThrottlingStore()
+    port = devstack.free_port()
+    controller = start_catcher(store, port)
+    try:
+        await harness.start(smtp_port=port, max_send_attempts=5)
+        await harness.send(message_request("rk-throttled"))
+        await eventually(results_for(harness, "rk-throttled"), 30, "message.sent")
+        await settle()
+    finally:
+        controller.stop()
+    assert [m.recipients for m in store.messages] == [["rk-throttled@example.com"]]
+    assert harness.results.of("rk-throttled")[0].type == MESSAGE_SENT
+    row = await harness.row("rk-throttled")
+    assert row is not None and (row["status"], row["attempts"]) == ("sent", 3)
+
+
 def unreachable_count() -> float:
     labels = {"service": "dispatcher", "kind": "smtp_unreachable"}
     return REGISTRY.get_sample_value("rebound_errors_total", labels) or 0.0
@@ -425,7 +634,13 @@ async def test_poison_messages_go_to_the_dead_letter_topic_and_the_next_is_proce
     assert "unexpected event type" in reasons[2]
     assert "unknown template 'no_such_template'" in reasons[3]
     assert harness.store.messages == harness.mails_to("rk-next@example.com")
-    assert await harness.row("rk-unknown") is None  # never claimed, nothing half-done
+    # A request that cannot become a mail still gets an answer: message.failed, with why.
+    for key, why in (("rk-unknown", "unknown template"), ("rk-inject", "cannot build")):
+        await eventually(results_for(harness, key), what=f"the result of {key}")
+        [event] = harness.results.of(key)
+        assert event.type == MESSAGE_FAILED and why in event.data["reason"]
+        row = await harness.row(key)
+        assert row is not None and row["status"] == "failed"
 
 
 async def test_a_request_the_database_refuses_is_dead_lettered_and_the_next_ones_are_sent(
