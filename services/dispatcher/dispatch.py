@@ -11,6 +11,7 @@ it leaves it 'data' (reported uncertain, never resent).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -111,6 +112,7 @@ class Dispatcher:
         kept from being decided: then `relay_down` / `database_down` say to retry the batch."""
         outcome = BatchOutcome()
         now = self._clock.now()
+        started = time.perf_counter()
         known = await self._repo.known([r.request_key for r in requests])
         fresh: list[MessageRequest] = []
         uncertain: list[str] = []
@@ -125,8 +127,19 @@ class Dispatcher:
         outcome.published += await self._mark_uncertain(uncertain, now)
         claim_id = uuid.uuid4().hex
         jobs = await self._claim(fresh, claim_id, now, outcome)
+        claimed = time.perf_counter()
         await self._send(jobs, claim_id, outcome)
+        sent = time.perf_counter()
         await self._results.publish(outcome.published)
+        log.info(
+            "batch_dispatched",
+            requests=len(requests),
+            mails=len(jobs),
+            results=len(outcome.published),
+            claim_ms=round(1000 * (claimed - started)),
+            smtp_ms=round(1000 * (sent - claimed)),
+            publish_ms=round(1000 * (time.perf_counter() - sent)),
+        )
         return outcome
 
     async def _mark_uncertain(self, keys: list[str], now: datetime) -> list[MessageRecord]:
@@ -215,8 +228,7 @@ class Dispatcher:
             state.done.append(self._finished(job, "claimed", None))
         outcome.published += await self._record(state.done, claim_id)
         outcome.relay_down, outcome.database_down = state.relay_down, state.database_down
-        sent = sum(1 for job in state.done if job.record.status == "sent")
-        log.info("batch_sent", sent=sent, mails=len(jobs), connections=len(connections))
+        log.info("batch_sent", marks=gate.statements, connections=len(connections))
 
     async def _work(self, connection: SmtpConnection, state: _Sending) -> None:
         """Take mail after mail until the batch is done or cannot go on."""

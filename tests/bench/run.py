@@ -27,6 +27,7 @@ from shared.db import upgrade
 from shared.kafka import ensure_topics
 from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics, dlq
 from tests.bench import consumer as cbench
+from tests.bench import mail as mbench
 from tests.bench.webhooks import SHOPS_JSON
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -285,6 +286,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"  dead-lettered               {c['dead_lettered']}")
         lines.append(f"  consumer cpu%               {c['consumer_cpu_pct']:.0f}")
         lines.append("")
+    if "mail" in results:
+        lines += mbench.table_lines(results["mail"])
     return "\n".join(lines)
 
 
@@ -300,7 +303,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--consumer-timeout", type=float, default=180.0)
-    parser.add_argument("--only", choices=["webhooks", "consumer"])
+    parser.add_argument("--mails", type=int, default=5_000, help="mails per side (mail bench)")
+    parser.add_argument("--only", choices=["webhooks", "consumer", "mail"])
     return parser.parse_args(argv)
 
 
@@ -317,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
             results["webhooks"] = bench_webhooks(s, args)
         if args.only in (None, "consumer"):
             results["consumer"] = bench_consumer(s, args)
+        if args.only in (None, "mail"):
+            results["mail"] = mbench.bench_mail(s.database_url, s.bootstrap, args.mails, BENCH_DIR)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results), flush=True)
     log(f"written to {BENCH_DIR / 'results.json'}")

@@ -17,6 +17,7 @@ class DataGate:
         self._mark = mark  # marks the keys, returns those it was allowed to mark
         self._waiting: dict[str, asyncio.Future[bool]] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self.statements = 0
 
     async def enter(self, key: str) -> bool:
         """True once the key is durably marked; False when the row is not ours any more."""
@@ -29,6 +30,7 @@ class DataGate:
     async def _flush(self) -> None:
         while self._waiting:
             group, self._waiting = self._waiting, {}
+            self.statements += 1
             try:
                 marked = await self._mark(list(group))
             except Exception as exc:

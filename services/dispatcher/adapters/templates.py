@@ -23,9 +23,27 @@ _TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]*")
 MAX_CACHED_SUBJECTS = 1024
 
 
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox's attribute check, remembered per (type, name): Jinja2's rule depends on
+    nothing else, and it was a third of the rendering time."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._safe: dict[tuple[type, str], bool] = {}
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        key = (type(obj), attr)
+        safe = self._safe.get(key)
+        if safe is None:
+            if len(self._safe) >= MAX_CACHED_SUBJECTS:  # names come from request subjects too
+                self._safe.clear()
+            safe = self._safe[key] = super().is_safe_attribute(obj, attr, value)
+        return safe
+
+
 class TemplateRenderer:
     def __init__(self, directory: Path = TEMPLATES_DIR) -> None:
-        self._files = SandboxedEnvironment(
+        self._files = _Sandbox(
             loader=FileSystemLoader(directory),
             autoescape=lambda name: name is not None and name.endswith(".html.j2"),
             undefined=StrictUndefined,
@@ -34,7 +52,7 @@ class TemplateRenderer:
             keep_trailing_newline=True,
             auto_reload=False,
         )
-        self._subjects_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+        self._subjects_env = _Sandbox(undefined=StrictUndefined, autoescape=False)
         self._subjects: dict[str, Template] = {}
         self._bodies: dict[str, tuple[Template, Template]] = {}
 

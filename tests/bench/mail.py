@@ -1,0 +1,455 @@
+"""Mail throughput: smtplib with a new connection per mail vs one dispatcher process.
+
+Both send the same N abandoned-cart reminders (same templates, rendered by the same Jinja2
+renderer) to Postfix's smtp-sink on a free loopback port, one after the other in the same run.
+The peer is what a Python shop writes first: render, build an `EmailMessage`, open an SMTP
+connection, `send_message`, quit; it runs in a process of its own so its CPU is measured the
+same way. The dispatcher is `python -m services.dispatcher run` as deployed: the requests are
+produced to message.requests and the clock stops when all N results are on
+engagement.results. Without smtp-sink (`make smtp-sink` installs Postfix) both go to an
+aiosmtpd sink instead, and the report says so.
+
+`python -m tests.bench.mail peer|sink ...` are the peer and the fallback sink, run by the bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import smtplib
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.dispatcher.adapters.templates import TemplateRenderer
+from services.dispatcher.app import MIGRATIONS_DIR
+from services.dispatcher.domain.content import message_id, render_context
+from shared.db import upgrade
+from shared.events import (
+    MESSAGE_REQUESTED,
+    MessageRequest,
+    encode,
+    make_event,
+    stable_event_id,
+)
+from shared.kafka import ensure_topics
+from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX = "mail."
+MAIL_FROM = "Bench Shop <hello@shop.example>"
+SUBJECT = "{{ recipient.first_name or 'Hello' }}, you left something in your cart"
+CART = {
+    "cart_id": "cart-1",
+    "lines": [
+        {"title": "Linen Shirt", "variant_title": "M / Sand", "quantity": 2, "price": "39.00"},
+        {"title": "Canvas Tote", "quantity": 1, "price": "18.50"},
+    ],
+    "currency": "USD",
+    "total_price": "96.50",
+    "recovery_url": "https://bench.myshopify.com/cart/recover?token=abc",
+    "updated_at": "2024-10-01T00:00:00Z",
+}
+_SINK_COUNT = re.compile(rb"mesg=(\d+)")
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def requests(count: int, run: str) -> list[MessageRequest]:
+    return [
+        MessageRequest.model_validate(
+            {
+                "request_key": f"{run}-{n}",
+                "shop_id": "bench",
+                "customer_key": f"bench:c:{run}-{n}",
+                "journey_id": "abandoned-cart",
+                "journey_version": 1,
+                "step_id": "reminder",
+                "template": "abandoned_cart_reminder",
+                "subject": SUBJECT,
+                "recipient": {
+                    "email": f"customer-{n}@example.com",
+                    "first_name": "Zoë" if n % 2 else "Ada",
+                    "last_name": "Lovelace",
+                },
+                "marketing_consent": "subscribed",
+                "context": {"cart": CART},
+                "requested_at": datetime(2024, 10, 1, 3, tzinfo=UTC),
+            }
+        )
+        for n in range(count)
+    ]
+
+
+# --- the sink ----------------------------------------------------------------------------------
+
+
+class Sink:
+    """smtp-sink (or the aiosmtpd fallback) on a loopback port, counting accepted mail."""
+
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self._log_path = log_path
+        self.kind = "postfix smtp-sink" if shutil.which("smtp-sink") else "aiosmtpd (fallback)"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self._log_path.open("wb")
+        if shutil.which("smtp-sink"):
+            # -c: running counters on stdout; -u: it refuses to keep root privileges.
+            command = ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{self.port}", "1024"]
+        else:
+            log("smtp-sink not found (make smtp-sink installs it): using the aiosmtpd sink")
+            command = [sys.executable, "-m", "tests.bench.mail", "sink", "--port", str(self.port)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self._proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+        )
+        _wait_port(self.port)
+
+    def accepted(self) -> int:
+        found = _SINK_COUNT.findall(self._log_path.read_bytes())
+        return int(found[-1]) if found else 0
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+
+
+def _wait_port(port: int, timeout_s: float = 15) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            smtplib.SMTP("127.0.0.1", port, timeout=1).quit()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"no SMTP server on port {port}")
+
+
+def run_fallback_sink(port: int) -> None:
+    from aiosmtpd.controller import Controller
+
+    class Counting:
+        count = 0
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            Counting.count += 1
+            print(f"mesg={Counting.count}", end="\r", flush=True)
+            return "250 OK"
+
+    controller = Controller(Counting(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        controller.stop()
+
+
+# --- the peer: smtplib, a new connection per mail ----------------------------------------------
+
+
+def run_peer(port: int, count: int) -> dict[str, Any]:
+    renderer = TemplateRenderer()
+    batch = requests(count, "peer")
+    started = time.perf_counter()
+    for request in batch:
+        rendered = renderer.render(request.template, request.subject, render_context(request))
+        message = EmailMessage()
+        message["Subject"] = rendered.subject
+        message["From"] = MAIL_FROM
+        name = f"{request.recipient.first_name} {request.recipient.last_name}"
+        message["To"] = formataddr((name, request.recipient.email))
+        message["Date"] = format_datetime(datetime.now(UTC))
+        message["Message-ID"] = message_id(request.request_key, MAIL_FROM)
+        message.set_content(rendered.text)
+        message.add_alternative(rendered.html, subtype="html")
+        with smtplib.SMTP("127.0.0.1", port, local_hostname="localhost") as smtp:
+            smtp.send_message(message)
+    wall_s = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"mails": count, "wall_s": wall_s, "cpu_s": usage.ru_utime + usage.ru_stime}
+
+
+def bench_peer(sink: Sink, count: int) -> dict[str, Any]:
+    before = sink.accepted()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.mail",
+            "peer",
+            "--port",
+            str(sink.port),
+            "--n",
+            str(count),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    raw = json.loads(out.stdout)
+    return _figures(count, raw["wall_s"], raw["cpu_s"], sink.accepted() - before)
+
+
+def _figures(count: int, wall_s: float, cpu_s: float, accepted: int) -> dict[str, Any]:
+    return {
+        "mails": count,
+        "wall_s": round(wall_s, 2),
+        "mails_per_s": round(count / wall_s, 1),
+        "cpu_ms_per_mail": round(1000 * cpu_s / count, 3),
+        "accepted_by_sink": accepted,
+    }
+
+
+# --- one dispatcher process ---------------------------------------------------------------------
+
+
+def dispatcher_env(
+    database_url: str, bootstrap: str, smtp_port: int, http_port: int
+) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "REBOUND_DISPATCHER_DATABASE_URL": database_url,
+        "REBOUND_DISPATCHER_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "REBOUND_DISPATCHER_HTTP_PORT": str(http_port),
+        "REBOUND_DISPATCHER_TOPIC_PREFIX": PREFIX,
+        "REBOUND_DISPATCHER_SMTP_PORT": str(smtp_port),
+        "REBOUND_DISPATCHER_SMTP_LOCAL_HOSTNAME": "localhost",
+        "REBOUND_DISPATCHER_MAIL_FROM": MAIL_FROM,
+        "REBOUND_DISPATCHER_LOG_LEVEL": os.environ.get("BENCH_DISPATCHER_LOG_LEVEL", "WARNING"),
+    }
+
+
+@contextmanager
+def dispatcher(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.dispatcher", "run"],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the dispatcher exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("dispatcher not ready")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def produce(bootstrap: str, batch: list[MessageRequest]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        topic = PREFIX + MESSAGE_REQUESTS
+        futures = [
+            await producer.send(topic, encode(_request_event(r)), key=r.customer_key.encode())
+            for r in batch
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def _request_event(request: MessageRequest) -> Any:
+    return make_event(
+        type=MESSAGE_REQUESTED,
+        source="bench",
+        id=stable_event_id("request", request.request_key),
+        time=request.requested_at,
+        subject=request.customer_key,
+        shop_id=request.shop_id,
+        data=request,
+    )
+
+
+async def result_types(bootstrap: str) -> tuple[int, Counter[str]]:
+    """(results on engagement.results, count per type), read from the beginning to the end."""
+    topic = PREFIX + ENGAGEMENT_RESULTS
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        types: Counter[str] = Counter()
+        keys: set[str] = set()
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                for record in records:
+                    event = orjson.loads(record.value)
+                    types[event["type"]] += 1
+                    keys.add(event["data"]["request_key"])
+    finally:
+        await consumer.stop()
+    return len(keys), types
+
+
+async def wait_results(bootstrap: str, run: str, expected: int, timeout_s: float) -> float:
+    """Reads engagement.results until `expected` distinct requests of `run` have a result;
+    returns when the last one was read. (Counted by reading: the local broker's end offsets
+    run behind what a consumer reads.)"""
+    topic = PREFIX + ENGAGEMENT_RESULTS
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        seen: set[str] = set()
+        deadline = time.perf_counter() + timeout_s
+        while time.perf_counter() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200, max_records=10_000)).values():
+                for record in records:
+                    key = orjson.loads(record.value)["data"]["request_key"]
+                    if key.startswith(f"{run}-"):
+                        seen.add(key)
+            if len(seen) >= expected:
+                return time.perf_counter()
+    finally:
+        await consumer.stop()
+    raise TimeoutError(f"{len(seen)} of {expected} results after {timeout_s} s")
+
+
+async def produce_and_wait(bootstrap: str, count: int) -> float:
+    waiting = asyncio.create_task(wait_results(bootstrap, "disp", count, 300))
+    await produce(bootstrap, requests(count, "disp"))
+    return await waiting
+
+
+def bench_dispatcher(
+    sink: Sink, database_url: str, bootstrap: str, count: int, bench_dir: Path
+) -> dict[str, Any]:
+    http_port = _free_port()
+    env = dispatcher_env(database_url, bootstrap, sink.port, http_port)
+    with dispatcher(env, bench_dir / "dispatcher.log") as proc:
+        wait_ready(http_port, proc)
+        log("mail: dispatcher ready; one warm-up mail (consumer group join)")
+        asyncio.run(produce(bootstrap, requests(1, "warmup")))
+        asyncio.run(wait_results(bootstrap, "warmup", 1, 60))
+        before = sink.accepted()
+        log(f"mail: {count} requests to one dispatcher process")
+        cpu_before, started = cpu_s(proc.pid), time.perf_counter()
+        finished = asyncio.run(produce_and_wait(bootstrap, count))
+        cpu = cpu_s(proc.pid) - cpu_before
+    figures = _figures(count, finished - started, cpu, sink.accepted() - before)
+    distinct, types = asyncio.run(result_types(bootstrap))
+    figures["results_distinct_requests"] = distinct - 1
+    figures["result_types"] = dict(types)
+    return figures
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --- the whole comparison -----------------------------------------------------------------------
+
+
+def bench_mail(database_url: str, bootstrap: str, count: int, bench_dir: Path) -> dict[str, Any]:
+    upgrade(MIGRATIONS_DIR, database_url, "dispatcher")
+    asyncio.run(ensure_topics(bootstrap, Topics(PREFIX).all_with_dlq(), 3))
+    sink = Sink(_free_port(), bench_dir / "smtp-sink.log")
+    sink.start()
+    try:
+        log(f"mail: peer (smtplib, a new connection per mail), {count} mails to {sink.kind}")
+        peer = bench_peer(sink, count)
+        rebound = bench_dispatcher(sink, database_url, bootstrap, count, bench_dir)
+    finally:
+        sink.stop()
+    return {
+        "sink": sink.kind,
+        "peer_smtplib_connection_per_mail": peer,
+        "dispatcher": rebound,
+        "ratio_mails_per_s": round(rebound["mails_per_s"] / peer["mails_per_s"], 2),
+    }
+
+
+def table_lines(m: dict[str, Any]) -> list[str]:
+    peer, rebound = m["peer_smtplib_connection_per_mail"], m["dispatcher"]
+    lines = [
+        f"(c) mail: {peer['mails']} abandoned-cart reminders to {m['sink']}, same templates",
+        f"{'':<44} {'mails/s':>9} {'CPU ms/mail':>12} {'accepted':>9}",
+    ]
+    for name, r in (
+        ("smtplib, a new connection per mail", peer),
+        ("one dispatcher process (message.requests in)", rebound),
+    ):
+        lines.append(
+            f"{name:<44} {r['mails_per_s']:>9.0f} {r['cpu_ms_per_mail']:>12.3f} "
+            f"{r['accepted_by_sink']:>9}"
+        )
+    lines.append(f"ratio (dispatcher / peer, mails/s): {m['ratio_mails_per_s']:.1f}x")
+    lines.append(f"dispatcher results: {rebound['result_types']}")
+    lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.mail")
+    sub = parser.add_subparsers(dest="command", required=True)
+    peer = sub.add_parser("peer", help="smtplib, a new connection per mail; prints JSON")
+    peer.add_argument("--port", type=int, required=True)
+    peer.add_argument("--n", type=int, required=True)
+    sink = sub.add_parser("sink", help="the aiosmtpd sink used when smtp-sink is absent")
+    sink.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "peer":
+        print(json.dumps(run_peer(args.port, args.n)))
+    else:
+        run_fallback_sink(args.port)
+
+
+if __name__ == "__main__":
+    main()
