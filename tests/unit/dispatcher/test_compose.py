@@ -123,7 +123,8 @@ def test_an_encoded_cr_lf_in_a_name_cannot_add_a_header(name: str) -> None:
 def test_a_name_with_quotes_and_commas_stays_one_display_name() -> None:
     message = parse(build(parts(to_name='Bob "the" O\'Neil, Jr.')))
     [address] = message["To"].addresses
-    assert (address.display_name, address.addr_spec) == ('Bob "the" O\'Neil, Jr.', "zoe@example.com")
+    assert address.display_name == 'Bob "the" O\'Neil, Jr.'
+    assert address.addr_spec == "zoe@example.com"
 
 
 @pytest.mark.parametrize(
