@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime, parseaddr
 
+from shared.errors import Poison
+
 # Lines of a header, the field name included; RFC 5322 2.1.1 asks for 78 at most.
 MAX_LINE = 78
 # A name or subject longer than this is cut (with an ellipsis) before it becomes a header:
@@ -29,7 +31,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 
 
-class UnsendableMessage(ValueError):
+class UnsendableMessage(Poison):
     """The request cannot become a well-formed e-mail (e.g. an invalid address)."""
 
 
