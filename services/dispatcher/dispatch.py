@@ -14,17 +14,22 @@ import asyncio
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from email.utils import formataddr
 from functools import partial
+from typing import Protocol
 
 from services.dispatcher.adapters.data_gate import DataGate
+from services.dispatcher.adapters.dkim import DkimKey, dkim_sign
 from services.dispatcher.adapters.mailer import ClaimLost, Envelope, SmtpConnection, SmtpPool
 from services.dispatcher.adapters.mime import Mailbox, MailParts, UnsendableMessage, build
 from services.dispatcher.adapters.repository import MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
+from services.dispatcher.adapters.suppressions import HARD_BOUNCE, SuppressionRepository
 from services.dispatcher.adapters.templates import TemplateRenderer
-from services.dispatcher.domain.content import message_id, render_context
+from services.dispatcher.domain.content import RenderedMessage, message_id, render_context
 from services.dispatcher.domain.decisions import (
     UNCERTAIN_REASON,
     Next,
@@ -33,16 +38,27 @@ from services.dispatcher.domain.decisions import (
     after_failure,
     classify,
     failure_reason,
+    is_hard_bounce,
     on_seen_before,
     suppression_reason,
 )
 from services.dispatcher.domain.records import MessageRecord, Status
+from services.dispatcher.domain.tracking import ShopMail, prepare
 from shared import metrics
 from shared.clock import Clock
 from shared.errors import Transient
-from shared.events import InvalidEvent, MessageRequest
+from shared.events import (
+    EMAIL_BOUNCED,
+    CloudEvent,
+    EmailBounced,
+    InvalidEvent,
+    MessageRequest,
+    make_event,
+    stable_event_id,
+)
 from shared.logging import get_logger
 from shared.retry import retry_forever
+from shared.tracking import MessageRef, TokenSigner
 
 SERVICE = "dispatcher"
 log = get_logger(__name__)
@@ -54,6 +70,28 @@ class SendPolicy:
     max_attempts: int
     retry_initial_s: float
     retry_max_s: float
+
+
+@dataclass(frozen=True)
+class ShopIdentity:
+    """A configured shop: its mail identity and DKIM key (None: not signed)."""
+
+    mail: ShopMail
+    dkim: DkimKey | None
+
+
+class BouncePublisher(Protocol):
+    async def publish_bounce(self, key: str, event: CloudEvent) -> None: ...
+
+
+@dataclass(frozen=True)
+class Engagement:
+    """Tracking and suppression; without shops configured, mail goes out as before."""
+
+    shops: Mapping[str, ShopIdentity]
+    signer: TokenSigner | None
+    suppressions: SuppressionRepository
+    bounces: BouncePublisher
 
 
 @dataclass
@@ -83,6 +121,7 @@ class _Sending:
     queue: deque[Job]
     gate: DataGate
     done: list[Job] = field(default_factory=list)
+    bounced: list[tuple[Job, SmtpFailure]] = field(default_factory=list)
     relay_down: str | None = None
     database_down: str | None = None
 
@@ -97,6 +136,7 @@ class Dispatcher:
         results: ResultPublisher,
         clock: Clock,
         policy: SendPolicy,
+        engagement: Engagement,
     ) -> None:
         self._repo = repository
         self._renderer = renderer
@@ -104,8 +144,9 @@ class Dispatcher:
         self._results = results
         self._clock = clock
         self._policy = policy
+        self._engagement = engagement
         self._sender = Mailbox.parse(policy.mail_from)
-        self._sender_header = self._sender.header("From")
+        self._senders: dict[str, tuple[str, Mailbox, str]] = {}  # shop -> from, mailbox, header
 
     async def handle(self, requests: list[MessageRequest]) -> BatchOutcome:
         """Every request ends in a published result, except those the relay or the database
@@ -152,7 +193,8 @@ class Dispatcher:
     async def _claim(
         self, requests: list[MessageRequest], claim_id: str, now: datetime, outcome: BatchOutcome
     ) -> list[Job]:
-        prepared = [self._prepare(request, now) for request in requests]
+        suppressed = await self._suppressed(requests)
+        prepared = [self._prepare(r, now, why) for r, why in zip(requests, suppressed, strict=True)]
         owned = await self._repo.claim([record for record, _ in prepared], claim_id, now)
         jobs: list[Job] = []
         for record, envelope in prepared:
@@ -168,39 +210,80 @@ class Dispatcher:
                 jobs.append(Job(replace(record, attempts=attempts), envelope))
         return jobs
 
+    async def _suppressed(self, requests: list[MessageRequest]) -> list[str | None]:
+        """Why each request must not be sent (consent, then the suppression list), or None."""
+        reasons = [suppression_reason(r.consent_required, r.marketing_consent) for r in requests]
+        ask = [i for i, r in enumerate(requests) if reasons[i] is None and r.consent_required]
+        found = await self._engagement.suppressions.reasons(
+            [(r.shop_id, r.customer_key, r.recipient.email) for r in (requests[i] for i in ask)]
+        )
+        for i, reason in zip(ask, found, strict=True):
+            reasons[i] = reason
+        return reasons
+
     def _prepare(
-        self, request: MessageRequest, now: datetime
+        self, request: MessageRequest, now: datetime, suppressed: str | None
     ) -> tuple[MessageRecord, Envelope | None]:
         """The record to claim and the mail to send; a suppressed or unbuildable request gets
         its final record and no mail."""
-        reason = suppression_reason(request.consent_required, request.marketing_consent)
-        if reason is not None:
-            return _new_record(request, request.subject, "suppressed", now, reason), None
+        if suppressed is not None:
+            return _new_record(request, request.subject, "suppressed", now, suppressed), None
         try:
             rendered = self._renderer.render(
                 request.template, request.subject, render_context(request)
             )
-            recipient = request.recipient
-            content = build(
-                MailParts(
-                    sender=self._sender,
-                    to_name=" ".join(filter(None, (recipient.first_name, recipient.last_name))),
-                    to_address=recipient.email,
-                    subject=rendered.subject,
-                    message_id=message_id(request.request_key, self._policy.mail_from),
-                    date=now,
-                    text=rendered.text,
-                    html=rendered.html,
-                ),
-                self._sender_header,
-            )
+            content, sender = self._content(request, rendered, now)
         except InvalidEvent as exc:
             return _new_record(request, request.subject, "failed", now, str(exc)), None
         except UnsendableMessage as exc:
             reason = f"cannot build the e-mail: {exc}"
             return _new_record(request, request.subject, "failed", now, reason), None
-        envelope = Envelope(self._sender.address, recipient.email, content)
+        envelope = Envelope(sender, request.recipient.email, content)
         return _new_record(request, rendered.subject, "claimed", now), envelope
+
+    def _content(
+        self, request: MessageRequest, rendered: RenderedMessage, now: datetime
+    ) -> tuple[bytes, str]:
+        """The bytes DATA sends (DKIM-signed when the shop has a key) and the envelope sender."""
+        mail_from, sender, from_header = self._sender_of(request.shop_id)
+        shop = self._engagement.shops.get(request.shop_id)
+        signer = self._engagement.signer
+        headers: list[tuple[str, str]] = []
+        if shop is not None and signer is not None:
+            ref = _message_ref(request, now)
+            prepared = prepare(rendered, shop.mail, ref, signer.sign)
+            rendered, headers = prepared.rendered, prepared.headers
+        recipient = request.recipient
+        content = build(
+            MailParts(
+                sender=sender,
+                to_name=" ".join(filter(None, (recipient.first_name, recipient.last_name))),
+                to_address=recipient.email,
+                subject=rendered.subject,
+                message_id=message_id(request.request_key, mail_from),
+                date=now,
+                text=rendered.text,
+                html=rendered.html,
+                headers=tuple(headers),
+            ),
+            from_header,
+        )
+        if shop is not None and shop.dkim is not None:
+            content = dkim_sign(content, shop.dkim)  # over the exact bytes DATA sends
+        return content, sender.address
+
+    def _sender_of(self, shop_id: str) -> tuple[str, Mailbox, str]:
+        """(From as configured, its mailbox, the encoded From header), once per shop."""
+        known = self._senders.get(shop_id)
+        if known is None:
+            shop = self._engagement.shops.get(shop_id)
+            if shop is not None and self._engagement.signer is not None:
+                sender = Mailbox(shop.mail.sender_name, shop.mail.sender_address)
+                mail_from = formataddr((sender.name, sender.address))
+            else:
+                sender, mail_from = self._sender, self._policy.mail_from
+            known = self._senders[shop_id] = (mail_from, sender, sender.header("From"))
+        return known
 
     def _count_skipped(self, record: MessageRecord) -> None:
         reason = record.reason if record.status == "suppressed" else "unbuildable"
@@ -227,6 +310,7 @@ class Dispatcher:
         for job in state.queue:  # not sent: the relay or the database stopped the batch
             state.done.append(self._finished(job, "claimed", None))
         outcome.published += await self._record(state.done, claim_id)
+        await self._hard_bounces(state.bounced)
         outcome.relay_down, outcome.database_down = state.relay_down, state.database_down
         log.info("batch_sent", marks=gate.statements, connections=len(connections))
 
@@ -253,6 +337,8 @@ class Dispatcher:
             await connection.pause()
 
     def _after_failure(self, job: Job, failure: SmtpFailure, state: _Sending) -> None:
+        if is_hard_bounce(failure):
+            state.bounced.append((job, failure))
         kind = classify(failure)
         attempts = job.record.attempts + job.tries - 1
         action = after_failure(kind, attempts, self._policy.max_attempts)
@@ -291,6 +377,20 @@ class Dispatcher:
         )
         return replace(job, record=final)
 
+    async def _hard_bounces(self, bounced: list[tuple[Job, SmtpFailure]]) -> None:
+        """Suppress the addresses for marketing now, and tell the facts (email.events)."""
+        if not bounced:
+            return
+        now = self._clock.now()
+        rows = [
+            (job.record.shop_id, "address", job.record.email.lower(), HARD_BOUNCE, now)
+            for job, _ in bounced
+        ]
+        await self._engagement.suppressions.add(rows)
+        for job, failure in bounced:
+            event = _bounce_event(job.record, failure, now)
+            await self._engagement.bounces.publish_bounce(job.record.customer_key, event)
+
     async def _record(self, done: list[Job], claim_id: str) -> list[MessageRecord]:
         """After SMTP spoke, the outcome is known: wait out a database outage to record it
         rather than leave the rows in 'data', which would later read as a crash."""
@@ -327,4 +427,41 @@ def _new_record(
         attempts=0,
         created_at=now,
         updated_at=now,
+    )
+
+
+def _message_ref(request: MessageRequest, now: datetime) -> MessageRef:
+    return MessageRef(
+        shop_id=request.shop_id,
+        customer_key=request.customer_key,
+        request_key=request.request_key,
+        journey_id=request.journey_id,
+        step_id=request.step_id,
+        sent_at=now,
+    )
+
+
+def _bounce_event(record: MessageRecord, failure: SmtpFailure, now: datetime) -> CloudEvent:
+    bounced = EmailBounced(
+        request_key=record.request_key,
+        shop_id=record.shop_id,
+        customer_key=record.customer_key,
+        journey_id=record.journey_id,
+        step_id=record.step_id,
+        sent_at=now,
+        email=record.email.lower(),
+        bounced_at=now,
+        permanent=True,
+        stage="data" if failure.stage == "data" else "recipient",
+        smtp_code=failure.code,
+        detail=failure.detail[:500],
+    )
+    return make_event(
+        type=EMAIL_BOUNCED,
+        source="rebound/dispatcher",
+        id=stable_event_id("bounce", record.request_key),
+        time=now,
+        subject=record.customer_key,
+        shop_id=record.shop_id,
+        data=bounced,
     )

@@ -81,6 +81,7 @@ class SmtpConnection:
             smtp = await self._connected()
             stage = "envelope"
             await smtp.mail(envelope.sender)
+            stage = "recipient"
             await smtp.rcpt(envelope.recipient)
             await self._gate(smtp, before_data)
             stage = "data"
@@ -117,7 +118,7 @@ class SmtpConnection:
             self._setbacks += 1
         if code == SERVICE_CLOSING or stage == "connect":
             self.close()
-        elif stage == "envelope" and self._smtp is not None:
+        elif stage in ("envelope", "recipient") and self._smtp is not None:
             await self._reset(self._smtp)
 
     async def _reset(self, smtp: SMTP) -> None:

@@ -20,6 +20,7 @@ from shared.errors import Poison
 
 # Lines of a header, the field name included; RFC 5322 2.1.1 asks for 78 at most.
 MAX_LINE = 78
+MAX_LINE_HARD = 998  # RFC 5322 2.1.1: a line longer than this is not a message
 # A name or subject longer than this is cut (with an ellipsis) before it becomes a header:
 # no mail client shows more, and a 2,000-character name must not become 40 header lines.
 MAX_HEADER_TEXT_CHARS = 200
@@ -60,6 +61,7 @@ class MailParts:
     date: datetime
     text: str
     html: str
+    headers: tuple[tuple[str, str], ...] = ()  # e.g. List-Unsubscribe; printable ASCII values
 
 
 def build(parts: MailParts, sender_header: str | None = None) -> bytes:
@@ -72,6 +74,7 @@ def build(parts: MailParts, sender_header: str | None = None) -> bytes:
             text_header("Subject", parts.subject),
             f"Date: {format_datetime(parts.date)}\r\n",
             f"Message-ID: {parts.message_id}\r\n",
+            *(_plain_header(name, value) for name, value in parts.headers),
             "MIME-Version: 1.0\r\n",
             f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',
             "\r\n",
@@ -85,6 +88,14 @@ def build(parts: MailParts, sender_header: str | None = None) -> bytes:
             f"--{boundary}--\r\n".encode("ascii"),
         )
     )
+
+
+def _plain_header(name: str, value: str) -> str:
+    """A header Rebound wrote itself (a URL in angle brackets): it must already be one line."""
+    line = f"{name}: {value}"
+    if not line.isascii() or _CONTROL.search(line) or len(line) > MAX_LINE_HARD:
+        raise UnsendableMessage(f"header {name} cannot be sent as is")
+    return line + "\r\n"
 
 
 def _part(boundary: str, content_type: str, body: str) -> bytes:

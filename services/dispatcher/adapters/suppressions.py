@@ -29,6 +29,17 @@ _REASON = text("""
     ORDER BY since LIMIT 1
 """)
 
+# One row per (shop, customer, address) asked, in order: the first suppression's reason or NULL.
+_REASONS = text("""
+    SELECT (SELECT s.reason FROM dispatcher.suppressions s
+            WHERE s.shop_id = t.shop AND ((s.kind = 'customer' AND s.value = t.customer)
+                OR (s.kind = 'address' AND s.value = t.address))
+            ORDER BY s.since LIMIT 1)
+    FROM unnest(CAST(:shops AS text[]), CAST(:customers AS text[]), CAST(:addresses AS text[]))
+        WITH ORDINALITY AS t(shop, customer, address, n)
+    ORDER BY t.n
+""")
+
 
 class SuppressionRepository:
     def __init__(self, engine: AsyncEngine) -> None:
@@ -57,3 +68,17 @@ class SuppressionRepository:
                 _REASON, {"shop": shop_id, "customer": customer_key, "address": email.lower()}
             )
         return None if found is None else str(found)
+
+    async def reasons(self, asked: Sequence[tuple[str, str, str]]) -> list[str | None]:
+        """For (shop_id, customer_key, email) each, its suppression reason or None: one query."""
+        if not asked:
+            return []
+        shops, customers, addresses = (list(column) for column in zip(*asked, strict=True))
+        params = {
+            "shops": shops,
+            "customers": customers,
+            "addresses": [a.lower() for a in addresses],
+        }
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(_REASONS, params)).all()
+        return [None if row[0] is None else str(row[0]) for row in rows]

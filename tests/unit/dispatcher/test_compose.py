@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,11 @@ HTML = "<p>Hi Zoë</p>\n<p>" + "x" * 300 + "</p>\n"
 
 
 def parts(**overrides: str) -> MailParts:
-    fields = {"to_name": "Zoë Ünal", "to_address": "zoe@example.com", "subject": "Zoë, your cart"}
+    fields: dict[str, Any] = {
+        "to_name": "Zoë Ünal",
+        "to_address": "zoe@example.com",
+        "subject": "Zoë, your cart",
+    }
     fields.update(overrides)
     return MailParts(
         sender=SENDER,

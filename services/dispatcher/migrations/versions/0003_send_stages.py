@@ -4,8 +4,8 @@
 'data' (DATA was about to go out or went out: a crash leaves it 'uncertain'). Rows a crash
 left in 'sending' become 'claimed' when no SMTP attempt was counted, else 'data'.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003_send_stages
+Revises: 0002_suppressions
 Create Date: 2026-11-20
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003_send_stages"
+down_revision = "0002_suppressions"
 branch_labels = None
 depends_on = None
 
