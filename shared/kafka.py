@@ -202,7 +202,8 @@ class ConsumerLoop:
     max_attempts: int = MAX_UNCLASSIFIED_ATTEMPTS
 
     async def run(self) -> None:
-        await start_with_retry(self.consumer, f"{self.service} consumer")
+        if not _started(self.consumer):  # a loop restarted after a crash keeps its consumer
+            await start_with_retry(self.consumer, f"{self.service} consumer")
         while True:
             batch = await self._fetch()
             if not batch:
@@ -308,12 +309,20 @@ class ConsumerLoop:
 
     def _report_lag(self, batch: list[Record]) -> None:
         seen = {(r.topic, r.partition): r.offset for r in batch}
+        owned = self.consumer.assignment()  # a rebalance during the batch may have taken some
         for (topic, partition), offset in seen.items():
+            if TopicPartition(topic, partition) not in owned:
+                continue
             end = self.consumer.highwater(TopicPartition(topic, partition))
             if end is not None:
                 metrics.CONSUMER_LAG.labels(self.service, topic, str(partition)).set(
                     max(0, end - offset - 1)
                 )
+
+
+def _started(consumer: AIOKafkaConsumer) -> bool:
+    """aiokafka refuses a second start() ("Did you call `start` twice?") and says no other way."""
+    return getattr(consumer, "_fetcher", None) is not None
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:

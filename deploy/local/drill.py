@@ -106,6 +106,7 @@ class Stack:
     pg: devstack.Postgres
     bootstrap: str
     smtp_port: int
+    settings: dict[str, str]  # REBOUND_<SERVICE>_<name> for every service
     members: list[Member] = field(default_factory=list)
     infra: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -131,6 +132,7 @@ class Stack:
 def member_env(service: str, stack: Stack, port: int, index: int) -> dict[str, str]:
     prefix = f"REBOUND_{service.upper()}_"
     env = {
+        **{prefix + name: value for name, value in stack.settings.items()},
         prefix + "DATABASE_URL": stack.pg.url,
         prefix + "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
         prefix + "KAFKA_CLIENT_ID": f"drill-{service}-{index}",
@@ -156,13 +158,13 @@ def fresh_folder() -> None:
     (DRILL / "logs").mkdir(parents=True)
 
 
-async def start_stack() -> Stack:
+async def start_stack(settings: dict[str, str]) -> Stack:
     fresh_folder()
     logs = DRILL / "logs"
     pg = devstack.Postgres(DRILL / "pg" / "data", devstack.free_port())
     pg.start()
     broker_port, smtp_port = devstack.free_port(), devstack.free_port()
-    stack = Stack(pg, f"127.0.0.1:{broker_port}", smtp_port)
+    stack = Stack(pg, f"127.0.0.1:{broker_port}", smtp_port, settings)
     try:
         stack.infra.append(devstack.start_tansu(broker_port, logs / "tansu.log"))
         stack.infra.append(start_mailcatcher(smtp_port, stack.mail_dir, logs))
@@ -452,6 +454,21 @@ class Outcome:
         return sorted((first[e] - due[e]).total_seconds() for e in first if e in due)
 
 
+def write_timeline(outcome: Outcome, path: Path) -> None:
+    """One line per customer: when the cart was left, acknowledged, due, and first mailed."""
+    first: dict[str, datetime] = {}
+    for to, received in outcome.mail:
+        first[to] = min(received, first.get(to, received))
+    lines = ["email,updated_at,acknowledged_at,due_at,mailed_at,lateness_s"]
+    for c in outcome.checkouts:
+        mailed = first.get(c.email)
+        late = "" if mailed is None else f"{(mailed - c.due_at).total_seconds():.2f}"
+        acked = c.acknowledged_at.isoformat() if c.acknowledged_at else ""
+        stamps = [c.updated_at.isoformat(), acked, c.due_at.isoformat()]
+        lines.append(",".join([c.email, *stamps, mailed.isoformat() if mailed else "", late]))
+    path.write_text("\n".join(lines) + "\n")
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -515,7 +532,7 @@ def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float
     lateness = outcome.lateness_s()
     lost = outcome.lost
     kills = ", ".join(f"{m.name} {m.kills}" for m in stack.members if m.kills) or "none"
-    print(f"\nDrill over after {elapsed_s:.0f} s ({DRILL})")
+    print(f"\nDrill over after {elapsed_s:.0f} s (logs, mail, timeline.csv in {DRILL})")
     print(f"  checkouts posted        {len(checkouts)}")
     print(f"  webhooks acknowledged   {acknowledged}  ({retried} needed a retry)")
     print(f"  customers mailed        {len(outcome.mailed)}")
@@ -547,7 +564,10 @@ def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float
 async def drill(args: argparse.Namespace) -> bool:
     rng = random.Random(args.seed)
     started = time.monotonic()
-    stack = await start_stack()
+    settings = {}
+    if args.session_timeout_ms is not None:
+        settings["KAFKA_SESSION_TIMEOUT_MS"] = str(args.session_timeout_ms)
+    stack = await start_stack(settings)
     try:
         log(f"stack up: 2 x {', '.join(SERVICES)}; broker {stack.bootstrap}; seed {args.seed}")
         stop_chaos = asyncio.Event()
@@ -565,7 +585,9 @@ async def drill(args: argparse.Namespace) -> bool:
         mail = caught_mail(stack.mail_dir)
         results = await results_by_status(stack.bootstrap)
         dlq = await dead_letters(stack.bootstrap)
-        return report(Outcome(checkouts, mail, results), stack, dlq, time.monotonic() - started)
+        outcome = Outcome(checkouts, mail, results)
+        write_timeline(outcome, DRILL / "timeline.csv")
+        return report(outcome, stack, dlq, time.monotonic() - started)
     finally:
         stack.stop()
 
@@ -577,6 +599,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
     parser.add_argument("--seed", type=int, default=None, help="which processes get killed")
     parser.add_argument("--no-chaos", action="store_true", help="no kills, no outage")
+    parser.add_argument(
+        "--session-timeout-ms", type=int, default=None, help="the services' consumer setting"
+    )
     parser.add_argument("--quiet-s", type=float, default=30.0, help="no change this long: done")
     args = parser.parse_args(argv)
     if args.seed is None:
