@@ -521,7 +521,11 @@ def _stage(checkout: Checkout, found: dict[str, dict[str, str]]) -> str:
         return "scheduler: the request is still in the outbox"
     if key not in found["message"]:
         return "dispatcher: the request was never recorded"
-    return f"dispatcher: {found['message'][key]}"
+    message = json.loads(found["message"][key])
+    return (
+        f"dispatcher: {message.get('status')} after {message.get('attempts')} attempt(s), "
+        f"{str(message.get('reason'))[:60]}"
+    )
 
 
 def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float) -> bool:
@@ -539,7 +543,9 @@ def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float
     print(f"  duplicates              {outcome.duplicates}")
     print(f"  lost                    {len(lost)}")
     print(f"  uncertain (reported)    {len(outcome.uncertain)}")
-    print(f"  reported failed         {len(outcome.results.get('failed', set()))}")
+    failed = outcome.results.get("failed", set())
+    delivered = len(failed & set(outcome.mailed))
+    print(f"  reported failed         {len(failed)}  ({delivered} of them were delivered)")
     print(f"  dead letters            {dlq or 'none'}")
     print(f"  kill -9                 {kills}")
     print(
@@ -552,6 +558,8 @@ def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float
         print("  where the lost ones stopped:")
         for stage, n in Counter(stages.values()).most_common():
             print(f"    {n:5d}  {stage}")
+        for checkout in lost[:10]:
+            print(f"    {checkout.email}  left {checkout.updated_at:%H:%M:%S}")
     for email, n in outcome.mailed.items():
         if n > 1:
             print(f"  duplicate: {email} got {n} mails")
@@ -579,7 +587,7 @@ async def drill(args: argparse.Namespace) -> bool:
         if chaos_task is not None:
             await chaos_task
         await asyncio.gather(*(until_ready(m) for m in stack.members))
-        log("chaos over, every instance up; waiting until quiet")
+        log("every instance up, no more chaos; waiting until quiet")
         expected = {c.email for c in checkouts}
         await until_quiet(stack, expected, args.quiet_s, cap_s=600.0)
         mail = caught_mail(stack.mail_dir)
