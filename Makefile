@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # worker starts its own PostgreSQL cluster and broker.
 TEST_WORKERS ?= 4
 
-.PHONY: run test lint format bench demo dlq deps venv postgres tansu smtp-sink schemas clean
+.PHONY: run test lint format bench drill demo dlq deps venv postgres tansu smtp-sink schemas clean
 
 run: deps ## Start PostgreSQL, Tansu, the mail catcher and the three services (Ctrl-C stops)
 	$(PY) deploy/local/devstack.py run
@@ -29,6 +29,9 @@ format: venv
 
 bench: deps smtp-sink ## Every hot path beside its naive peer, in the same run (see BENCHMARKS.md)
 	$(PY) -m tests.bench $(BENCH_ARGS)
+
+drill: deps ## Two of each service under kill -9 and a PostgreSQL outage; counts lost and duplicate mail
+	$(PY) deploy/local/drill.py $(DRILL_ARGS)
 
 demo: venv ## Post a signed Shopify checkout to the running `make run`
 	$(PY) deploy/local/demo.py

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -41,6 +41,7 @@ log = get_logger(__name__)
 Record: TypeAlias = ConsumerRecord  # aiokafka ships no type information
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 _DEAD_LETTERED_MEMORY = 10_000
+DEFAULT_SESSION_TIMEOUT_MS = 10_000
 
 
 def make_producer(bootstrap: str, client_id: str, linger_ms: int = 2) -> AIOKafkaProducer:
@@ -148,14 +149,27 @@ BatchHandler = Callable[[list[Record]], Awaitable[None]]
 
 
 class Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Tracks which partitions this instance owns; the scheduler fires only their timers."""
+    """Tracks which partitions this instance owns; the scheduler fires only their timers.
+
+    Work on owned partitions runs inside `owned()`. A revocation waits for that work to end
+    (the broker holds the rebalance meanwhile), so once another instance receives a partition
+    this one no longer acts on it.
+    """
 
     def __init__(self) -> None:
         self.partitions: set[int] = set()
         self.on_change: list[Callable[[], Awaitable[None]]] = []
+        self._in_use = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def owned(self) -> AsyncIterator[list[int]]:
+        """The partitions owned now; none of them is revoked before the block ends."""
+        async with self._in_use:
+            yield sorted(self.partitions)
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.partitions -= {tp.partition for tp in revoked}
+        async with self._in_use:
+            self.partitions -= {tp.partition for tp in revoked}
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.partitions |= {tp.partition for tp in assigned}
@@ -188,7 +202,8 @@ class ConsumerLoop:
     max_attempts: int = MAX_UNCLASSIFIED_ATTEMPTS
 
     async def run(self) -> None:
-        await start_with_retry(self.consumer, f"{self.service} consumer")
+        if not _started(self.consumer):  # a loop restarted after a crash keeps its consumer
+            await start_with_retry(self.consumer, f"{self.service} consumer")
         while True:
             batch = await self._fetch()
             if not batch:
@@ -294,12 +309,20 @@ class ConsumerLoop:
 
     def _report_lag(self, batch: list[Record]) -> None:
         seen = {(r.topic, r.partition): r.offset for r in batch}
+        owned = self.consumer.assignment()  # a rebalance during the batch may have taken some
         for (topic, partition), offset in seen.items():
+            if TopicPartition(topic, partition) not in owned:
+                continue
             end = self.consumer.highwater(TopicPartition(topic, partition))
             if end is not None:
                 metrics.CONSUMER_LAG.labels(self.service, topic, str(partition)).set(
                     max(0, end - offset - 1)
                 )
+
+
+def _started(consumer: AIOKafkaConsumer) -> bool:
+    """aiokafka refuses a second start() ("Did you call `start` twice?") and says no other way."""
+    return getattr(consumer, "_fetcher", None) is not None
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -339,7 +362,9 @@ def make_consumer(
     client_id: str,
     *topics: str,
     listener: ConsumerRebalanceListener | None = None,
+    session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
 ) -> AIOKafkaConsumer:
+    """A group member whose partitions move `session_timeout_ms` after it falls silent."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group_id,
@@ -347,6 +372,9 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        session_timeout_ms=session_timeout_ms,
+        # Three heartbeats per session, as Kafka advises, so one lost beat is not an eviction.
+        heartbeat_interval_ms=max(100, session_timeout_ms // 3),
     )
     consumer.subscribe(list(topics), listener=listener or Assignment())
     return consumer

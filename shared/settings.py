@@ -17,6 +17,13 @@ class ServiceSettings(BaseSettings):
     )
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:59092")
     kafka_client_id: str = "rebound"
+    kafka_session_timeout_ms: int = Field(
+        default=10_000,
+        description=(
+            "How long the broker waits for a silent consumer (a kill -9'd instance) before its "
+            "partitions, and with them the scheduler's timers, move to another instance."
+        ),
+    )
     topic_prefix: str = Field(default="", description="Prepended to every topic name (tests).")
     http_host: str = "127.0.0.1"
     http_port: int = 8000

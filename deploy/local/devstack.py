@@ -326,6 +326,15 @@ class Postgres:
             self.psql(f'CREATE DATABASE "{name}"')
 
 
+def crash_postgres(pg: Postgres) -> None:
+    """Stop the server as a power cut would: no checkpoint, clients cut off, WAL replay on start."""
+    subprocess.run(
+        _as_pg_owner([pg_bin("pg_ctl"), "-D", str(pg.datadir), "-m", "immediate", "-w", "stop"]),
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
     if proc.poll() is not None:
         return

@@ -97,6 +97,7 @@ class DispatcherService:
             s.topic_prefix + SERVICE,
             s.kafka_client_id,
             self.topics.name(MESSAGE_REQUESTS),
+            session_timeout_ms=s.kafka_session_timeout_ms,
         )
         self._suppression_consumer = make_consumer(
             s.kafka_bootstrap_servers,

@@ -123,6 +123,7 @@ class IngestService:
                 s.topic_prefix + SERVICE,
                 f"{s.kafka_client_id}-ingest",
                 self._topics.name(SHOP_EVENTS),
+                session_timeout_ms=s.kafka_session_timeout_ms,
             )
             self._loops.spawn("consumer", self._consume)
             self._loops.spawn("prune", self.pruner(self._engine).run)

@@ -47,6 +47,7 @@ class SchedulerService:
             settings.kafka_client_id,
             topics.name(CUSTOMER_ACTIVITY),
             listener=self.assignment,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
         )
         self.runner = Runner.build(JourneyCatalog(), topics, settings.discount_code)
         wake_relay = asyncio.Event()

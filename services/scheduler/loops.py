@@ -65,9 +65,12 @@ class TimerLoop:
                 await self._idle()
 
     async def fire_due(self) -> int:
-        partitions = sorted(self.assignment.partitions)
-        if not partitions:
-            return 0
+        async with self.assignment.owned() as partitions:
+            if not partitions:
+                return 0
+            return await self._fire_due(partitions)
+
+    async def _fire_due(self, partitions: list[int]) -> int:
         now = self.clock.now()
         async with self.engine.begin() as conn:
             due = await self.runner.timers.claim_due(conn, partitions, now, self.batch)

@@ -1,0 +1,632 @@
+"""make drill: the whole system, two of each service, under chaos; then count what arrived.
+
+Starts PostgreSQL, Tansu, the mail catcher and two instances of every service as real
+processes under .local/drill/ (ports of its own, so it never meets `make run`), loads a
+one-reminder journey, posts N signed Shopify checkouts for N distinct customers (retrying
+every non-2xx as Shopify does), and while they flow kills -9 a random service process every
+few seconds and restarts it, and once stops PostgreSQL as a power cut would. When the system
+is quiet it prints what the customers received and exits non-zero on any loss or duplicate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import copy
+import hashlib
+import hmac
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import devstack
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.kafka import ensure_topics
+from shared.topics import ALL_TOPICS, ENGAGEMENT_RESULTS, Topics, dlq
+
+ROOT = devstack.ROOT
+DRILL = devstack.LOCAL / "drill"
+JOURNEYS = ROOT / "deploy" / "local" / "drill-journeys"
+TEMPLATE = ROOT / "tests" / "fixtures" / "shopify-2024-10" / "checkouts.create.json"
+SERVICES = ("ingest", "scheduler", "dispatcher")
+INSTANCES = 2
+PARTITIONS = 6  # three per instance: a kill moves several partitions, and their timers
+REMINDER_DELAY_S = 5.0  # the drill journey's wait, from the cart's updated_at
+SHOP_ID = "demo"
+SHOP_DOMAIN = "shop.myshopify.com"
+SECRET = b"dev-shopify-secret"
+CUSTOMER_ID_BASE = 7_100_000_000
+PG_OUTAGE_S = 10.0
+RESTART_AFTER_S = 0.5
+SETTLE_S = 5.0  # everything accounted for: wait this long more for late duplicates
+LATENESS_TARGET_P99_S = 30.0
+
+
+def log(message: str) -> None:
+    print(f"[drill {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- the stack ---------------------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """One instance of one service: a real process that can be killed and started again."""
+
+    service: str
+    index: int
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    kills: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.index}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.service}", "run"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, no LeaveGroup, no commit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            self.kills += 1
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            devstack.stop_process(self.proc)
+
+
+@dataclass
+class Stack:
+    pg: devstack.Postgres
+    bootstrap: str
+    smtp_port: int
+    settings: dict[str, str]  # REBOUND_<SERVICE>_<name> for every service
+    members: list[Member] = field(default_factory=list)
+    infra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def mail_dir(self) -> Path:
+        return DRILL / "mail"
+
+    def ingest_urls(self) -> list[str]:
+        return [
+            f"http://127.0.0.1:{m.port}/webhooks/shopify"
+            for m in self.members
+            if m.service == "ingest"
+        ]
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+        for proc in reversed(self.infra):
+            devstack.stop_process(proc)
+        self.pg.stop()
+
+
+def member_env(service: str, stack: Stack, port: int, index: int) -> dict[str, str]:
+    prefix = f"REBOUND_{service.upper()}_"
+    env = {
+        **{prefix + name: value for name, value in stack.settings.items()},
+        prefix + "DATABASE_URL": stack.pg.url,
+        prefix + "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+        prefix + "KAFKA_CLIENT_ID": f"drill-{service}-{index}",
+        prefix + "HTTP_PORT": str(port),
+    }
+    if service == "ingest":
+        env[prefix + "SHOPS"] = devstack.DEV_SHOPS
+        env[prefix + "ROLE"] = "all"
+    if service == "scheduler":
+        env[prefix + "JOURNEYS_DIR"] = str(JOURNEYS)
+    if service == "dispatcher":
+        env[prefix + "SMTP_HOST"] = "127.0.0.1"
+        env[prefix + "SMTP_PORT"] = str(stack.smtp_port)
+    return {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+
+
+def fresh_folder() -> None:
+    """Every drill starts from nothing: a new database, no mail, no logs."""
+    old = devstack.Postgres(DRILL / "pg" / "data", 0)
+    if (old.datadir / "PG_VERSION").exists():
+        old.stop()
+    shutil.rmtree(DRILL, ignore_errors=True)
+    (DRILL / "logs").mkdir(parents=True)
+
+
+async def start_stack(settings: dict[str, str]) -> Stack:
+    fresh_folder()
+    logs = DRILL / "logs"
+    pg = devstack.Postgres(DRILL / "pg" / "data", devstack.free_port())
+    pg.start()
+    broker_port, smtp_port = devstack.free_port(), devstack.free_port()
+    stack = Stack(pg, f"127.0.0.1:{broker_port}", smtp_port, settings)
+    try:
+        stack.infra.append(devstack.start_tansu(broker_port, logs / "tansu.log"))
+        stack.infra.append(start_mailcatcher(smtp_port, stack.mail_dir, logs))
+        await prepare(stack)
+        for index in range(1, INSTANCES + 1):
+            for service in SERVICES:
+                port = devstack.free_port()
+                env = member_env(service, stack, port, index)
+                member = Member(service, index, port, env, logs / f"{service}-{index}.log")
+                stack.members.append(member)
+                member.start()
+        await asyncio.gather(*(until_ready(m) for m in stack.members))
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def start_mailcatcher(port: int, directory: Path, logs: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "local" / "mailcatcher.py"),
+            "--port",
+            str(port),
+            "--dir",
+            str(directory),
+        ],
+        stdout=(logs / "mailcatcher.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    devstack.wait_for_port(port, proc=proc)
+    return proc
+
+
+async def prepare(stack: Stack) -> None:
+    await ensure_topics(stack.bootstrap, Topics().all_with_dlq(), PARTITIONS)
+    for service in SERVICES:
+        run_cli(service, "migrate", member_env(service, stack, 0, 0))
+    run_cli("scheduler", "load-journeys", member_env("scheduler", stack, 0, 0))
+
+
+def run_cli(service: str, command: str, env: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", f"services.{service}", command],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+async def until_ready(member: Member, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if member.proc is not None and member.proc.poll() is not None:
+                raise SystemExit(f"{member.name} exited; see {member.log_path}")
+            try:
+                answer = await client.get(f"http://127.0.0.1:{member.port}/readyz")
+                if answer.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.25)
+    raise SystemExit(f"{member.name} not ready after {timeout_s}s; see {member.log_path}")
+
+
+# --- the shop: signed checkouts, retried like Shopify retries ----------------------------
+
+
+@dataclass
+class Checkout:
+    email: str
+    customer_key: str
+    webhook_id: str
+    body: bytes
+    updated_at: datetime
+    acknowledged_at: datetime | None = None
+    attempts: int = 0
+
+    @property
+    def due_at(self) -> datetime:
+        return self.updated_at + timedelta(seconds=REMINDER_DELAY_S)
+
+
+def make_checkout(template: dict[str, Any], n: int) -> Checkout:
+    """The fixture checkout for customer n, created now: its reminder is due 5 s from now."""
+    body = copy.deepcopy(template)
+    now = datetime.now(UTC)
+    customer_id = CUSTOMER_ID_BASE + n
+    email = f"drill-{n:05d}@example.com"
+    body["id"] = customer_id
+    body["token"] = body["cart_token"] = f"drill-cart-{n}"
+    body["email"] = body["customer"]["email"] = email
+    body["customer"]["id"] = customer_id
+    body["customer"]["first_name"] = f"Shopper{n}"
+    body["created_at"] = body["updated_at"] = now.isoformat()
+    return Checkout(
+        email=email,
+        customer_key=f"{SHOP_ID}:c:{customer_id}",
+        webhook_id=f"drill-checkout-{n}",
+        body=json.dumps(body).encode(),
+        updated_at=now,
+    )
+
+
+def signed_headers(checkout: Checkout) -> dict[str, str]:
+    digest = hmac.new(SECRET, checkout.body, hashlib.sha256).digest()
+    return {
+        "X-Shopify-Topic": "checkouts/create",
+        "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode(),
+        "X-Shopify-Shop-Domain": SHOP_DOMAIN,
+        "X-Shopify-Webhook-Id": checkout.webhook_id,
+        "Content-Type": "application/json",
+    }
+
+
+async def deliver(
+    client: httpx.AsyncClient, urls: list[str], checkout: Checkout, give_up_s: float
+) -> None:
+    """Post until a 2xx, to either ingest instance, backing off as Shopify does (same body)."""
+    deadline = time.monotonic() + give_up_s
+    while time.monotonic() < deadline:
+        url = urls[checkout.attempts % len(urls)]
+        checkout.attempts += 1
+        try:
+            answer = await client.post(url, content=checkout.body, headers=signed_headers(checkout))
+            if 200 <= answer.status_code < 300:
+                checkout.acknowledged_at = datetime.now(UTC)
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(min(5.0, 0.25 * 2 ** min(checkout.attempts, 5)))
+
+
+async def send_checkouts(urls: list[str], total: int, send_s: float) -> list[Checkout]:
+    """Spread the checkouts evenly over `send_s` seconds; each is created when it is posted."""
+    template = json.loads(TEMPLATE.read_text())["body"]
+    started = time.monotonic()
+    checkouts: list[Checkout] = []
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        deliveries = []
+        for n in range(total):
+            await asyncio.sleep(max(0.0, started + send_s * n / total - time.monotonic()))
+            checkouts.append(make_checkout(template, n))
+            deliveries.append(asyncio.create_task(deliver(client, urls, checkouts[-1], 300.0)))
+        await asyncio.gather(*deliveries)
+    acknowledged = sum(c.acknowledged_at is not None for c in checkouts)
+    log(f"{acknowledged}/{total} checkouts acknowledged")
+    return checkouts
+
+
+# --- chaos -------------------------------------------------------------------------------
+
+
+@dataclass
+class Chaos:
+    """kill -9 a random service process every few seconds, and once cut PostgreSQL off."""
+
+    stack: Stack
+    rng: random.Random
+    kill_every_s: float
+    pg_outage_after_s: float
+
+    async def run(self, stop: asyncio.Event) -> None:
+        outage = asyncio.create_task(self._pg_outage())
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.kill_every_s)
+            except TimeoutError:
+                await self._kill_one()
+        await outage  # PostgreSQL is back before anyone counts
+
+    async def _kill_one(self) -> None:
+        member = self.rng.choice(self.stack.members)
+        log(f"kill -9 {member.name}")
+        member.kill()
+        await asyncio.sleep(RESTART_AFTER_S)
+        member.start()
+
+    async def _pg_outage(self) -> None:
+        await asyncio.sleep(self.pg_outage_after_s)
+        log(f"PostgreSQL: immediate stop for {PG_OUTAGE_S:.0f} s")
+        await asyncio.to_thread(devstack.crash_postgres, self.stack.pg)
+        await asyncio.sleep(PG_OUTAGE_S)
+        await asyncio.to_thread(self.stack.pg.start)
+        log("PostgreSQL: up again")
+
+
+# --- counting ----------------------------------------------------------------------------
+
+
+def caught_mail(directory: Path) -> list[tuple[str, datetime]]:
+    """(recipient, received at) for every mail the catcher accepted."""
+    index = directory / "index.jsonl"
+    if not index.exists():
+        return []
+    caught: list[tuple[str, datetime]] = []
+    for line in index.read_text().splitlines():
+        summary = json.loads(line)
+        received = datetime.fromisoformat(summary["received_at"])
+        caught.extend((to.lower(), received) for to in summary["to"])
+    return caught
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[bytes]:
+    """Every record on the topic, from the beginning to the end it has now."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        values: list[bytes] = []
+        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+            batch = await consumer.getmany(timeout_ms=1000)
+            values.extend(r.value for records in batch.values() for r in records)
+        return values
+    finally:
+        await consumer.stop()
+
+
+async def results_by_status(bootstrap: str) -> dict[str, set[str]]:
+    """engagement.results: which recipients were reported sent, failed, uncertain, ..."""
+    by_status: dict[str, set[str]] = {}
+    for value in await read_topic(bootstrap, ENGAGEMENT_RESULTS):
+        data = json.loads(value)["data"]
+        by_status.setdefault(str(data["status"]), set()).add(str(data.get("email", "")).lower())
+    return by_status
+
+
+async def dead_letters(bootstrap: str) -> dict[str, int]:
+    counts = {dlq(t): len(await read_topic(bootstrap, dlq(t))) for t in ALL_TOPICS}
+    return {topic: n for topic, n in counts.items() if n}
+
+
+async def until_quiet(stack: Stack, expected: set[str], quiet_s: float, cap_s: float) -> None:
+    """Until every customer is accounted for (then SETTLE_S more), or nothing moves for quiet_s."""
+    deadline = time.monotonic() + cap_s
+    last, changed_at = (-1, -1), time.monotonic()
+    while time.monotonic() < deadline:
+        mail = caught_mail(stack.mail_dir)
+        results = await results_by_status(stack.bootstrap)
+        seen = (len(mail), sum(len(v) for v in results.values()))
+        if seen != last:
+            last, changed_at = seen, time.monotonic()
+        accounted = {to for to, _ in mail} | results.get("uncertain", set())
+        idle_s = time.monotonic() - changed_at
+        if (expected <= accounted and idle_s >= SETTLE_S) or idle_s >= quiet_s:
+            return
+        await asyncio.sleep(1.0)
+    log(f"still not quiet after {cap_s:.0f} s; counting anyway")
+
+
+@dataclass
+class Outcome:
+    checkouts: list[Checkout]
+    mail: list[tuple[str, datetime]]
+    results: dict[str, set[str]]
+
+    @property
+    def mailed(self) -> Counter[str]:
+        expected = {c.email for c in self.checkouts}
+        return Counter(to for to, _ in self.mail if to in expected)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.mailed.values())
+
+    @property
+    def uncertain(self) -> set[str]:
+        return self.results.get("uncertain", set()) - set(self.mailed)
+
+    @property
+    def lost(self) -> list[Checkout]:
+        reached = set(self.mailed) | self.uncertain
+        return [c for c in self.checkouts if c.email not in reached]
+
+    def lateness_s(self) -> list[float]:
+        first: dict[str, datetime] = {}
+        for to, received in self.mail:
+            first[to] = min(received, first.get(to, received))
+        due = {c.email: c.due_at for c in self.checkouts}
+        return sorted((first[e] - due[e]).total_seconds() for e in first if e in due)
+
+
+def write_timeline(outcome: Outcome, path: Path) -> None:
+    """One line per customer: when the cart was left, acknowledged, due, and first mailed."""
+    first: dict[str, datetime] = {}
+    for to, received in outcome.mail:
+        first[to] = min(received, first.get(to, received))
+    lines = ["email,updated_at,acknowledged_at,due_at,mailed_at,lateness_s"]
+    for c in outcome.checkouts:
+        mailed = first.get(c.email)
+        late = "" if mailed is None else f"{(mailed - c.due_at).total_seconds():.2f}"
+        acked = c.acknowledged_at.isoformat() if c.acknowledged_at else ""
+        stamps = [c.updated_at.isoformat(), acked, c.due_at.isoformat()]
+        lines.append(",".join([c.email, *stamps, mailed.isoformat() if mailed else "", late]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def where_lost(pg: devstack.Postgres, lost: Iterable[Checkout]) -> dict[str, str]:
+    """For each lost customer, the first stage of the pipeline that has no trace of it."""
+    checkouts = list(lost)
+    keys = "ARRAY[" + ",".join(f"'{c.customer_key}'" for c in checkouts) + "]::text[]"
+    traces = {
+        "ingest": "SELECT customer_key, '' FROM ingest.customers WHERE customer_key",
+        "enrolled": "SELECT customer_key, status || ' at step ' || step_index "
+        "FROM scheduler.enrollments WHERE customer_key",
+        "timer": "SELECT e.customer_key, t.due_at FROM scheduler.timers t "
+        "JOIN scheduler.enrollments e ON e.id = t.enrollment_id WHERE e.customer_key",
+        "requested": "SELECT e.customer_key, r.requested_at FROM scheduler.message_requests r "
+        "JOIN scheduler.enrollments e ON e.id = r.enrollment_id WHERE e.customer_key",
+        "outbox": "SELECT key, '' FROM scheduler.outbox WHERE key",
+        "message": "SELECT customer_key, row_to_json(m) FROM dispatcher.messages m "
+        "WHERE customer_key",
+    }
+    keys = ",".join(f"'{c.customer_key}'" for c in checkouts)
+    found = {stage: _pairs(pg, f"{sql} IN ({keys})") for stage, sql in traces.items()}
+    return {c.email: _stage(c, found) for c in checkouts}
+
+
+def _pairs(pg: devstack.Postgres, select_key_value: str) -> dict[str, str]:
+    """{key: value} from a `SELECT key, value ...` (values as text)."""
+    sql = select_key_value.replace("SELECT ", "SELECT concat_ws('|', ", 1).replace(
+        " FROM ", ") FROM ", 1
+    )
+    pairs = (line.split("|", 1) for line in pg.psql(sql, "rebound").splitlines() if line)
+    return {key: value for key, value in pairs}
+
+
+def _stage(checkout: Checkout, found: dict[str, dict[str, str]]) -> str:
+    key = checkout.customer_key
+    if checkout.acknowledged_at is None:
+        return "ingest api: the webhook was never acknowledged"
+    if key not in found["ingest"]:
+        return "ingest consumer: the checkout never reached the customer facts"
+    if key not in found["enrolled"]:
+        return "scheduler: the activity never enrolled the customer"
+    if key in found["timer"]:
+        return f"scheduler: the timer is still waiting (due {found['timer'][key]})"
+    if key not in found["requested"]:
+        return f"scheduler: no request fired (enrolment {found['enrolled'][key]})"
+    if key in found["outbox"]:
+        return "scheduler: the request is still in the outbox"
+    if key not in found["message"]:
+        return "dispatcher: the request was never recorded"
+    message = json.loads(found["message"][key])
+    return (
+        f"dispatcher: {message.get('status')} after {message.get('attempts')} attempt(s), "
+        f"{str(message.get('reason'))[:60]}"
+    )
+
+
+def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float) -> bool:
+    """Print the figures; True when nothing was lost and nothing duplicated."""
+    checkouts = outcome.checkouts
+    acknowledged = sum(c.acknowledged_at is not None for c in checkouts)
+    retried = sum(c.attempts > 1 for c in checkouts)
+    lateness = outcome.lateness_s()
+    lost = outcome.lost
+    kills = ", ".join(f"{m.name} {m.kills}" for m in stack.members if m.kills) or "none"
+    print(f"\nDrill over after {elapsed_s:.0f} s (logs, mail, timeline.csv in {DRILL})")
+    print(f"  checkouts posted        {len(checkouts)}")
+    print(f"  webhooks acknowledged   {acknowledged}  ({retried} needed a retry)")
+    print(f"  customers mailed        {len(outcome.mailed)}")
+    print(f"  duplicates              {outcome.duplicates}")
+    print(f"  lost                    {len(lost)}")
+    print(f"  uncertain (reported)    {len(outcome.uncertain)}")
+    failed = outcome.results.get("failed", set())
+    delivered = len(failed & set(outcome.mailed))
+    print(f"  reported failed         {len(failed)}  ({delivered} of them were delivered)")
+    print(f"  dead letters            {dlq or 'none'}")
+    print(f"  kill -9                 {kills}")
+    print(
+        f"  reminder lateness       p50 {percentile(lateness, 0.50):.1f} s, "
+        f"p99 {percentile(lateness, 0.99):.1f} s, max {max(lateness, default=float('nan')):.1f} s"
+        f" (target p99 < {LATENESS_TARGET_P99_S:.0f} s)"
+    )
+    if lost:
+        stages = where_lost(stack.pg, lost)
+        print("  where the lost ones stopped:")
+        for stage, n in Counter(stages.values()).most_common():
+            print(f"    {n:5d}  {stage}")
+        for checkout in lost[:10]:
+            print(f"    {checkout.email}  left {checkout.updated_at:%H:%M:%S}")
+    for email, n in outcome.mailed.items():
+        if n > 1:
+            print(f"  duplicate: {email} got {n} mails")
+    return not lost and outcome.duplicates == 0 and acknowledged == len(checkouts)
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+async def drill(args: argparse.Namespace) -> bool:
+    rng = random.Random(args.seed)
+    started = time.monotonic()
+    settings = {}
+    if args.session_timeout_ms is not None:
+        settings["KAFKA_SESSION_TIMEOUT_MS"] = str(args.session_timeout_ms)
+    stack = await start_stack(settings)
+    try:
+        log(f"stack up: 2 x {', '.join(SERVICES)}; broker {stack.bootstrap}; seed {args.seed}")
+        stop_chaos = asyncio.Event()
+        chaos = Chaos(stack, rng, args.kill_every, pg_outage_after_s=args.send_s * 0.4)
+        chaos_task = None if args.no_chaos else asyncio.create_task(chaos.run(stop_chaos))
+        checkouts = await send_checkouts(stack.ingest_urls(), args.checkouts, args.send_s)
+        await asyncio.sleep(REMINDER_DELAY_S + 5.0)  # the last reminders fall due under chaos
+        stop_chaos.set()
+        if chaos_task is not None:
+            await chaos_task
+        await asyncio.gather(*(until_ready(m) for m in stack.members))
+        log("every instance up, no more chaos; waiting until quiet")
+        expected = {c.email for c in checkouts}
+        await until_quiet(stack, expected, args.quiet_s, cap_s=600.0)
+        mail = caught_mail(stack.mail_dir)
+        results = await results_by_status(stack.bootstrap)
+        dlq = await dead_letters(stack.bootstrap)
+        outcome = Outcome(checkouts, mail, results)
+        write_timeline(outcome, DRILL / "timeline.csv")
+        return report(outcome, stack, dlq, time.monotonic() - started)
+    finally:
+        stack.stop()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkouts", type=int, default=1000, help="distinct customers")
+    parser.add_argument("--send-s", type=float, default=60.0, help="spread the checkouts over")
+    parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
+    parser.add_argument("--seed", type=int, default=None, help="which processes get killed")
+    parser.add_argument("--no-chaos", action="store_true", help="no kills, no outage")
+    parser.add_argument(
+        "--session-timeout-ms", type=int, default=None, help="the services' consumer setting"
+    )
+    parser.add_argument("--quiet-s", type=float, default=30.0, help="no change this long: done")
+    args = parser.parse_args(argv)
+    if args.seed is None:
+        args.seed = random.randrange(1_000_000)
+    return args
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    args = parse_args(sys.argv[1:])
+    signal.signal(signal.SIGTERM, _interrupt)
+    ok = asyncio.run(drill(args))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
