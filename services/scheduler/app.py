@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from services.scheduler.adapters.tables import processed_activities
 from services.scheduler.api import control_router
 from services.scheduler.consumer import ActivityHandler
-from services.scheduler.loops import OutboxRelay, TimerLoop
+from services.scheduler.loops import OutboxPublisher, OutboxRelay, TimerLoop
 from services.scheduler.runner import JourneyCatalog, Runner
 from services.scheduler.settings import SchedulerSettings
 from shared import db
@@ -49,21 +49,29 @@ class SchedulerService:
             listener=self.assignment,
             session_timeout_ms=settings.kafka_session_timeout_ms,
         )
-        self.runner = Runner.build(JourneyCatalog(), topics, settings.discount_code)
-        wake_relay = asyncio.Event()
+        self.runner = Runner(JourneyCatalog(), topics, settings.discount_code)
+        wake_relay, wake_timers = asyncio.Event(), asyncio.Event()
+        outbox = OutboxPublisher(self.engine, self.publisher, wake_relay)
         self.timers = TimerLoop(
             self.engine,
             self.runner,
             clock,
             self.assignment,
-            wake_relay,
+            outbox,
+            wake_timers,
             settings.poll_interval_s,
             settings.claim_batch,
         )
-        self.relay = OutboxRelay(
-            self.engine, self.runner, self.publisher, wake_relay, settings.poll_interval_s
+        self.relay = OutboxRelay(self.engine, self.publisher, wake_relay, settings.poll_interval_s)
+        handler = ActivityHandler(
+            self.engine,
+            self.runner,
+            self.publisher,
+            outbox,
+            clock,
+            wake_timers,
+            settings.poll_interval_s,
         )
-        handler = ActivityHandler(self.engine, self.runner, self.publisher, clock, wake_relay)
         self.consumer_loop = ConsumerLoop(
             self.consumer,
             handler,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scheduler.runner import Runner
+from services.scheduler.adapters.repository import BatchRepository
+from services.scheduler.loops import OutboxPublisher
+from services.scheduler.runner import Published, Runner
 from shared import events
 from shared.clock import Clock
 from shared.events import Activity, InvalidEvent
@@ -19,8 +22,10 @@ class ActivityHandler:
     engine: AsyncEngine
     runner: Runner
     publisher: Publisher
+    outbox: OutboxPublisher
     clock: Clock
-    wake_relay: asyncio.Event
+    wake_timers: asyncio.Event
+    poll_interval_s: float
 
     async def __call__(self, batch: list[Record]) -> None:
         decoded: list[tuple[str, Activity, int]] = []
@@ -33,17 +38,21 @@ class ActivityHandler:
             except InvalidEvent as exc:
                 await self.publisher.dead_letter(record, str(exc))
         if decoded:
-            await self._apply(decoded)
+            await self.outbox.publish(await self._apply(decoded))
 
-    async def _apply(self, decoded: list[tuple[str, Activity, int]]) -> None:
+    async def _apply(self, decoded: list[tuple[str, Activity, int]]) -> Published:
         now = self.clock.now()
         async with self.engine.begin() as conn:
-            await self.runner.catalog.refresh(conn)
-            new_ids = await self.runner.activities.new_event_ids(
-                conn, [event_id for event_id, _, _ in decoded], now
+            new_ids = await BatchRepository(conn).claim_new_activities(
+                [event_id for event_id, _, _ in decoded], now
             )
+            fresh: list[tuple[Activity, int]] = []
             for event_id, activity, partition in decoded:
                 if event_id in new_ids:
                     new_ids.discard(event_id)  # the same event twice in one batch counts once
-                    await self.runner.apply_activity(conn, activity, partition, now)
-        self.wake_relay.set()
+                    fresh.append((activity, partition))
+            published = await self.runner.apply_activities(conn, fresh, now)
+        soon = now + timedelta(seconds=self.poll_interval_s)
+        if published.earliest_timer is not None and published.earliest_timer <= soon:
+            self.wake_timers.set()  # the timer loop may be asleep past this one's due time
+        return published

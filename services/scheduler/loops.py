@@ -1,14 +1,27 @@
-"""The scheduler's two background loops: fire due timers, relay the outbox to Kafka."""
+"""The scheduler's background work: fire due timers in sets, publish what commits wrote.
+
+A pass claims up to `batch` due timers in one statement and fires them in one transaction;
+its events are published from memory right after the commit (`OutboxPublisher`), and the
+`OutboxRelay` sends whatever a crash or a broker outage left in the outbox.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.scheduler.runner import Runner
-from shared import metrics
+from services.scheduler.adapters.repository import (
+    BatchRepository,
+    DueTimer,
+    OutboxRepository,
+    TimerRow,
+    translate_error,
+)
+from services.scheduler.runner import Published, Runner
+from shared import errors, metrics
 from shared.clock import Clock
 from shared.kafka import Assignment, Publisher
 from shared.logging import get_logger
@@ -17,6 +30,9 @@ from shared.retry import backoff_s
 log = get_logger(__name__)
 SERVICE = "scheduler"
 OUTBOX_BATCH = 500
+GAUGE_EVERY_S = 5.0  # the due-count gauge is a count over the index: not once per pass
+EXIT_REASON_MAX_CHARS = 500
+LOCKED_RETRY_S = 0.05
 
 
 async def _wait_any(*waits: asyncio.Future[object] | asyncio.Task[object]) -> None:
@@ -26,24 +42,68 @@ async def _wait_any(*waits: asyncio.Future[object] | asyncio.Task[object]) -> No
     await asyncio.gather(*pending, return_exceptions=True)
 
 
+def _merge(parts: list[Published]) -> Published:
+    return Published(
+        [i for p in parts for i in p.outbox_ids], [m for p in parts for m in p.messages]
+    )
+
+
+@dataclass
+class OutboxPublisher:
+    """Publishes a committed transaction's outbox rows from memory, then deletes them.
+
+    The rows are deleted (and so locked) in the transaction that sends them: the relay skips
+    locked rows and never sends them too; if the broker fails, the deletion rolls back and
+    the relay sends them later. Every event has a stable id and every request a stable key,
+    so a row sent twice after a crash is deduplicated downstream.
+    """
+
+    engine: AsyncEngine
+    publisher: Publisher
+    wake_relay: asyncio.Event
+
+    async def publish(self, published: Published) -> None:
+        if not published.outbox_ids:
+            return
+        try:
+            async with self.engine.begin() as conn:
+                taken = set(await BatchRepository(conn).take_outbox(published.outbox_ids))
+                await self.publisher.publish_raw(
+                    [
+                        (m.topic, m.key, m.value)
+                        for i, m in zip(published.outbox_ids, published.messages, strict=True)
+                        if i in taken  # the rest the relay already sent
+                    ]
+                )
+        except Exception as exc:  # the rows stay in the outbox: the relay retries them
+            metrics.ERRORS.labels(SERVICE, "outbox").inc()
+            log.warning("outbox_publish_deferred", rows=len(published.outbox_ids), error=repr(exc))
+            self.wake_relay.set()
+
+
 @dataclass
 class TimerLoop:
     """Claims due timers of the partitions this instance owns and fires each exactly once.
 
     A timer row is deleted in the transaction that acts on it, so a crash before the commit
     leaves it due (fired on restart) and a crash after leaves it gone (never fired twice).
+    When nothing is due it sleeps until the next timer of the coming poll interval is due.
     """
 
     engine: AsyncEngine
     runner: Runner
     clock: Clock
     assignment: Assignment
-    wake_relay: asyncio.Event
+    outbox: OutboxPublisher
+    wake: asyncio.Event
     poll_interval_s: float
     batch: int
+    max_attempts: int = errors.MAX_UNCLASSIFIED_ATTEMPTS
+    _attempts: dict[int, int] = field(default_factory=dict)  # failed firings per enrolment
+    _publishing: asyncio.Task[None] | None = None
+    _gauge_at: float = 0.0
 
     def __post_init__(self) -> None:
-        self.wake = asyncio.Event()
         self.assignment.on_change.append(self._on_assignment)
 
     async def _on_assignment(self) -> None:
@@ -51,60 +111,159 @@ class TimerLoop:
 
     async def run(self) -> None:
         attempt = 0
-        while True:
-            try:
-                fired = await self.fire_due()
-                attempt = 0
-            except Exception as exc:  # database away: wait and try again, never give up
-                metrics.ERRORS.labels(SERVICE, "timers").inc()
-                log.warning("timer_pass_failed", error=repr(exc))
-                await asyncio.sleep(backoff_s(attempt, 0.2, 10.0))
-                attempt += 1
-                continue
-            if fired < self.batch:
-                await self._idle()
+        try:
+            while True:
+                try:
+                    fired = await self._pass_and_publish_behind()
+                    await self._refresh_gauge()
+                    attempt = 0
+                except Exception as exc:  # the database is away: wait and try again
+                    metrics.ERRORS.labels(SERVICE, "timers").inc()
+                    log.warning("timer_pass_failed", error=repr(exc))
+                    await asyncio.sleep(backoff_s(attempt, 0.2, 10.0))
+                    attempt += 1
+                    continue
+                if fired < self.batch:
+                    await self._sleep_until_due()
+        finally:
+            if self._publishing is not None:
+                self._publishing.cancel()
 
     async def fire_due(self) -> int:
+        """One pass, published before it returns; the number of timers claimed."""
+        fired, published = await self._pass()
+        await self.outbox.publish(published)
+        return fired
+
+    async def _pass_and_publish_behind(self) -> int:
+        """The next pass runs while the broker acknowledges the previous one's events."""
+        fired, published = await self._pass()
+        if self._publishing is not None:
+            await self._publishing
+        self._publishing = asyncio.create_task(self.outbox.publish(published))
+        return fired
+
+    async def _pass(self) -> tuple[int, Published]:
+        # A revocation waits for the pass in flight: once another instance owns a partition,
+        # this one no longer fires its timers.
         async with self.assignment.owned() as partitions:
             if not partitions:
-                return 0
-            return await self._fire_due(partitions)
+                return 0, Published([], [])
+            return await self._pass_on(partitions)
 
-    async def _fire_due(self, partitions: list[int]) -> int:
+    async def _pass_on(self, partitions: list[int]) -> tuple[int, Published]:
         now = self.clock.now()
-        async with self.engine.begin() as conn:
-            due = await self.runner.timers.claim_due(conn, partitions, now, self.batch)
-            if due:
-                await self.runner.catalog.refresh(conn)
-            for timer in due:
-                await self.runner.fire_timer(conn, timer.enrollment_id, timer.step_id, now)
-            remaining = await self.runner.timers.count_due(conn, partitions, now)
-        metrics.TIMERS_DUE.labels(SERVICE).set(remaining)
-        if due:
-            metrics.TIMERS_FIRED.labels(SERVICE).inc(len(due))
-            self.wake_relay.set()
-            log.info("timers_fired", count=len(due), at=now.isoformat())
-        return len(due)
+        try:
+            fired, published = await self._set_pass(partitions, now)
+        except Exception as exc:
+            error = translate_error(exc)
+            if errors.classify(error) is errors.Transient:
+                raise error from exc
+            log.warning("timer_pass_failed_firing_one_by_one", error=errors.describe(exc))
+            fired, published = await self._isolating_pass(partitions, now)
+        if fired:
+            metrics.TIMERS_FIRED.labels(SERVICE).inc(fired)
+            log.info("timers_fired", count=fired, at=now.isoformat())
+        return fired, published
 
-    async def _idle(self) -> None:
-        """Until the clock moves a poll interval, a partition arrives, or real time passes."""
+    async def _set_pass(self, partitions: list[int], now: datetime) -> tuple[int, Published]:
+        async with self.engine.begin() as conn:
+            due = await BatchRepository(conn).claim_due(partitions, now, self.batch)
+            if not due:
+                return 0, Published([], [])
+            published = await self.runner.fire_timers(conn, due, now)
+        for timer in due:
+            self._attempts.pop(timer.enrollment_id, None)
+        return len(due), published
+
+    async def _isolating_pass(self, partitions: list[int], now: datetime) -> tuple[int, Published]:
+        """After a failed set pass: each timer in its own savepoint, so one cannot stall all."""
+        async with self.engine.begin() as conn:
+            repo = BatchRepository(conn)
+            due = await repo.claim_due(partitions, now, self.batch)
+            parts: list[Published] = []
+            for timer in due:
+                try:
+                    async with conn.begin_nested():
+                        parts.append(await self.runner.fire_timers(conn, [timer], now))
+                    self._attempts.pop(timer.enrollment_id, None)
+                except Exception as exc:
+                    await self._failed(conn, timer, exc, now)
+        return len(due), _merge(parts)
+
+    async def _failed(
+        self, conn: AsyncConnection, timer: DueTimer, exc: Exception, now: datetime
+    ) -> None:
+        """Retry a bounded number of times (the timer goes back), then end the enrolment."""
+        error = translate_error(exc)
+        if errors.classify(error) is errors.Transient:
+            raise error from exc
+        attempts = self._attempts.get(timer.enrollment_id, 0) + 1
+        decision = errors.decide(error, attempts, self.max_attempts)
+        repo = BatchRepository(conn)
+        metrics.ERRORS.labels(SERVICE, "timer_failed").inc()
+        if decision.action is not errors.Action.DEAD_LETTER:
+            self._attempts[timer.enrollment_id] = attempts
+            log.warning(
+                "timer_failed_will_retry",
+                enrollment_id=timer.enrollment_id,
+                attempts=attempts,
+                error=decision.reason,
+            )
+            await repo.restore_timers(
+                [TimerRow(timer.enrollment_id, timer.partition, timer.step_id, timer.due_at)]
+            )
+            return
+        self._attempts.pop(timer.enrollment_id, None)
+        reason = f"timer {timer.step_id} could not be fired: {decision.reason}"
+        log.error("timer_failed_enrollment_ended", enrollment_id=timer.enrollment_id, reason=reason)
+        await repo.fail_enrollment(timer.enrollment_id, reason[:EXIT_REASON_MAX_CHARS], now)
+
+    async def _refresh_gauge(self) -> None:
+        clock_s = asyncio.get_running_loop().time()
+        partitions = sorted(self.assignment.partitions)
+        if clock_s < self._gauge_at or not partitions:
+            return
+        self._gauge_at = clock_s + GAUGE_EVERY_S
+        async with self.engine.connect() as conn:
+            due = await BatchRepository(conn).count_due(partitions, self.clock.now())
+        metrics.TIMERS_DUE.labels(SERVICE).set(due)
+
+    async def _sleep_until_due(self) -> None:
+        """Until the next timer of the coming poll interval is due, a wake-up, or a poll.
+
+        Looking one poll ahead makes a timer fire when it is due, not up to a poll late; the
+        claim itself waits for the due moment, so no lock is held while sleeping.
+        """
         self.wake.clear()
+        partitions = sorted(self.assignment.partitions)
+        now = self.clock.now()
+        next_due = None
+        if partitions:
+            async with self.engine.connect() as conn:
+                horizon = now + timedelta(seconds=self.poll_interval_s)
+                next_due = await BatchRepository(conn).next_due_at(partitions, horizon)
+        clock_s, real_s = self.poll_interval_s, self.poll_interval_s
+        if next_due is not None:
+            clock_s = (next_due - now).total_seconds()
+            if clock_s <= 0:  # due but held by an activity being applied: look again soon
+                clock_s, real_s = self.poll_interval_s, LOCKED_RETRY_S
         await _wait_any(
-            asyncio.ensure_future(self.clock.sleep(self.poll_interval_s)),
+            asyncio.ensure_future(self.clock.sleep(clock_s)),
             asyncio.ensure_future(self.wake.wait()),
-            asyncio.ensure_future(asyncio.sleep(self.poll_interval_s)),
+            asyncio.ensure_future(asyncio.sleep(real_s)),
         )
 
 
 @dataclass
 class OutboxRelay:
-    """Publishes what the transactions wrote to the outbox, then deletes it (at least once)."""
+    """Recovery: publishes rows left in the outbox (a crash or a broker outage), deletes them."""
 
     engine: AsyncEngine
-    runner: Runner
     publisher: Publisher
     wake: asyncio.Event
     poll_interval_s: float
+    outbox: OutboxRepository = field(default_factory=OutboxRepository)
 
     async def run(self) -> None:
         attempt = 0
@@ -127,9 +286,9 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         async with self.engine.begin() as conn:
-            rows = await self.runner.outbox.claim(conn, OUTBOX_BATCH)
+            rows = await self.outbox.claim(conn, OUTBOX_BATCH)
             if not rows:
                 return 0
             await self.publisher.publish_raw([(r.topic, r.key, r.value) for r in rows])
-            await self.runner.outbox.delete(conn, [r.id for r in rows])
+            await self.outbox.delete(conn, [r.id for r in rows])
         return len(rows)

@@ -1,12 +1,16 @@
 """Applies the engine's decisions inside the caller's transaction: enrolments, timers, outbox.
 
-The consumer (activities) and the timer loop (due timers) both come through here, so an
-enrolment changes the same way whichever woke it.
+The consumer (a batch of activities) and the timer loop (a pass of due timers) both come
+through here, so an enrolment changes the same way whichever woke it. Per pass or batch: a
+few reads, the pure engine in a plain loop over the rows, then one statement per kind of
+change (see adapters/queries.py); the events to publish come back to the caller, which
+publishes them from memory after the commit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -14,14 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scheduler.adapters.engagement_repository import EngagementRepository
 from services.scheduler.adapters.repository import (
-    ActivityRepository,
+    BatchRepository,
     CustomerFacts,
-    EnrollmentRepository,
+    DueTimer,
     JourneyRepository,
-    OutboxRepository,
-    TimerRepository,
+    NewEnrollment,
+    OutboxMessage,
+    RequestRow,
+    TimerRow,
+    Writes,
 )
 from services.scheduler.domain import engine
+from services.scheduler.domain.engine import Enrollment
 from services.scheduler.domain.facts import (
     EnrollmentView,
     LastMessage,
@@ -62,163 +70,234 @@ class JourneyCatalog:
         return self._versions.get((journey_id, version))
 
 
+@dataclass(frozen=True)
+class Published:
+    """What a committed pass or batch has to publish: outbox rows and their bytes, in order."""
+
+    outbox_ids: list[int]
+    messages: list[OutboxMessage]
+    earliest_timer: datetime | None = None
+
+
+@dataclass
+class _Tracked:
+    """One enrolment while a pass or batch runs: its latest state and its pending timer."""
+
+    journey: Journey
+    enrollment: Enrollment
+    customer: CustomerFacts
+    is_new: bool
+    changed: bool = False
+    timer: engine.ScheduleTimer | engine.CancelTimer | None = None
+
+
+Action = engine.RequestMessage | engine.PublishDecision
+
+
+@dataclass
+class _Plan:
+    """Engine outcomes of one pass or batch, kept in order, written once at the end."""
+
+    tracked: list[_Tracked] = field(default_factory=list)
+    actions: list[tuple[_Tracked, Action, CustomerFacts]] = field(default_factory=list)
+
+    def track(self, tracked: _Tracked) -> _Tracked:
+        self.tracked.append(tracked)
+        return tracked
+
+    def apply(self, tracked: _Tracked, outcome: engine.Outcome, customer: CustomerFacts) -> None:
+        if outcome.enrollment != tracked.enrollment:
+            tracked.enrollment = outcome.enrollment
+            tracked.changed = True
+        for decision in outcome.decisions:
+            if isinstance(decision, engine.ScheduleTimer | engine.CancelTimer):
+                tracked.timer = decision  # the last one stands: a wait replaced, a cancel
+            else:
+                self.actions.append((tracked, decision, customer))
+
+    def writes(self, requests: list[RequestRow]) -> Writes:
+        timers, cancelled = [], []
+        for t in self.tracked:
+            assert t.enrollment.id is not None
+            if isinstance(t.timer, engine.ScheduleTimer):
+                timers.append(
+                    TimerRow(t.enrollment.id, t.customer.partition, t.timer.step_id, t.timer.due_at)
+                )
+            elif isinstance(t.timer, engine.CancelTimer) and not t.is_new:
+                cancelled.append(t.enrollment.id)
+        return Writes(
+            inserted=[
+                NewEnrollment(t.enrollment, t.customer.partition) for t in self.tracked if t.is_new
+            ],
+            updated=[t.enrollment for t in self.tracked if t.changed and not t.is_new],
+            timers=timers,
+            cancelled=cancelled,
+            requests=requests,
+        )
+
+    def earliest_timer(self) -> datetime | None:
+        due = [t.timer.due_at for t in self.tracked if isinstance(t.timer, engine.ScheduleTimer)]
+        return min(due, default=None)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """What one customer's activity is applied against: enrolments, past ones, last messages."""
+
+    enrolled: list[_Tracked]
+    ever: set[tuple[str, str]]
+    last: dict[int, tuple[LastMessage, int]]
+
+
 @dataclass
 class Runner:
     catalog: JourneyCatalog
     topics: Topics
     discount_code: str
-    activities: ActivityRepository
-    enrollments: EnrollmentRepository
-    timers: TimerRepository
-    outbox: OutboxRepository
-    engagement: EngagementRepository
+    engagement: EngagementRepository = field(default_factory=EngagementRepository)
 
-    @classmethod
-    def build(cls, catalog: JourneyCatalog, topics: Topics, discount_code: str) -> Runner:
-        return cls(
-            catalog,
-            topics,
-            discount_code,
-            ActivityRepository(),
-            EnrollmentRepository(),
-            TimerRepository(),
-            OutboxRepository(),
-            EngagementRepository(),
-        )
-
-    async def apply_activity(
-        self, conn: AsyncConnection, activity: Activity, partition: int, now: datetime
-    ) -> None:
-        customer = CustomerFacts(activity.profile.key, partition, activity.profile, activity.cart)
-        await self.activities.save_customer(conn, customer, now)
-        about = activity.message.request_key if activity.message else None
-        if activity.message is not None:
-            await self.engagement.record(conn, activity.message)
-        facts = build_facts(
-            activity.kind, activity.occurred_at, activity.profile, activity.cart, now, about
-        )
-        enrolled: set[str] = set()
-        active = await self.enrollments.active_for_update(conn, customer.key)
-        last = await self.engagement.last_messages(conn, (e.id for e in active if e.id))
-        for enrollment in active:
+    async def fire_timers(
+        self, conn: AsyncConnection, due: Sequence[DueTimer], now: datetime
+    ) -> Published:
+        """Claimed timers -> engine -> bulk writes, in the caller's transaction."""
+        repo = BatchRepository(conn)
+        await self.catalog.refresh(conn)
+        steps = {t.enrollment_id: t.step_id for t in due}
+        plan = _Plan()
+        last = await self.engagement.last_messages(conn, steps)
+        for enrollment, customer in await repo.timer_targets(list(steps)):
             journey = self.catalog.version(enrollment.journey_id, enrollment.journey_version)
             if journey is None:
                 continue
-            scoped = _scoped(facts, journey, enrollment, last.get(enrollment.id or 0))
-            outcome = engine.on_activity(journey, enrollment, activity.kind, scoped, now)
-            if outcome.decisions or outcome.enrollment != enrollment:
-                await self._apply(conn, journey, outcome, customer, now)
+            assert enrollment.id is not None
+            facts = build_facts("timer", now, customer.profile, customer.cart, now)
+            scoped = _scoped(facts, journey, enrollment, last.get(enrollment.id))
+            outcome = engine.on_timer(journey, enrollment, steps[enrollment.id], scoped, now)
+            plan.apply(
+                plan.track(_Tracked(journey, enrollment, customer, False)), outcome, customer
+            )
+        return await self._write(repo, plan, now)
+
+    async def apply_activities(
+        self, conn: AsyncConnection, batch: Sequence[tuple[Activity, int]], now: datetime
+    ) -> Published:
+        """New activities (already deduplicated), in order, in the caller's transaction."""
+        if not batch:
+            return Published([], [])
+        repo = BatchRepository(conn)
+        await self.catalog.refresh(conn)
+        latest = {a.profile.key: _customer(a, p) for a, p in batch}
+        await repo.save_customers(list(latest.values()), now)
+        for activity, _ in batch:  # e-mail events: what the recipient did with a message
+            if activity.message is not None:
+                await self.engagement.record(conn, activity.message)
+        plan = _Plan()
+        by_customer: dict[str, list[_Tracked]] = {key: [] for key in latest}
+        for enrollment in await repo.active_for_update(list(latest)):
+            journey = self.catalog.version(enrollment.journey_id, enrollment.journey_version)
+            if journey is not None:
+                tracked = _Tracked(journey, enrollment, latest[enrollment.customer_key], False)
+                by_customer[enrollment.customer_key].append(plan.track(tracked))
+        never = [j.id for j in self.catalog.active() if j.limits.reentry == "never"]
+        ever = await repo.ever_enrolled(list(latest), never)
+        last = await self.engagement.last_messages(
+            conn, (t.enrollment.id for t in plan.tracked if t.enrollment.id is not None)
+        )
+        for activity, partition in batch:
+            customer = _customer(activity, partition)
+            seen = _Seen(by_customer[customer.key], ever, last)
+            self._on_activity(plan, seen, activity, customer, now)
+        return await self._write(repo, plan, now)
+
+    def _on_activity(
+        self,
+        plan: _Plan,
+        seen: _Seen,
+        activity: Activity,
+        customer: CustomerFacts,
+        now: datetime,
+    ) -> None:
+        about = activity.message.request_key if activity.message else None
+        facts = build_facts(
+            activity.kind, activity.occurred_at, customer.profile, customer.cart, now, about
+        )
+        enrolled, ever = seen.enrolled, seen.ever
+        active: set[str] = set()
+        for tracked in enrolled:
+            if tracked.enrollment.status != "active":
+                continue  # ended earlier in this batch
+            last = seen.last.get(tracked.enrollment.id or 0)
+            scoped = _scoped(facts, tracked.journey, tracked.enrollment, last)
+            outcome = engine.on_activity(
+                tracked.journey, tracked.enrollment, activity.kind, scoped, now
+            )
+            plan.apply(tracked, outcome, customer)
             if outcome.enrollment.status == "active":
-                enrolled.add(journey.id)
+                active.add(tracked.journey.id)
         for journey in self.catalog.active():
-            if journey.id in enrolled or not engine.should_enter(
-                journey, activity.kind, facts, now
-            ):
+            if journey.id in active or not engine.should_enter(journey, activity.kind, facts, now):
                 continue
-            if journey.limits.reentry == "never" and await self.enrollments.ever_enrolled(
-                conn, journey.id, customer.key
-            ):
+            if journey.limits.reentry == "never" and (journey.id, customer.key) in ever:
                 continue
-            await self._apply(
-                conn, journey, engine.enter(journey, customer.key, facts, now), customer, now
-            )
+            outcome = engine.enter(journey, customer.key, facts, now)
+            tracked = plan.track(_Tracked(journey, outcome.enrollment, customer, True))
+            plan.apply(tracked, outcome, customer)
+            enrolled.append(tracked)
+            ever.add((journey.id, customer.key))
 
-    async def fire_timer(
-        self, conn: AsyncConnection, enrollment_id: int, step_id: str, now: datetime
-    ) -> None:
-        enrollment = await self.enrollments.get_for_update(conn, enrollment_id)
-        if enrollment is None:
-            return
-        journey = self.catalog.version(enrollment.journey_id, enrollment.journey_version)
-        customer = await self.activities.customer(conn, enrollment.customer_key)
-        if journey is None or customer is None:
-            return
-        facts = build_facts("timer", now, customer.profile, customer.cart, now)
-        last = await self.engagement.last_messages(conn, [enrollment_id])
-        scoped = _scoped(facts, journey, enrollment, last.get(enrollment_id))
-        outcome = engine.on_timer(journey, enrollment, step_id, scoped, now)
-        await self._apply(conn, journey, outcome, customer, now)
+    async def _write(self, repo: BatchRepository, plan: _Plan, now: datetime) -> Published:
+        new = [t for t in plan.tracked if t.is_new]
+        for tracked, new_id in zip(new, await repo.new_enrollment_ids(len(new)), strict=True):
+            tracked.enrollment = replace(tracked.enrollment, id=new_id)
+        requests: list[tuple[RequestRow, MessageRequest, CustomerFacts]] = []
+        for tracked, action, customer in plan.actions:
+            if isinstance(action, engine.RequestMessage):
+                request = self._message_request(tracked, action, customer, now)
+                if request is not None:
+                    requests.append(request)
+        fresh = await repo.write(plan.writes([r for r, _, _ in requests]), now)
+        messages = self._messages(plan, {r.request_key: (m, c) for r, m, c in requests}, fresh, now)
+        ids = await repo.add_outbox(messages, now)
+        return Published(ids, messages, plan.earliest_timer())
 
-    async def _apply(
+    def _messages(
         self,
-        conn: AsyncConnection,
-        journey: Journey,
-        outcome: engine.Outcome,
-        customer: CustomerFacts,
+        plan: _Plan,
+        requests: dict[str, tuple[MessageRequest, CustomerFacts]],
+        fresh: set[str],
         now: datetime,
-    ) -> None:
-        enrollment = outcome.enrollment
-        if enrollment.id is None:
-            new_id = await self.enrollments.insert(conn, enrollment, customer.partition, now)
-            enrollment = replace(enrollment, id=new_id)
-        else:
-            await self.enrollments.update(conn, enrollment, now)
-        assert enrollment.id is not None
-        for decision in outcome.decisions:
-            await self._decide(conn, journey, enrollment.id, decision, customer, now)
-
-    async def _decide(
-        self,
-        conn: AsyncConnection,
-        journey: Journey,
-        enrollment_id: int,
-        decision: engine.Decision,
-        customer: CustomerFacts,
-        now: datetime,
-    ) -> None:
-        if isinstance(decision, engine.ScheduleTimer):
-            await self.timers.schedule(
-                conn, enrollment_id, customer.partition, decision.step_id, decision.due_at
-            )
-        elif isinstance(decision, engine.CancelTimer):
-            await self.timers.cancel(conn, enrollment_id)
-        elif isinstance(decision, engine.RequestMessage):
-            await self._request(conn, journey, enrollment_id, decision, customer, now)
-        else:
-            await self._publish_decision(conn, journey, enrollment_id, decision, customer, now)
-
-    async def _request(
-        self,
-        conn: AsyncConnection,
-        journey: Journey,
-        enrollment_id: int,
-        decision: engine.RequestMessage,
-        customer: CustomerFacts,
-        now: datetime,
-    ) -> None:
-        request = self._message_request(journey, enrollment_id, decision, customer, now)
-        if request is None or not await self.outbox.record_request(
-            conn, request.request_key, enrollment_id, decision.step_id, decision.variant, now
-        ):
-            return
-        event = make_event(
-            type=events.MESSAGE_REQUESTED,
-            source=SOURCE,
-            time=now,
-            id=events.stable_event_id("request", request.request_key),
-            subject=customer.key,
-            shop_id=customer.profile.shop_id,
-            data=request,
-        )
-        await self.outbox.add(
-            conn, self.topics.name(MESSAGE_REQUESTS), customer.key, events.encode(event), now
-        )
+    ) -> list[OutboxMessage]:
+        """Outbox rows in the order the engine decided; a request made before is not repeated."""
+        out: list[OutboxMessage] = []
+        request_topic = self.topics.name(MESSAGE_REQUESTS)
+        for tracked, action, customer in plan.actions:
+            assert tracked.enrollment.id is not None
+            if isinstance(action, engine.PublishDecision):
+                out.append(
+                    self._decision(tracked.journey, tracked.enrollment.id, action, customer, now)
+                )
+                continue
+            key = _request_key(tracked, action)
+            if key in fresh and key in requests:
+                fresh.discard(key)  # the same step asked twice in one pass is asked once
+                request, at = requests[key]
+                out.append(OutboxMessage(request_topic, at.key, _request_event(request, at, now)))
+        return out
 
     def _message_request(
         self,
-        journey: Journey,
-        enrollment_id: int,
-        decision: engine.RequestMessage,
+        tracked: _Tracked,
+        action: engine.RequestMessage,
         customer: CustomerFacts,
         now: datetime,
-    ) -> MessageRequest | None:
-        profile = customer.profile
+    ) -> tuple[RequestRow, MessageRequest, CustomerFacts] | None:
+        journey, profile = tracked.journey, customer.profile
         email = profile.email
         if journey.test_mode:
             email = journey.test_recipients[0] if journey.test_recipients else None
         if not email:
             return None
-        send = decision.send
+        send = action.send
         context: dict[str, Any] = {"journey_name": journey.name}
         if customer.cart is not None:
             context["cart"] = customer.cart.model_dump(mode="json")
@@ -227,13 +306,14 @@ class Runner:
             if send.offer.kind == "discount_code" and not send.offer.code:
                 offer["code"] = self.discount_code
             context["offer"] = offer
-        return MessageRequest(
-            request_key=f"{journey.id}:{enrollment_id}:{decision.step_id}",
+        key = _request_key(tracked, action)
+        request = MessageRequest(
+            request_key=key,
             shop_id=profile.shop_id,
             customer_key=customer.key,
             journey_id=journey.id,
             journey_version=journey.version,
-            step_id=decision.step_id,
+            step_id=action.step_id,
             template=send.template,
             subject=send.subject,
             recipient=Recipient(
@@ -247,16 +327,18 @@ class Runner:
             context=context,
             requested_at=now,
         )
+        assert tracked.enrollment.id is not None
+        row = RequestRow(key, tracked.enrollment.id, action.step_id, action.variant)
+        return row, request, customer
 
-    async def _publish_decision(
+    def _decision(
         self,
-        conn: AsyncConnection,
         journey: Journey,
         enrollment_id: int,
         decision: engine.PublishDecision,
         customer: CustomerFacts,
         now: datetime,
-    ) -> None:
+    ) -> OutboxMessage:
         """Other channels (SMS, ads audiences, suppression) act on decisions published here."""
         event = events.CloudEvent(
             id=events.stable_event_id("decision", str(enrollment_id), decision.step_id),
@@ -273,15 +355,15 @@ class Runner:
                 customer_key=customer.key,
             ).model_dump(mode="json"),
         )
-        await self.outbox.add(
-            conn, self.topics.name(ENGAGEMENT_RESULTS), customer.key, events.encode(event), now
+        return OutboxMessage(
+            self.topics.name(ENGAGEMENT_RESULTS), customer.key, events.encode(event)
         )
 
 
 def _scoped(
     facts: dict[str, Any],
     journey: Journey,
-    enrollment: engine.Enrollment,
+    enrollment: Enrollment,
     last: tuple[LastMessage, int] | None,
 ) -> dict[str, Any]:
     """The facts as one enrolment sees them: its own last message and progress."""
@@ -289,3 +371,25 @@ def _scoped(
     message, sent = last if last is not None else (None, 0)
     view = EnrollmentView(journey.id, step.id, enrollment.entered_at, enrollment.holdout, sent)
     return for_enrollment(facts, view, message)
+
+
+def _request_key(tracked: _Tracked, action: engine.RequestMessage) -> str:
+    """Stable: a replay after a crash asks with the same key, and the dispatcher dedupes it."""
+    return f"{tracked.journey.id}:{tracked.enrollment.id}:{action.step_id}"
+
+
+def _request_event(request: MessageRequest, customer: CustomerFacts, now: datetime) -> bytes:
+    event = make_event(
+        type=events.MESSAGE_REQUESTED,
+        source=SOURCE,
+        time=now,
+        id=events.stable_event_id("request", request.request_key),
+        subject=customer.key,
+        shop_id=customer.profile.shop_id,
+        data=request,
+    )
+    return events.encode(event)
+
+
+def _customer(activity: Activity, partition: int) -> CustomerFacts:
+    return CustomerFacts(activity.profile.key, partition, activity.profile, activity.cart)

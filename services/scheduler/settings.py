@@ -21,7 +21,7 @@ class SchedulerSettings(ServiceSettings):
         default="COMEBACK10", description="Code in the second abandoned-cart reminder."
     )
     poll_interval_s: float = Field(default=1.0, description="How often due timers are looked for.")
-    claim_batch: int = 200
+    claim_batch: int = Field(default=1000, gt=0, description="Due timers fired per pass.")
     processed_retention_days: float = Field(
         default=14,
         ge=1,

@@ -1,4 +1,10 @@
-"""All of the scheduler's SQL. Callers own the transaction; nothing here commits."""
+"""All of the scheduler's SQL. Callers own the transaction; nothing here commits.
+
+The hot paths (a pass of due timers, a batch of activities) go through `BatchRepository`:
+the named statements of queries.py on the asyncpg connection under the caller's SQLAlchemy
+transaction, a whole column per array parameter, because SQLAlchemy's per-row statement
+building and result handling cost more than the database did.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.scheduler.adapters.tables import (
-    customers,
-    enrollments,
-    journeys,
-    message_requests,
-    outbox,
-    processed_activities,
-    timers,
-)
+from services.scheduler.adapters import queries as q
+from services.scheduler.adapters.tables import enrollments, journeys, outbox, timers
 from services.scheduler.domain.engine import Enrollment
 from services.scheduler.domain.journey import Journey
+from shared.errors import Transient, describe
 from shared.events import CartSnapshot, Profile
 
 
@@ -38,6 +40,7 @@ class DueTimer:
     enrollment_id: int
     step_id: str
     due_at: datetime
+    partition: int
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,46 @@ class OutboxRow:
     topic: str
     key: str
     value: bytes
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    topic: str
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True)
+class TimerRow:
+    enrollment_id: int
+    partition: int
+    step_id: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    request_key: str
+    enrollment_id: int
+    step_id: str
+    variant: str | None
+
+
+@dataclass(frozen=True)
+class NewEnrollment:
+    enrollment: Enrollment  # with its id taken from `new_enrollment_ids`
+    partition: int
+
+
+@dataclass(frozen=True)
+class Writes:
+    """What one pass or batch changes, written with one statement per kind."""
+
+    inserted: list[NewEnrollment]
+    updated: list[Enrollment]
+    timers: list[TimerRow]
+    cancelled: list[int]
+    requests: list[RequestRow]
 
 
 class JourneyRepository:
@@ -89,113 +132,7 @@ class JourneyRepository:
         )
 
 
-class ActivityRepository:
-    async def new_event_ids(
-        self, conn: AsyncConnection, ids: Sequence[str], now: datetime
-    ) -> set[str]:
-        if not ids:
-            return set()
-        stmt = (
-            insert(processed_activities)
-            .values([{"event_id": i, "processed_at": now} for i in ids])
-            .on_conflict_do_nothing()
-            .returning(processed_activities.c.event_id)
-        )
-        return set((await conn.scalars(stmt)).all())
-
-    async def save_customer(
-        self, conn: AsyncConnection, facts: CustomerFacts, now: datetime
-    ) -> None:
-        values = {
-            "customer_key": facts.key,
-            "shop_id": facts.profile.shop_id,
-            "partition": facts.partition,
-            "profile": facts.profile.model_dump(mode="json"),
-            "cart": None if facts.cart is None else facts.cart.model_dump(mode="json"),
-            "updated_at": now,
-        }
-        stmt = insert(customers).values(values)
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["customer_key"],
-                set_={k: stmt.excluded[k] for k in ("profile", "cart", "partition", "updated_at")},
-            )
-        )
-
-    async def customer(self, conn: AsyncConnection, key: str) -> CustomerFacts | None:
-        row = (
-            await conn.execute(sa.select(customers).where(customers.c.customer_key == key))
-        ).first()
-        if row is None:
-            return None
-        cart = None if row.cart is None else CartSnapshot.model_validate(row.cart)
-        return CustomerFacts(
-            row.customer_key, row.partition, Profile.model_validate(row.profile), cart
-        )
-
-
 class EnrollmentRepository:
-    async def active_for_update(self, conn: AsyncConnection, customer_key: str) -> list[Enrollment]:
-        rows = await conn.execute(
-            sa.select(enrollments)
-            .where(enrollments.c.customer_key == customer_key, enrollments.c.status == "active")
-            .order_by(enrollments.c.id)
-            .with_for_update()
-        )
-        return [_enrollment(r) for r in rows]
-
-    async def ever_enrolled(
-        self, conn: AsyncConnection, journey_id: str, customer_key: str
-    ) -> bool:
-        found = await conn.scalar(
-            sa.select(sa.literal(1))
-            .where(
-                enrollments.c.journey_id == journey_id, enrollments.c.customer_key == customer_key
-            )
-            .limit(1)
-        )
-        return found is not None
-
-    async def get_for_update(self, conn: AsyncConnection, enrollment_id: int) -> Enrollment | None:
-        row = (
-            await conn.execute(
-                sa.select(enrollments).where(enrollments.c.id == enrollment_id).with_for_update()
-            )
-        ).first()
-        return None if row is None else _enrollment(row)
-
-    async def insert(
-        self, conn: AsyncConnection, e: Enrollment, partition: int, now: datetime
-    ) -> int:
-        new_id = await conn.scalar(
-            insert(enrollments)
-            .values(
-                journey_id=e.journey_id,
-                journey_version=e.journey_version,
-                customer_key=e.customer_key,
-                partition=partition,
-                status=e.status,
-                step_index=e.step_index,
-                holdout=e.holdout,
-                exit_reason=e.exit_reason,
-                entered_at=e.entered_at,
-                updated_at=now,
-            )
-            .returning(enrollments.c.id)
-        )
-        assert new_id is not None
-        return int(new_id)
-
-    async def update(self, conn: AsyncConnection, e: Enrollment, now: datetime) -> None:
-        assert e.id is not None
-        await conn.execute(
-            enrollments.update()
-            .where(enrollments.c.id == e.id)
-            .values(
-                status=e.status, step_index=e.step_index, exit_reason=e.exit_reason, updated_at=now
-            )
-        )
-
     async def for_customer(self, conn: AsyncConnection, customer_key: str) -> list[dict[str, Any]]:
         rows = await conn.execute(
             sa.select(enrollments, timers.c.step_id.label("waiting_for"), timers.c.due_at)
@@ -206,99 +143,7 @@ class EnrollmentRepository:
         return [dict(r._mapping) for r in rows]
 
 
-class TimerRepository:
-    async def schedule(
-        self,
-        conn: AsyncConnection,
-        enrollment_id: int,
-        partition: int,
-        step_id: str,
-        due_at: datetime,
-    ) -> None:
-        """One pending timer per enrolment: scheduling again replaces it."""
-        stmt = insert(timers).values(
-            enrollment_id=enrollment_id, partition=partition, step_id=step_id, due_at=due_at
-        )
-        await conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["enrollment_id"],
-                set_={
-                    "step_id": stmt.excluded.step_id,
-                    "due_at": stmt.excluded.due_at,
-                    "partition": stmt.excluded.partition,
-                },
-            )
-        )
-
-    async def cancel(self, conn: AsyncConnection, enrollment_id: int) -> None:
-        await conn.execute(timers.delete().where(timers.c.enrollment_id == enrollment_id))
-
-    async def claim_due(
-        self, conn: AsyncConnection, partitions: Sequence[int], now: datetime, limit: int
-    ) -> list[DueTimer]:
-        """Due timers of the partitions this instance owns, locked with their enrolments.
-
-        SKIP LOCKED lets a busy enrolment (an activity being applied) wait for the next pass
-        instead of blocking; the timer row is deleted in the same transaction that acts on it.
-        """
-        rows = await conn.execute(
-            sa.select(timers.c.enrollment_id, timers.c.step_id, timers.c.due_at)
-            .join(enrollments, enrollments.c.id == timers.c.enrollment_id)
-            .where(timers.c.partition.in_(list(partitions)), timers.c.due_at <= now)
-            .order_by(timers.c.due_at)
-            .limit(limit)
-            .with_for_update(of=[timers, enrollments], skip_locked=True)
-        )
-        due = [DueTimer(r.enrollment_id, r.step_id, r.due_at) for r in rows]
-        if due:
-            await conn.execute(
-                timers.delete().where(timers.c.enrollment_id.in_([t.enrollment_id for t in due]))
-            )
-        return due
-
-    async def count_due(
-        self, conn: AsyncConnection, partitions: Sequence[int], now: datetime
-    ) -> int:
-        count = await conn.scalar(
-            sa.select(sa.func.count())
-            .select_from(timers)
-            .where(timers.c.partition.in_(list(partitions)), timers.c.due_at <= now)
-        )
-        return int(count or 0)
-
-
 class OutboxRepository:
-    async def add(
-        self, conn: AsyncConnection, topic: str, key: str, value: bytes, now: datetime
-    ) -> None:
-        await conn.execute(
-            outbox.insert().values(topic=topic, key=key, value=value, created_at=now)
-        )
-
-    async def record_request(
-        self,
-        conn: AsyncConnection,
-        request_key: str,
-        enrollment_id: int,
-        step_id: str,
-        variant: str | None,
-        now: datetime,
-    ) -> bool:
-        """False when this request was already made (a replayed timer): do not ask twice."""
-        inserted = await conn.scalar(
-            insert(message_requests)
-            .values(
-                request_key=request_key,
-                enrollment_id=enrollment_id,
-                step_id=step_id,
-                variant=variant,
-                requested_at=now,
-            )
-            .on_conflict_do_nothing()
-            .returning(message_requests.c.request_key)
-        )
-        return inserted is not None
-
     async def claim(self, conn: AsyncConnection, limit: int) -> list[OutboxRow]:
         rows = await conn.execute(
             sa.select(outbox).order_by(outbox.c.id).limit(limit).with_for_update(skip_locked=True)
@@ -309,15 +154,211 @@ class OutboxRepository:
         await conn.execute(outbox.delete().where(outbox.c.id.in_(list(ids))))
 
 
+class BatchRepository:
+    """The set-based statements of one transaction, bound to the caller's connection."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._driver_conn: Any = None
+
+    async def _driver(self) -> Any:
+        """The asyncpg connection of this transaction (same connection, same transaction)."""
+        if self._driver_conn is None:
+            # SQLAlchemy begins the database transaction lazily, at its first statement;
+            # without one the raw statements would autocommit, outside the caller's transaction.
+            await self._conn.exec_driver_sql("SELECT 1")
+            driver: Any = (await self._conn.get_raw_connection()).driver_connection
+            if not driver.is_in_transaction():
+                raise RuntimeError("batch statements must run inside the caller's transaction")
+            self._driver_conn = driver
+        return self._driver_conn
+
+    async def claim_due(
+        self, partitions: Sequence[int], until: datetime, limit: int
+    ) -> list[DueTimer]:
+        rows = await (await self._driver()).fetch(
+            q.CLAIM_DUE_TIMERS, list(partitions), until, limit
+        )
+        return [DueTimer(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def next_due_at(self, partitions: Sequence[int], until: datetime) -> datetime | None:
+        found: datetime | None = await (await self._driver()).fetchval(
+            q.NEXT_DUE_AT, list(partitions), until
+        )
+        return found
+
+    async def count_due(self, partitions: Sequence[int], now: datetime) -> int:
+        return int(await (await self._driver()).fetchval(q.COUNT_DUE_TIMERS, list(partitions), now))
+
+    async def restore_timers(self, rows: Sequence[TimerRow]) -> None:
+        if rows:
+            await (await self._driver()).execute(q.RESTORE_TIMERS, *_timer_columns(rows))
+
+    async def timer_targets(
+        self, enrollment_ids: Sequence[int]
+    ) -> list[tuple[Enrollment, CustomerFacts]]:
+        """The enrolments of claimed timers with their customers (rows without one are left)."""
+        rows = await (await self._driver()).fetch(
+            q.ENROLLMENTS_WITH_CUSTOMERS, list(enrollment_ids)
+        )
+        return [(_enrollment(r), _customer(r)) for r in rows]
+
+    async def claim_new_activities(self, event_ids: Sequence[str], now: datetime) -> set[str]:
+        rows = await (await self._driver()).fetch(q.CLAIM_NEW_ACTIVITIES, list(event_ids), now)
+        return {r[0] for r in rows}
+
+    async def save_customers(self, facts: Sequence[CustomerFacts], now: datetime) -> None:
+        """One row per customer: the caller passes each customer's latest facts once."""
+        if not facts:
+            return
+        await (await self._driver()).execute(
+            q.UPSERT_CUSTOMERS,
+            [c.key for c in facts],
+            [c.profile.shop_id for c in facts],
+            [c.partition for c in facts],
+            [c.profile.model_dump_json() for c in facts],
+            [None if c.cart is None else c.cart.model_dump_json() for c in facts],
+            now,
+        )
+
+    async def active_for_update(self, customer_keys: Sequence[str]) -> list[Enrollment]:
+        rows = await (await self._driver()).fetch(
+            q.ACTIVE_ENROLLMENTS_FOR_UPDATE, list(customer_keys)
+        )
+        return [_enrollment(r) for r in rows]
+
+    async def ever_enrolled(
+        self, customer_keys: Sequence[str], journey_ids: Sequence[str]
+    ) -> set[tuple[str, str]]:
+        if not customer_keys or not journey_ids:
+            return set()
+        rows = await (await self._driver()).fetch(
+            q.EVER_ENROLLED, list(customer_keys), list(journey_ids)
+        )
+        return {(r[0], r[1]) for r in rows}
+
+    async def new_enrollment_ids(self, count: int) -> list[int]:
+        if count == 0:
+            return []
+        return [r[0] for r in await (await self._driver()).fetch(q.NEW_ENROLLMENT_IDS, count)]
+
+    async def write(self, writes: Writes, now: datetime) -> set[str]:
+        """Apply the changes; returns the request keys that were not made before."""
+        driver = await self._driver()
+        if writes.updated:
+            await driver.execute(q.UPDATE_ENROLLMENTS, *_update_columns(writes.updated), now)
+        if writes.inserted:
+            await driver.execute(q.INSERT_ENROLLMENTS, *_insert_columns(writes.inserted), now)
+        if writes.cancelled:
+            await driver.execute(q.CANCEL_TIMERS, writes.cancelled)
+        if writes.timers:
+            await driver.execute(q.UPSERT_TIMERS, *_timer_columns(writes.timers))
+        if not writes.requests:
+            return set()
+        rows = await driver.fetch(
+            q.RECORD_REQUESTS,
+            [r.request_key for r in writes.requests],
+            [r.enrollment_id for r in writes.requests],
+            [r.step_id for r in writes.requests],
+            [r.variant for r in writes.requests],
+            now,
+        )
+        return {r[0] for r in rows}
+
+    async def add_outbox(self, messages: Sequence[OutboxMessage], now: datetime) -> list[int]:
+        """The rows' ids, one per message and in the same order."""
+        if not messages:
+            return []
+        rows = await (await self._driver()).fetch(
+            q.ADD_OUTBOX,
+            [m.topic for m in messages],
+            [m.key for m in messages],
+            [m.value for m in messages],
+            now,
+        )
+        return sorted(r[0] for r in rows)  # identities are drawn in insertion order
+
+    async def take_outbox(self, ids: Sequence[int]) -> list[int]:
+        return [r[0] for r in await (await self._driver()).fetch(q.TAKE_OUTBOX, list(ids))]
+
+    async def fail_enrollment(self, enrollment_id: int, reason: str, now: datetime) -> None:
+        await (await self._driver()).execute(q.FAIL_ENROLLMENT, enrollment_id, reason, now)
+
+
+_DATABASE_AWAY = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.AdminShutdownError,
+)
+
+
+def translate_error(error: BaseException) -> BaseException:
+    """Driver errors that mean "the database is away or busy" become `Transient`."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return Transient(describe(error))
+    seen: BaseException | None = error
+    while seen is not None:  # SQLAlchemy wraps the driver's error: look down the chain
+        if isinstance(seen, _DATABASE_AWAY):
+            return Transient(describe(error))
+        seen = seen.__cause__ or (seen.orig if isinstance(seen, DBAPIError) else None)
+    return error
+
+
+def _timer_columns(rows: Sequence[TimerRow]) -> list[list[Any]]:
+    return [
+        [r.enrollment_id for r in rows],
+        [r.partition for r in rows],
+        [r.step_id for r in rows],
+        [r.due_at for r in rows],
+    ]
+
+
+def _update_columns(rows: Sequence[Enrollment]) -> list[list[Any]]:
+    return [
+        [e.id for e in rows],
+        [e.status for e in rows],
+        [e.step_index for e in rows],
+        [e.exit_reason for e in rows],
+    ]
+
+
+def _insert_columns(rows: Sequence[NewEnrollment]) -> list[list[Any]]:
+    es = [n.enrollment for n in rows]
+    return [
+        [e.id for e in es],
+        [e.journey_id for e in es],
+        [e.journey_version for e in es],
+        [e.customer_key for e in es],
+        [n.partition for n in rows],
+        [e.status for e in es],
+        [e.step_index for e in es],
+        [e.holdout for e in es],
+        [e.exit_reason for e in es],
+        [e.entered_at for e in es],
+    ]
+
+
+def _customer(row: Any) -> CustomerFacts:
+    cart = None if row["cart"] is None else CartSnapshot.model_validate_json(row["cart"])
+    profile = Profile.model_validate_json(row["profile"])
+    return CustomerFacts(row["customer_key"], row["partition"], profile, cart)
+
+
 def _enrollment(row: Any) -> Enrollment:
     return Enrollment(
-        id=row.id,
-        journey_id=row.journey_id,
-        journey_version=row.journey_version,
-        customer_key=row.customer_key,
-        entered_at=row.entered_at,
-        step_index=row.step_index,
-        status=row.status,
-        holdout=row.holdout,
-        exit_reason=row.exit_reason,
+        id=row["id"],
+        journey_id=row["journey_id"],
+        journey_version=row["journey_version"],
+        customer_key=row["customer_key"],
+        entered_at=row["entered_at"],
+        step_index=row["step_index"],
+        status=row["status"],
+        holdout=row["holdout"],
+        exit_reason=row["exit_reason"],
     )

@@ -19,7 +19,8 @@ from shared.events import EMAIL_OPENED
 UNSUBSCRIBED = "unsubscribed"
 MAX_STEPS_PER_ADVANCE = 100  # a goto loop without a wait is a definition error, not a hang
 
-Status = Literal["active", "exited", "completed"]
+# failed: a timer of this enrolment could not be fired (exit_reason says why)
+Status = Literal["active", "exited", "completed", "failed"]
 
 
 @dataclass(frozen=True)
