@@ -26,6 +26,20 @@ class SystemClock:
         await asyncio.sleep(seconds)
 
 
+class OffsetClock:
+    """The system clock shifted by a fixed offset: a rehearsal (or `make bench`) runs now what
+    falls due later. Time still flows at the real rate; only the reading is shifted."""
+
+    def __init__(self, offset_s: float) -> None:
+        self._offset = timedelta(seconds=offset_s)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self._offset
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 class ManualClock:
     """A clock that only moves when told; sleepers wake when it passes their deadline."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 import uvloop
 
-from shared.clock import SystemClock
+from shared.clock import OffsetClock, SystemClock
 from shared.logging import configure_logging
 
 cli = typer.Typer(
@@ -27,11 +27,11 @@ def run() -> None:
     settings = SchedulerSettings()
     configure_logging("scheduler", settings.log_level, settings.log_json)
 
+    clock = OffsetClock(settings.clock_offset_s) if settings.clock_offset_s else SystemClock()
+
     async def main() -> None:
         # aiokafka clients bind to the running loop, so the service is built inside it.
-        await serve(
-            SchedulerService(settings, SystemClock()), settings.http_host, settings.http_port
-        )
+        await serve(SchedulerService(settings, clock), settings.http_host, settings.http_port)
 
     uvloop.run(main())
 

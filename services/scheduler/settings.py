@@ -21,6 +21,13 @@ class SchedulerSettings(ServiceSettings):
         default="COMEBACK10", description="Code in the second abandoned-cart reminder."
     )
     poll_interval_s: float = Field(default=1.0, description="How often due timers are looked for.")
+    clock_offset_s: float = Field(
+        default=0.0,
+        description=(
+            "Shift the scheduler's clock by this many seconds (a rehearsal, `make bench`): "
+            "timers due that much later fire now. Leave at 0 in production."
+        ),
+    )
     claim_batch: int = Field(default=1000, gt=0, description="Due timers fired per pass.")
     processed_retention_days: float = Field(
         default=14,

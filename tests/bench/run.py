@@ -28,6 +28,7 @@ from shared.kafka import ensure_topics
 from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics, dlq
 from tests.bench import consumer as cbench
 from tests.bench import mail as mbench
+from tests.bench import timers as tbench
 from tests.bench.webhooks import SHOPS_JSON
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -288,6 +289,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append("")
     if "mail" in results:
         lines += mbench.table_lines(results["mail"])
+    if "timers" in results:
+        lines.extend(tbench.table(results["timers"]))
     return "\n".join(lines)
 
 
@@ -304,7 +307,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--consumer-timeout", type=float, default=180.0)
     parser.add_argument("--mails", type=int, default=5_000, help="mails per side (mail bench)")
-    parser.add_argument("--only", choices=["webhooks", "consumer", "mail"])
+    parser.add_argument("--timers", type=int, default=50_000, help="customers, all due at once")
+    parser.add_argument(
+        "--pending", type=int, default=0, help="timers not due, present while firing (Rebound)"
+    )
+    parser.add_argument(
+        "--steady-s", type=float, default=20.0, help="seconds of 2,000 timers/s due (0: skip)"
+    )
+    parser.add_argument("--timers-timeout", type=float, default=600.0)
+    parser.add_argument("--only", choices=["webhooks", "consumer", "mail", "timers"])
     return parser.parse_args(argv)
 
 
@@ -323,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
             results["consumer"] = bench_consumer(s, args)
         if args.only in (None, "mail"):
             results["mail"] = mbench.bench_mail(s.database_url, s.bootstrap, args.mails, BENCH_DIR)
+        if args.only in (None, "timers"):
+            where = tbench.Where(s.database_url, s.bootstrap, BENCH_DIR, PARTITIONS)
+            results["timers"] = tbench.bench_timers(where, args)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results), flush=True)
     log(f"written to {BENCH_DIR / 'results.json'}")
