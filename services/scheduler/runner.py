@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scheduler.adapters.engagement_repository import EngagementRepository
@@ -38,7 +39,7 @@ from services.scheduler.domain.facts import (
 )
 from services.scheduler.domain.journey import Journey
 from shared import events
-from shared.events import Activity, MessageRequest, Recipient, make_event
+from shared.events import Activity, MessageRequest, Recipient
 from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
 
 SOURCE = "rebound/scheduler"
@@ -379,16 +380,22 @@ def _request_key(tracked: _Tracked, action: engine.RequestMessage) -> str:
 
 
 def _request_event(request: MessageRequest, customer: CustomerFacts, now: datetime) -> bytes:
-    event = make_event(
-        type=events.MESSAGE_REQUESTED,
-        source=SOURCE,
-        time=now,
-        id=events.stable_event_id("request", request.request_key),
-        subject=customer.key,
-        shop_id=customer.profile.shop_id,
-        data=request,
+    """The bytes `events.encode(make_event(...))` gives, built with one serialisation of the
+    request instead of three passes (dump, validate the envelope, dump again): per timer."""
+    data = request.model_dump(mode="json")
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": events.stable_event_id("request", request.request_key),
+            "source": SOURCE,
+            "type": events.MESSAGE_REQUESTED,
+            "subject": customer.key,
+            "time": data["requested_at"],  # the same moment, serialised the same way
+            "datacontenttype": "application/json",
+            "shopid": customer.profile.shop_id,
+            "data": data,
+        }
     )
-    return events.encode(event)
 
 
 def _customer(activity: Activity, partition: int) -> CustomerFacts:

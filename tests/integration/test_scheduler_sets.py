@@ -193,10 +193,8 @@ async def test_a_timer_that_cannot_fire_ends_its_enrolment_and_the_others_fire(
         await leave_carts(producer, topics, clock, range(3))
         await eventually(lambda: _equals(pending_timers(database_url), 3), what="3 timers")
         # The stored facts of one customer no longer read as a profile (say, a bad migration).
-        await sql(
-            database_url,
-            f"UPDATE scheduler.customers SET profile = '{{\"x\": 1}}' WHERE customer_key = '{key(1)}'",
-        )
+        broken = """UPDATE scheduler.customers SET profile = '{"x": 1}' WHERE customer_key = '%s'"""
+        await sql(database_url, broken % key(1))
         await clock.advance(REMINDER_DELAY)
 
         async def failed() -> list[dict[str, Any]]:
