@@ -18,11 +18,11 @@ from services.scheduler.adapters.repository import (
     DueTimer,
     OutboxRepository,
     TimerRow,
-    translate_error,
 )
 from services.scheduler.runner import Published, Runner
 from shared import errors, metrics
 from shared.clock import Clock
+from shared.driver_errors import translate
 from shared.kafka import Assignment, Publisher
 from shared.logging import get_logger
 from shared.retry import backoff_s
@@ -156,7 +156,7 @@ class TimerLoop:
         try:
             fired, published = await self._set_pass(partitions, now)
         except Exception as exc:
-            error = translate_error(exc)
+            error = translate(exc)
             if errors.classify(error) is errors.Transient:
                 raise error from exc
             log.warning("timer_pass_failed_firing_one_by_one", error=errors.describe(exc))
@@ -195,7 +195,7 @@ class TimerLoop:
         self, conn: AsyncConnection, timer: DueTimer, exc: Exception, now: datetime
     ) -> None:
         """Retry a bounded number of times (the timer goes back), then end the enrolment."""
-        error = translate_error(exc)
+        error = translate(exc)
         if errors.classify(error) is errors.Transient:
             raise error from exc
         attempts = self._attempts.get(timer.enrollment_id, 0) + 1

@@ -13,17 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scheduler.adapters import queries as q
 from services.scheduler.adapters.tables import enrollments, journeys, outbox, timers
 from services.scheduler.domain.engine import Enrollment
 from services.scheduler.domain.journey import Journey
-from shared.errors import Transient, describe
 from shared.events import CartSnapshot, Profile
 
 
@@ -283,31 +280,6 @@ class BatchRepository:
 
     async def fail_enrollment(self, enrollment_id: int, reason: str, now: datetime) -> None:
         await (await self._driver()).execute(q.FAIL_ENROLLMENT, enrollment_id, reason, now)
-
-
-_DATABASE_AWAY = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.AdminShutdownError,
-)
-
-
-def translate_error(error: BaseException) -> BaseException:
-    """Driver errors that mean "the database is away or busy" become `Transient`."""
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return Transient(describe(error))
-    seen: BaseException | None = error
-    while seen is not None:  # SQLAlchemy wraps the driver's error: look down the chain
-        if isinstance(seen, _DATABASE_AWAY):
-            return Transient(describe(error))
-        seen = seen.__cause__ or (seen.orig if isinstance(seen, DBAPIError) else None)
-    return error
 
 
 def _timer_columns(rows: Sequence[TimerRow]) -> list[list[Any]]:
