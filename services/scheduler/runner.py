@@ -187,8 +187,9 @@ class Runner:
             return Published([], [])
         repo = BatchRepository(conn)
         await self.catalog.refresh(conn)
-        latest = {a.profile.key: _customer(a, p) for a, p in batch}
-        await repo.save_customers(list(latest.values()), now)
+        given = [_customer(a, p) for a, p in batch]
+        await repo.save_customers(given, now)
+        latest = {c.key: c for c in given}
         for activity, _ in batch:  # e-mail events: what the recipient did with a message
             if activity.message is not None:
                 await self.engagement.record(conn, activity.message)

@@ -89,11 +89,17 @@ CLAIM_NEW_ACTIVITIES = """
 """
 
 # name: upsert_customers
-# The latest profile and open cart of each customer in the batch (one row per customer).
+# Each customer's latest profile and open cart. Every row given is cast (so facts PostgreSQL
+# cannot store fail the batch, whichever activity carried them); the last one per key stays.
 UPSERT_CUSTOMERS = """
     INSERT INTO scheduler.customers (customer_key, shop_id, partition, profile, cart, updated_at)
-    SELECT k, s, p, pr::jsonb, c::jsonb, $6
-    FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[]) AS t(k, s, p, pr, c)
+    SELECT DISTINCT ON (k) k, s, p, pr, c, $6
+    FROM (
+        SELECT k, s, p, pr::jsonb AS pr, c::jsonb AS c, n
+        FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[])
+            WITH ORDINALITY AS t(k, s, p, pr, c, n)
+    ) AS given
+    ORDER BY k, n DESC
     ON CONFLICT (customer_key) DO UPDATE SET
         profile = excluded.profile, cart = excluded.cart, partition = excluded.partition,
         updated_at = excluded.updated_at

@@ -205,7 +205,7 @@ class BatchRepository:
         return {r[0] for r in rows}
 
     async def save_customers(self, facts: Sequence[CustomerFacts], now: datetime) -> None:
-        """One row per customer: the caller passes each customer's latest facts once."""
+        """The facts as each activity carried them, in order; the last one per customer stays."""
         if not facts:
             return
         await (await self._driver()).execute(
