@@ -1,4 +1,4 @@
-"""python -m rebound dlq list TOPIC | dlq replay TOPIC [--offset N ...]
+"""python -m rebound dlq list TOPIC | dlq replay TOPIC [--offset N ...] | import orders FILE
 
 Reads REBOUND_KAFKA_BOOTSTRAP_SERVERS and REBOUND_TOPIC_PREFIX, with the services' defaults.
 """
@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from rebound.dlq import DeadLetter, DlqError, dead_letters, dlq_topic, replay
+from rebound.importer import import_cli
 from shared.settings import ServiceSettings
 
 cli = typer.Typer(help="Rebound operator commands.", no_args_is_help=True)
@@ -19,6 +20,7 @@ dlq_cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(dlq_cli, name="dlq")
+cli.add_typer(import_cli, name="import")
 
 TopicArgument = Annotated[
     str, typer.Argument(help="The topic the records came from, e.g. shop.events (or its .dlq).")

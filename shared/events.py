@@ -26,8 +26,12 @@ ORDER_CANCELLED = "shop.order.cancelled.v1"
 CUSTOMER_REGISTERED = "shop.customer.registered.v1"
 CUSTOMER_UPDATED = "shop.customer.updated.v1"
 CONSENT_CHANGED = "shop.consent.changed.v1"
+PRODUCT_UPDATED = "shop.product.updated.v1"  # created or changed: the whole product
+PRODUCT_DELETED = "shop.product.deleted.v1"
 # Derived (customer.activity), requests (message.requests), results (engagement.results)
 CUSTOMER_ACTIVITY = "customer.activity.recorded.v1"
+# Activity.kind of a lifecycle stage change (by an order, or by time passing)
+CUSTOMER_STAGE_CHANGED = "customer.stage.changed.v1"
 MESSAGE_REQUESTED = "message.requested.v1"
 MESSAGE_SENT = "message.sent.v1"
 MESSAGE_FAILED = "message.failed.v1"
@@ -87,6 +91,10 @@ class Customer(Contract):
     locale: str | None = None
     marketing_consent: ConsentState | None = None
     registered_at: Instant | None = None
+    country: str | None = Field(
+        default=None, description="ISO 3166-1 alpha-2 of the default address, e.g. DE."
+    )
+    time_zone: str | None = Field(default=None, description="IANA zone, when the shop knows it.")
 
 
 class Line(Contract):
@@ -98,6 +106,9 @@ class Line(Contract):
     quantity: int
     price: Decimal
     image_url: str | None = None
+    category: str | None = Field(
+        default=None, description="Product type or collection; else the catalog's is used."
+    )
 
 
 class CartUpdated(Contract):
@@ -133,6 +144,25 @@ class ConsentChanged(Contract):
     changed_at: Instant | None = None
 
 
+class ProductUpdated(Contract):
+    """A product created or changed in the shop's catalog: the whole product as it now is."""
+
+    product_id: str
+    title: str
+    category: str | None = Field(default=None, description="Product type or main collection.")
+    tags: list[str] = Field(default_factory=list)
+    url: str | None = None
+    image_url: str | None = None
+    price: Decimal | None = None
+    available: bool = True
+    updated_at: Instant
+
+
+class ProductDeleted(Contract):
+    product_id: str
+    deleted_at: Instant | None = None
+
+
 SHOP_PAYLOADS: dict[str, type[Contract]] = {
     CART_UPDATED: CartUpdated,
     ORDER_PLACED: OrderEvent,
@@ -141,7 +171,19 @@ SHOP_PAYLOADS: dict[str, type[Contract]] = {
     CUSTOMER_REGISTERED: CustomerChanged,
     CUSTOMER_UPDATED: CustomerChanged,
     CONSENT_CHANGED: ConsentChanged,
+    PRODUCT_UPDATED: ProductUpdated,
+    PRODUCT_DELETED: ProductDeleted,
 }
+
+
+class CategoryFacts(Contract):
+    """A customer's orders in one product category."""
+
+    category: str
+    orders: int
+    spent: Decimal
+    last_order_at: Instant
+    average_days_between_orders: float | None = None
 
 
 class Profile(Contract):
@@ -160,6 +202,32 @@ class Profile(Contract):
     last_order_at: Instant | None = None
     last_human_open_at: Instant | None = None
     last_click_at: Instant | None = None
+    # Order facts (docs/adr/0002-customer-facts.md): figures that depend on "now" are as of
+    # the moment the activity was published (`as_of`).
+    as_of: Instant | None = None
+    first_order_at: Instant | None = None
+    average_order_value: Decimal | None = None
+    average_days_between_orders: float | None = None
+    expected_next_order_at: Instant | None = None
+    days_since_last_order: int | None = None
+    period_days: int = 90
+    orders_last_period: int = 0
+    spent_last_period: Decimal = Decimal(0)
+    orders_previous_period: int = 0
+    spent_previous_period: Decimal = Decimal(0)
+    categories: list[CategoryFacts] = Field(default_factory=list)
+    last_order_categories: list[str] = Field(default_factory=list)
+    country: str | None = None
+    time_zone: str | None = None
+    opens_90d: int = 0
+    clicks_90d: int = 0
+    usual_open_hour: int | None = Field(default=None, description="0-23, customer's local time")
+    stage: str | None = Field(
+        default=None,
+        description="new, active, repeat_buyer, one_time_buyer, falling_asleep, inactive, "
+        "high_value (the shop's thresholds)",
+    )
+    high_value: bool = False
 
 
 class CartSnapshot(Contract):
@@ -202,6 +270,7 @@ class Activity(Contract):
     order_id: str | None = None
     order_total: Decimal | None = None
     message: MessageEngagement | None = None  # for e-mail events and attributed orders
+    previous_stage: str | None = None  # for customer.stage.changed.v1: the stage it left
 
 
 class Recipient(Contract):

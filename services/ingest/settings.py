@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.ingest.domain.customer_facts import FactsSettings
 from shared.settings import ServiceSettings
 from shared.tracking import TrackingKey
 
@@ -38,6 +41,31 @@ class ShopConfig(BaseModel):
         pattern=r"^(\d+[smhdw])+$",
         description="An order this long after a human open is credited to the opened message.",
     )
+    period_days: int = Field(
+        default=90, ge=1, le=366, description="Length of the last and the previous period."
+    )
+    active_days: int = Field(default=30, ge=1, description="Ordered within: active.")
+    falling_asleep_days: int = Field(default=50, ge=1, description="Nothing for: falling asleep.")
+    inactive_days: int = Field(default=90, ge=1, description="Nothing for: inactive.")
+    high_value_spend: Decimal | None = Field(
+        default=None, ge=0, description="Spend from which a customer is high value; "
+        "unset: the top `high_value_share` of the shop's buyers.",
+    )  # fmt: skip
+    high_value_share: float = Field(default=0.10, gt=0, lt=1)
+    time_zone: str = Field(
+        default="UTC", description="IANA zone of customers whose own zone is not known."
+    )
+
+    def facts_settings(self) -> FactsSettings:
+        return FactsSettings(
+            period_days=self.period_days,
+            active_days=self.active_days,
+            falling_asleep_days=self.falling_asleep_days,
+            inactive_days=self.inactive_days,
+            high_value_spend=self.high_value_spend,
+            high_value_share=self.high_value_share,
+            time_zone=self.time_zone,
+        )
 
 
 class IngestSettings(ServiceSettings):
@@ -73,3 +101,10 @@ class IngestSettings(ServiceSettings):
     tracking_max_age_days: int = Field(
         default=400, ge=1, description="Opens and clicks of older mail are not recorded."
     )
+
+
+def facts_settings_for(shops: list[ShopConfig]) -> Callable[[str], FactsSettings]:
+    """Each shop's facts settings; a shop not configured gets the defaults."""
+    by_id = {shop.shop_id: shop.facts_settings() for shop in shops}
+    default = FactsSettings()
+    return lambda shop_id: by_id.get(shop_id, default)

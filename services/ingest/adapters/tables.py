@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
     Index,
     Integer,
@@ -14,7 +16,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 SCHEMA = "ingest"
 metadata = MetaData(schema=SCHEMA)
@@ -44,6 +46,13 @@ customers = Table(
     Column("first_order_at", DateTime(timezone=True)),
     Column("last_order_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("country", Text),
+    Column("time_zone", Text),
+    Column("recent_order_at", ARRAY(DateTime(timezone=True)), nullable=False),
+    Column("recent_order_total", ARRAY(Numeric), nullable=False),
+    Column("last_order_categories", ARRAY(Text), nullable=False),
+    Column("stage", Text),
+    Column("stage_due_at", DateTime(timezone=True)),
 )
 
 orders = Table(
@@ -75,6 +84,7 @@ order_lines = Table(
     Column("variant_title", Text),
     Column("quantity", BigInteger, nullable=False),
     Column("price", Numeric, nullable=False),
+    Column("category", Text),
 )
 
 carts = Table(
@@ -89,4 +99,48 @@ carts = Table(
     Column("recovery_url", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("status", Text, nullable=False),
+)
+
+customer_categories = Table(
+    "customer_categories",
+    metadata,
+    Column("customer_key", Text, primary_key=True),
+    Column("category", Text, primary_key=True),
+    Column("shop_id", Text, nullable=False),
+    Column("orders", Integer, nullable=False),
+    Column("spent", Numeric, nullable=False),
+    Column("first_order_at", DateTime(timezone=True), nullable=False),
+    Column("last_order_at", DateTime(timezone=True), nullable=False),
+)
+
+shop_stats = Table(
+    "shop_stats",
+    metadata,
+    Column("shop_id", Text, primary_key=True),
+    Column("high_value_from", Numeric),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+)
+
+products = Table(
+    "products",
+    metadata,
+    Column("shop_id", Text, primary_key=True),
+    Column("product_id", Text, primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("category", Text),
+    Column("tags", ARRAY(Text), nullable=False),
+    Column("url", Text),
+    Column("image_url", Text),
+    Column("price", Numeric),
+    Column("available", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+product_sales = Table(
+    "product_sales",
+    metadata,
+    Column("shop_id", Text, primary_key=True),
+    Column("product_id", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("units", BigInteger, nullable=False),
 )

@@ -8,7 +8,15 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from services.ingest.domain import limits
-from shared.events import CartUpdated, CloudEvent, Contract, customer_key, make_event
+from shared.events import (
+    CartUpdated,
+    CloudEvent,
+    Contract,
+    ProductDeleted,
+    ProductUpdated,
+    customer_key,
+    make_event,
+)
 
 SOURCE_SHOPIFY = "rebound/ingest/shopify"
 SOURCE_API = "rebound/ingest/api"
@@ -33,6 +41,9 @@ def subject_and_key(shop_id: str, data: Contract) -> tuple[str | None, str]:
         return key, key
     if isinstance(data, CartUpdated):
         return None, cart_key(shop_id, data.cart_id)
+    if isinstance(data, ProductUpdated | ProductDeleted):
+        # Catalog events concern no customer; one product's changes stay ordered.
+        return None, f"{shop_id}:product:{data.product_id}"
     # Raises InvalidEvent with the reason.
     key = customer_key(shop_id, None, None)
     return key, key

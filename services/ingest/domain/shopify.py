@@ -50,6 +50,7 @@ class _Customer(_Body):
     locale: str | None = None
     created_at: datetime | None = None
     email_marketing_consent: _Consent | None = None
+    default_address: _Address | None = None
 
 
 class _Line(_Body):
@@ -99,6 +100,39 @@ class _Order(_Body):
     created_at: datetime | None = None
     processed_at: datetime | None = None
     cancelled_at: datetime | None = None
+
+
+class _Address(_Body):
+    country_code: str | None = None
+
+
+class _Variant(_Body):
+    price: Decimal | None = None
+    inventory_quantity: int | None = None
+    inventory_policy: str | None = None
+    inventory_management: str | None = None
+
+
+class _Image(_Body):
+    src: str | None = None
+
+
+class _Product(_Body):
+    id: ShopifyId
+    title: str
+    handle: str | None = None
+    product_type: str | None = None
+    tags: str | None = None
+    status: str | None = None
+    published_at: datetime | None = None
+    variants: list[_Variant] = []
+    image: _Image | None = None
+    images: list[_Image] = []
+    updated_at: datetime | None = None
+
+
+class _ProductDelete(_Body):
+    id: ShopifyId
 
 
 class _ConsentUpdate(_Body):
@@ -152,6 +186,7 @@ def _customer(
         locale=locale or customer.locale,
         marketing_consent=_consent(customer.email_marketing_consent, accepts_marketing),
         registered_at=customer.created_at,
+        country=customer.default_address.country_code if customer.default_address else None,
     )
 
 
@@ -225,6 +260,42 @@ def _consent_changed(body: dict[str, Any]) -> Contract:
     )
 
 
+def _in_stock(variant: _Variant) -> bool:
+    untracked = variant.inventory_management is None and variant.inventory_quantity is None
+    return (
+        untracked
+        or variant.inventory_policy == "continue"
+        or (variant.inventory_quantity or 0) > 0
+    )
+
+
+def _product(body: dict[str, Any]) -> Contract:
+    """Available: active, published, and some variant in stock (or sold when out of stock)."""
+    product = _Product.model_validate(body)
+    image = product.image or (product.images[0] if product.images else None)
+    prices = [v.price for v in product.variants if v.price is not None]
+    updated_at = product.updated_at or product.published_at
+    if updated_at is None:
+        raise MappingError("product has neither updated_at nor published_at")
+    return ev.ProductUpdated(
+        product_id=product.id,
+        title=product.title,
+        category=product.product_type or None,
+        tags=[t.strip() for t in (product.tags or "").split(",") if t.strip()],
+        url=f"/products/{product.handle}" if product.handle else None,
+        image_url=image.src if image else None,
+        price=min(prices) if prices else None,
+        available=(product.status in (None, "active"))
+        and product.published_at is not None
+        and any(_in_stock(v) for v in product.variants),
+        updated_at=updated_at,
+    )
+
+
+def _product_deleted(body: dict[str, Any]) -> Contract:
+    return ev.ProductDeleted(product_id=_ProductDelete.model_validate(body).id)
+
+
 Mapper = Callable[[dict[str, Any]], Contract]
 
 # Shopify topic -> (canonical event type, mapper). Topics not listed are acknowledged and ignored.
@@ -239,6 +310,9 @@ TOPICS: dict[str, tuple[str, Mapper]] = {
     "customers/create": (ev.CUSTOMER_REGISTERED, _customer_changed),
     "customers/update": (ev.CUSTOMER_UPDATED, _customer_changed),
     "customers_email_marketing_consent/update": (ev.CONSENT_CHANGED, _consent_changed),
+    "products/create": (ev.PRODUCT_UPDATED, _product),
+    "products/update": (ev.PRODUCT_UPDATED, _product),
+    "products/delete": (ev.PRODUCT_DELETED, _product_deleted),
 }
 
 

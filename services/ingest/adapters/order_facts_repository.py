@@ -1,0 +1,341 @@
+"""All SQL of the order facts (per customer, per category, daily product sales) and of bulk
+order inserts. Set-based: one statement per table and batch, `unnest` of one array per column,
+through the asyncpg connection of the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.ingest.domain.customer_facts import CategoryFacts, OrderFacts, PlacedOrder
+from services.ingest.domain.facts import CustomerRow, OrderRow
+
+
+@dataclass(frozen=True)
+class StoredFacts:
+    """A customer's order facts as stored, with the stage last published for them."""
+
+    shop_id: str
+    facts: OrderFacts
+    stage: str | None
+
+
+@dataclass(frozen=True)
+class FactsWrite:
+    customer_key: str
+    facts: OrderFacts
+    stage: str
+    stage_due_at: datetime | None
+    changed_categories: frozenset[str]  # only these category rows are written
+
+
+class OrderFactsRepository:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+        self._driver_conn: Any = None
+
+    async def _driver(self) -> Any:
+        if self._driver_conn is None:
+            await self._conn.exec_driver_sql("SELECT 1")  # begins the caller's transaction
+            driver: Any = (await self._conn.get_raw_connection()).driver_connection
+            if not driver.is_in_transaction():
+                raise RuntimeError("order facts must be written inside the caller's transaction")
+            self._driver_conn = driver
+        return self._driver_conn
+
+    # --- bulk inserts (the import) ------------------------------------------------------
+
+    async def add_customers(self, rows: Sequence[CustomerRow]) -> None:
+        """Customers the history names; one already known keeps everything it has."""
+        if rows:
+            columns = [[getattr(r, n) for r in rows] for n in _CUSTOMER_COLUMNS]
+            await (await self._driver()).execute(_ADD_CUSTOMERS, *columns)
+
+    async def insert_orders(self, rows: Sequence[OrderRow]) -> list[OrderRow]:
+        """Insert orders and their lines; returns those not stored before (idempotence)."""
+        if not rows:
+            return []
+        driver = await self._driver()
+        columns = [[getattr(r, n) for r in rows] for n in _ORDER_COLUMNS]
+        inserted = {(r[0], r[1]) for r in await driver.fetch(_INSERT_ORDERS, *columns)}
+        new = [r for r in rows if (r.shop_id, r.order_id) in inserted]
+        await self.insert_lines(new)
+        return new
+
+    async def insert_lines(self, orders: Sequence[OrderRow]) -> None:
+        lines = [(o, n, line) for o in orders for n, line in enumerate(o.lines, start=1)]
+        if not lines:
+            return
+        columns: list[list[Any]] = [
+            [o.shop_id for o, _, _ in lines],
+            [o.order_id for o, _, _ in lines],
+            [n for _, n, _ in lines],
+            *([getattr(line, name) for _, _, line in lines] for name in _LINE_FIELDS),
+        ]
+        await (await self._driver()).execute(_INSERT_LINES, *columns)
+
+    # --- the catalog's categories and sales -------------------------------------------
+
+    async def product_categories(
+        self, products: Iterable[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        wanted = sorted(set(products))
+        if not wanted:
+            return {}
+        rows = await (await self._driver()).fetch(
+            _PRODUCT_CATEGORIES, [s for s, _ in wanted], [p for _, p in wanted]
+        )
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    async def add_sales(self, units: Mapping[tuple[str, str, date], int]) -> None:
+        if not units:
+            return
+        keys = sorted(units)
+        await (await self._driver()).execute(
+            _ADD_SALES,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [units[k] for k in keys],
+        )
+
+    # --- per-customer facts ------------------------------------------------------------
+
+    async def load(self, keys: Iterable[str]) -> dict[str, StoredFacts]:
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        driver = await self._driver()
+        categories: dict[str, dict[str, CategoryFacts]] = defaultdict(dict)
+        for r in await driver.fetch(_LOAD_CATEGORIES, wanted):
+            categories[r[0]][r[1]] = CategoryFacts(r[1], r[2], r[3], r[4], r[5])
+        return {
+            r["customer_key"]: StoredFacts(
+                r["shop_id"], _order_facts(r, categories.get(r["customer_key"], {})), r["stage"]
+            )
+            for r in await driver.fetch(_LOAD_FACTS, wanted)
+        }
+
+    async def save(self, writes: Sequence[FactsWrite]) -> None:
+        if not writes:
+            return
+        writes = sorted(writes, key=lambda w: w.customer_key)  # lock order
+        driver = await self._driver()
+        await driver.execute(_SAVE_FACTS, *_facts_columns(writes))
+        cats = [
+            (w.customer_key, c)
+            for w in writes
+            for name, c in sorted(w.facts.categories.items())
+            if name in w.changed_categories
+        ]
+        if cats:
+            await driver.execute(_SAVE_CATEGORIES, *_category_columns(cats))
+
+    async def forget_categories(self, keys: Iterable[str]) -> None:
+        """Before a rebuild: the categories come back from the orders that still count."""
+        wanted = sorted(set(keys))
+        if wanted:
+            await (await self._driver()).execute(_FORGET_CATEGORIES, wanted)
+
+    async def counted_orders(self, keys: Iterable[str]) -> dict[str, list[PlacedOrder]]:
+        """Every non-cancelled order of these customers, with its spend per category."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        out: dict[str, list[PlacedOrder]] = defaultdict(list)
+        for r in await (await self._driver()).fetch(_COUNTED_ORDERS, wanted):
+            spend = {c: Decimal(s) for c, s in zip(r[3] or (), r[4] or (), strict=True)}
+            out[r[0]].append(PlacedOrder(r[0], r[1], r[2], spend))
+        return out
+
+    async def high_value_from(self, shop_ids: Iterable[str]) -> dict[str, Decimal | None]:
+        wanted = sorted(set(shop_ids))
+        rows = await (await self._driver()).fetch(_HIGH_VALUE, wanted) if wanted else []
+        return {r[0]: r[1] for r in rows}
+
+    async def due_for_stage(self, now: datetime, limit: int) -> list[str]:
+        """Customers whose stage time alone has moved, claimed for this transaction."""
+        rows = await (await self._driver()).fetch(_CLAIM_DUE, now, limit)
+        return [r[0] for r in rows]
+
+    async def compute_high_value(self, shop_id: str, share: float, now: datetime) -> None:
+        await (await self._driver()).execute(_COMPUTE_HIGH_VALUE, shop_id, 1 - share, now)
+
+
+def _order_facts(row: Any, categories: dict[str, CategoryFacts]) -> OrderFacts:
+    return OrderFacts(
+        orders=row["orders_count"],
+        spent=row["total_spent"],
+        first_order_at=row["first_order_at"],
+        last_order_at=row["last_order_at"],
+        recent=tuple(zip(row["recent_order_at"], row["recent_order_total"], strict=True)),
+        last_categories=tuple(row["last_order_categories"]),
+        categories=categories,
+    )
+
+
+def _facts_columns(writes: Sequence[FactsWrite]) -> list[list[Any]]:
+    return [
+        [w.customer_key for w in writes],
+        [w.facts.orders for w in writes],
+        [w.facts.spent for w in writes],
+        [w.facts.first_order_at for w in writes],
+        [w.facts.last_order_at for w in writes],
+        # unnest flattens a 2-D array, so each row's array travels as its text literal.
+        [_array(at.isoformat() for at, _ in w.facts.recent) for w in writes],
+        [_array(str(total) for _, total in w.facts.recent) for w in writes],
+        [_array(w.facts.last_categories) for w in writes],
+        [w.stage for w in writes],
+        [w.stage_due_at for w in writes],
+    ]
+
+
+def _category_columns(cats: Sequence[tuple[str, CategoryFacts]]) -> list[list[Any]]:
+    return [
+        [k for k, _ in cats],
+        [c.category for _, c in cats],
+        [c.orders for _, c in cats],
+        [c.spent for _, c in cats],
+        [c.first_order_at for _, c in cats],
+        [c.last_order_at for _, c in cats],
+    ]
+
+
+def _array(items: Iterable[str]) -> str:
+    quoted = ('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items)
+    return "{" + ",".join(quoted) + "}"
+
+
+_CUSTOMER_COLUMNS = ("customer_key", "shop_id", "customer_id", "email", "updated_at")
+_ORDER_COLUMNS = (
+    "shop_id",
+    "order_id",
+    "customer_key",
+    "cart_id",
+    "currency",
+    "total_price",
+    "status",
+    "placed_at",
+    "paid_at",
+    "cancelled_at",
+    "updated_at",
+)
+_LINE_FIELDS = (
+    "product_id",
+    "variant_id",
+    "sku",
+    "title",
+    "variant_title",
+    "quantity",
+    "price",
+    "category",
+)
+
+_ADD_CUSTOMERS = """
+    INSERT INTO ingest.customers (customer_key, shop_id, customer_id, email, updated_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+    ON CONFLICT (customer_key) DO NOTHING
+"""
+
+_INSERT_ORDERS = """
+    INSERT INTO ingest.orders (shop_id, order_id, customer_key, cart_id, currency, total_price,
+        status, placed_at, paid_at, cancelled_at, updated_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+        $6::numeric[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+        $11::timestamptz[])
+    ON CONFLICT DO NOTHING RETURNING shop_id, order_id
+"""
+
+_INSERT_LINES = """
+    INSERT INTO ingest.order_lines (shop_id, order_id, line_no, product_id, variant_id, sku,
+        title, variant_title, quantity, price, category)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::bigint[], $10::numeric[], $11::text[])
+    ON CONFLICT DO NOTHING
+"""
+
+_PRODUCT_CATEGORIES = """
+    SELECT p.shop_id, p.product_id, p.category
+    FROM unnest($1::text[], $2::text[]) AS w(shop_id, product_id)
+    JOIN ingest.products p USING (shop_id, product_id)
+    WHERE p.category IS NOT NULL
+"""
+
+_ADD_SALES = """
+    INSERT INTO ingest.product_sales AS old (shop_id, product_id, day, units)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[])
+    ON CONFLICT (shop_id, product_id, day) DO UPDATE SET units = old.units + excluded.units
+"""
+
+_LOAD_FACTS = """
+    SELECT customer_key, shop_id, orders_count, total_spent, first_order_at, last_order_at,
+        recent_order_at, recent_order_total, last_order_categories, stage
+    FROM ingest.customers WHERE customer_key = ANY($1::text[])
+"""
+
+_LOAD_CATEGORIES = """
+    SELECT customer_key, category, orders, spent, first_order_at, last_order_at
+    FROM ingest.customer_categories WHERE customer_key = ANY($1::text[])
+"""
+
+_SAVE_FACTS = """
+    UPDATE ingest.customers c SET orders_count = t.orders, total_spent = t.spent,
+        first_order_at = t.first_at, last_order_at = t.last_at,
+        recent_order_at = t.recent_at::timestamptz[], recent_order_total = t.recent_total::numeric[],
+        last_order_categories = t.last_cats::text[], stage = t.stage, stage_due_at = t.due
+    FROM unnest($1::text[], $2::int[], $3::numeric[], $4::timestamptz[], $5::timestamptz[],
+        $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+        AS t(key, orders, spent, first_at, last_at, recent_at, recent_total, last_cats, stage, due)
+    WHERE c.customer_key = t.key
+"""
+
+_SAVE_CATEGORIES = """
+    INSERT INTO ingest.customer_categories AS old (customer_key, category, shop_id, orders, spent,
+        first_order_at, last_order_at)
+    SELECT t.k, t.cat, c.shop_id, t.o, t.s, t.f, t.l
+    FROM unnest($1::text[], $2::text[], $3::int[], $4::numeric[], $5::timestamptz[],
+        $6::timestamptz[]) AS t(k, cat, o, s, f, l)
+    JOIN ingest.customers c ON c.customer_key = t.k
+    ON CONFLICT (customer_key, category) DO UPDATE SET orders = excluded.orders,
+        spent = excluded.spent, first_order_at = excluded.first_order_at,
+        last_order_at = excluded.last_order_at
+"""
+
+_FORGET_CATEGORIES = "DELETE FROM ingest.customer_categories WHERE customer_key = ANY($1::text[])"
+
+_COUNTED_ORDERS = """
+    SELECT o.customer_key, o.placed_at, o.total_price,
+        array_agg(l.category) FILTER (WHERE l.category IS NOT NULL),
+        array_agg(l.spend) FILTER (WHERE l.category IS NOT NULL)
+    FROM ingest.orders o
+    LEFT JOIN LATERAL (
+        SELECT category, sum(price * quantity) AS spend FROM ingest.order_lines ol
+        WHERE ol.shop_id = o.shop_id AND ol.order_id = o.order_id GROUP BY category
+    ) l ON true
+    WHERE o.customer_key = ANY($1::text[]) AND o.status <> 'cancelled'
+    GROUP BY o.customer_key, o.shop_id, o.order_id, o.placed_at, o.total_price
+"""
+
+_HIGH_VALUE = """
+    SELECT shop_id, high_value_from FROM ingest.shop_stats WHERE shop_id = ANY($1::text[])
+"""
+
+_CLAIM_DUE = """
+    SELECT customer_key FROM ingest.customers
+    WHERE stage_due_at <= $1 ORDER BY stage_due_at LIMIT $2 FOR UPDATE SKIP LOCKED
+"""
+
+_COMPUTE_HIGH_VALUE = """
+    INSERT INTO ingest.shop_stats AS old (shop_id, high_value_from, computed_at)
+    SELECT $1, percentile_disc($2) WITHIN GROUP (ORDER BY total_spent), $3
+    FROM ingest.customers WHERE shop_id = $1 AND orders_count > 0
+    ON CONFLICT (shop_id) DO UPDATE SET high_value_from = excluded.high_value_from,
+        computed_at = excluded.computed_at
+"""

@@ -1,0 +1,320 @@
+"""The order facts win-back needs, kept per customer from the stored aggregates plus each new
+order (flat cost per order), and the figures that depend on "now", derived when read.
+
+Stored (OrderFacts): counts, spend, first and last order, the orders of the last two periods
+(`recent`, pruned to two periods before the newest order), per-category aggregates and the
+categories of the last order. Derived (derive()): average order value, rhythm, expected next
+order, the last and previous period, days since the last order, the lifecycle stage.
+See docs/adr/0002-customer-facts.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from shared.events import Line
+
+Stage = Literal[
+    "new", "active", "repeat_buyer", "one_time_buyer", "falling_asleep", "inactive", "high_value"
+]
+DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class FactsSettings:
+    """Per shop: the period of the rolling figures and the lifecycle thresholds."""
+
+    period_days: int = 90
+    active_days: int = 30
+    falling_asleep_days: int = 50
+    inactive_days: int = 90
+    high_value_spend: Decimal | None = None  # None: the shop's top `high_value_share` by spend
+    high_value_share: float = 0.10
+    time_zone: str = "UTC"
+
+    @property
+    def keep(self) -> timedelta:
+        """How far back `recent` must reach for the last and the previous period."""
+        return 2 * self.period_days * DAY
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    """What the facts take from one non-cancelled order: when, how much, spend per category."""
+
+    customer_key: str
+    placed_at: datetime
+    total: Decimal
+    category_spend: Mapping[str, Decimal] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CategoryFacts:
+    category: str
+    orders: int
+    spent: Decimal
+    first_order_at: datetime
+    last_order_at: datetime
+
+    @property
+    def average_days_between(self) -> float | None:
+        return _average_days(self.orders, self.first_order_at, self.last_order_at)
+
+
+@dataclass(frozen=True)
+class OrderFacts:
+    orders: int = 0
+    spent: Decimal = Decimal(0)
+    first_order_at: datetime | None = None
+    last_order_at: datetime | None = None
+    recent: tuple[tuple[datetime, Decimal], ...] = ()  # (placed_at, total), oldest first
+    last_categories: tuple[str, ...] = ()
+    categories: Mapping[str, CategoryFacts] = field(default_factory=dict)
+
+
+# --- stored: one order at a time ------------------------------------------------------------
+
+
+def add_order(facts: OrderFacts, order: PlacedOrder, keep: timedelta) -> OrderFacts:
+    """The facts with one more order. Orders may arrive out of time order (an import after
+    live orders): every figure is a sum, a min or a max, so the result does not depend on it."""
+    last = facts.last_order_at
+    newest = last is None or order.placed_at >= last
+    return OrderFacts(
+        orders=facts.orders + 1,
+        spent=facts.spent + order.total,
+        first_order_at=_min(facts.first_order_at, order.placed_at),
+        last_order_at=order.placed_at if newest else last,
+        recent=_recent(facts.recent, order, keep),
+        last_categories=_last_categories(facts, order, newest),
+        categories=_add_categories(facts.categories, order),
+    )
+
+
+def rebuild(orders: Iterable[PlacedOrder], keep: timedelta) -> OrderFacts:
+    """The facts from a customer's complete list of non-cancelled orders (after a cancel)."""
+    facts = OrderFacts()
+    for order in sorted(orders, key=lambda o: o.placed_at):
+        facts = add_order(facts, order, keep)
+    return facts
+
+
+def _recent(
+    recent: tuple[tuple[datetime, Decimal], ...], order: PlacedOrder, keep: timedelta
+) -> tuple[tuple[datetime, Decimal], ...]:
+    merged = sorted((*recent, (order.placed_at, order.total)), key=lambda r: r[0])
+    # Older than two periods before the newest order is older than two periods before now.
+    horizon = merged[-1][0] - keep
+    return tuple(r for r in merged if r[0] > horizon)
+
+
+def _last_categories(facts: OrderFacts, order: PlacedOrder, newest: bool) -> tuple[str, ...]:
+    cats = tuple(sorted(order.category_spend))
+    if not newest:
+        return facts.last_categories
+    if order.placed_at == facts.last_order_at:  # two orders at the same moment: both count
+        return tuple(sorted({*facts.last_categories, *cats}))
+    return cats
+
+
+def _add_categories(
+    known: Mapping[str, CategoryFacts], order: PlacedOrder
+) -> Mapping[str, CategoryFacts]:
+    if not order.category_spend:
+        return known
+    out = dict(known)
+    for name, spend in order.category_spend.items():
+        old = out.get(name)
+        out[name] = (
+            CategoryFacts(name, 1, spend, order.placed_at, order.placed_at)
+            if old is None
+            else CategoryFacts(
+                name,
+                old.orders + 1,
+                old.spent + spend,
+                min(old.first_order_at, order.placed_at),
+                max(old.last_order_at, order.placed_at),
+            )
+        )
+    return out
+
+
+def _min(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None else min(a, b)
+
+
+def _average_days(orders: int, first: datetime | None, last: datetime | None) -> float | None:
+    if orders < 2 or first is None or last is None:
+        return None
+    return (last - first) / DAY / (orders - 1)
+
+
+# --- derived: as of "now" -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Derived:
+    average_order_value: Decimal | None
+    average_days_between_orders: float | None
+    expected_next_order_at: datetime | None
+    days_since_last_order: int | None
+    orders_last_period: int
+    spent_last_period: Decimal
+    orders_previous_period: int
+    spent_previous_period: Decimal
+    high_value: bool
+    stage: Stage
+
+
+def derive(
+    facts: OrderFacts, now: datetime, settings: FactsSettings, high_value_from: Decimal | None
+) -> Derived:
+    """Everything that depends on `now`; `high_value_from` is the shop's spend threshold
+    (its setting, else the top-share cut the stage sweep computed), None: nobody yet."""
+    period = settings.period_days * DAY
+    last = _sum_between(facts.recent, now - period, now)
+    previous = _sum_between(facts.recent, now - 2 * period, now - period)
+    avg_days = _average_days(facts.orders, facts.first_order_at, facts.last_order_at)
+    high = high_value_from is not None and facts.orders > 0 and facts.spent >= high_value_from
+    return Derived(
+        average_order_value=(facts.spent / facts.orders) if facts.orders else None,
+        average_days_between_orders=avg_days,
+        expected_next_order_at=(
+            facts.last_order_at + avg_days * DAY
+            if avg_days is not None and facts.last_order_at
+            else None
+        ),
+        days_since_last_order=_days_since(facts.last_order_at, now),
+        orders_last_period=last[0],
+        spent_last_period=last[1],
+        orders_previous_period=previous[0],
+        spent_previous_period=previous[1],
+        high_value=high,
+        stage=stage(facts, now, settings, high),
+    )
+
+
+def _sum_between(
+    recent: Iterable[tuple[datetime, Decimal]], start: datetime, end: datetime
+) -> tuple[int, Decimal]:
+    picked = [total for at, total in recent if start < at <= end]
+    return len(picked), sum(picked, Decimal(0))
+
+
+def _days_since(moment: datetime | None, now: datetime) -> int | None:
+    return None if moment is None else max(0, (now - moment) // DAY)
+
+
+def stage(facts: OrderFacts, now: datetime, settings: FactsSettings, high_value: bool) -> Stage:
+    """The lifecycle stage, first rule that holds: never ordered -> new; nothing for
+    `inactive_days` -> inactive; for `falling_asleep_days` -> falling_asleep; high spend ->
+    high_value; one order, younger than `active_days` -> new; ordered within `active_days` ->
+    active; one order -> one_time_buyer; else repeat_buyer (between active and falling asleep)."""
+    days = _days_since(facts.last_order_at, now)
+    if days is None:
+        return "new"
+    if days >= settings.inactive_days:
+        return "inactive"
+    if days >= settings.falling_asleep_days:
+        return "falling_asleep"
+    if high_value:
+        return "high_value"
+    if days < settings.active_days:
+        return "new" if facts.orders == 1 else "active"
+    return "one_time_buyer" if facts.orders == 1 else "repeat_buyer"
+
+
+def next_stage_change_at(facts: OrderFacts, now: datetime, settings: FactsSettings) -> datetime | None:
+    """When time alone next moves the stage (the sweep's due time); None: it never will."""
+    if facts.last_order_at is None:
+        return None
+    for days in sorted({settings.active_days, settings.falling_asleep_days, settings.inactive_days}):
+        at = facts.last_order_at + days * DAY
+        if at > now:
+            return at
+    return None
+
+
+def high_value_cut(spends: list[Decimal], share: float) -> Decimal | None:
+    """The spend from which a customer is in the top `share` of buyers (None: no buyers)."""
+    if not spends:
+        return None
+    ranked = sorted(spends, reverse=True)
+    return ranked[max(0, int(len(ranked) * share + 0.5) - 1)]
+
+
+# --- engagement and time zone ---------------------------------------------------------------
+
+
+def usual_hour(local_open_hours: Iterable[int]) -> int | None:
+    """The hour of day (customer's local time) they open mail most often; ties: the earliest."""
+    counts: dict[int, int] = {}
+    for hour in local_open_hours:
+        counts[hour] = counts.get(hour, 0) + 1
+    if not counts:
+        return None
+    return min(counts, key=lambda h: (-counts[h], h))
+
+
+# The main countries' zone (the most populous zone where a country has several). A customer
+# elsewhere, or without an address, gets the shop's time zone.
+COUNTRY_ZONES: dict[str, str] = {
+    "AT": "Europe/Vienna", "AU": "Australia/Sydney", "BE": "Europe/Brussels",
+    "BR": "America/Sao_Paulo", "CA": "America/Toronto", "CH": "Europe/Zurich",
+    "CN": "Asia/Shanghai", "CZ": "Europe/Prague", "DE": "Europe/Berlin",
+    "DK": "Europe/Copenhagen", "ES": "Europe/Madrid", "FI": "Europe/Helsinki",
+    "FR": "Europe/Paris", "GB": "Europe/London", "GR": "Europe/Athens",
+    "HU": "Europe/Budapest", "IE": "Europe/Dublin", "IN": "Asia/Kolkata", "IT": "Europe/Rome",
+    "JP": "Asia/Tokyo", "KR": "Asia/Seoul", "MX": "America/Mexico_City",
+    "NL": "Europe/Amsterdam", "NO": "Europe/Oslo", "NZ": "Pacific/Auckland",
+    "PL": "Europe/Warsaw", "PT": "Europe/Lisbon", "RO": "Europe/Bucharest",
+    "SE": "Europe/Stockholm", "SG": "Asia/Singapore", "SK": "Europe/Bratislava",
+    "TR": "Europe/Istanbul", "UA": "Europe/Kyiv", "US": "America/New_York",
+    "ZA": "Africa/Johannesburg",
+}  # fmt: skip
+
+
+def time_zone(explicit: str | None, country: str | None, shop_zone: str) -> str:
+    """The customer's zone: what the platform says, else their country's, else the shop's."""
+    if explicit:
+        return explicit
+    return COUNTRY_ZONES.get((country or "").upper(), shop_zone)
+
+
+def with_orders(facts: OrderFacts, orders: Iterable[PlacedOrder], keep: timedelta) -> OrderFacts:
+    for order in orders:
+        facts = add_order(facts, order, keep)
+    return facts
+
+
+
+# --- from stored orders ---------------------------------------------------------------------
+
+
+def placed(customer_key: str, placed_at: datetime, total: Decimal, lines: Iterable[Line]) -> PlacedOrder:
+    """An order as the facts see it: lines without a category add to no category."""
+    spend: dict[str, Decimal] = {}
+    for line in lines:
+        if line.category:
+            spend[line.category] = spend.get(line.category, Decimal(0)) + line.price * line.quantity
+    return PlacedOrder(customer_key, placed_at, total, spend)
+
+
+def daily_units(orders: Iterable[tuple[str, datetime, Iterable[Line]]]) -> dict[tuple[str, str, date], int]:
+    """Units sold per (shop, product, UTC day): what "best sellers" is ranked by."""
+    units: dict[tuple[str, str, date], int] = {}
+    for shop_id, at, lines in orders:
+        for line in lines:
+            if line.product_id:
+                key = (shop_id, line.product_id, at.date())
+                units[key] = units.get(key, 0) + line.quantity
+    return units
+
+
+def high_value_from(settings: FactsSettings, shop_cut: Decimal | None) -> Decimal | None:
+    """The shop's own threshold wins over the top-share cut."""
+    return settings.high_value_spend if settings.high_value_spend is not None else shop_cut

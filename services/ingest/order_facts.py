@@ -1,0 +1,131 @@
+"""New orders into the order facts: the one path both the live consumer and the history import
+take, in sets (a handful of statements per batch), with the pure rules of
+domain/customer_facts.py in between. The caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from services.ingest.adapters.order_facts_repository import (
+    FactsWrite,
+    OrderFactsRepository,
+    StoredFacts,
+)
+from services.ingest.domain import customer_facts as cf
+from services.ingest.domain.facts import OrderRow
+
+SettingsFor = Callable[[str], cf.FactsSettings]
+
+
+@dataclass(frozen=True)
+class StageChange:
+    customer_key: str
+    shop_id: str
+    previous: str | None
+    stage: str
+
+
+async def with_categories(repo: OrderFactsRepository, orders: Sequence[OrderRow]) -> list[OrderRow]:
+    """Lines without a category take their product's from the catalog."""
+    wanted = {
+        (o.shop_id, line.product_id)
+        for o in orders
+        for line in o.lines
+        if line.category is None and line.product_id
+    }
+    known = await repo.product_categories(wanted)
+    if not known:
+        return list(orders)
+    return [replace(o, lines=[_categorised(o.shop_id, line, known) for line in o.lines]) for o in orders]
+
+
+def _categorised(shop_id: str, line: cf.Line, known: dict[tuple[str, str], str]) -> cf.Line:
+    if line.category is not None or not line.product_id:
+        return line
+    category = known.get((shop_id, line.product_id))
+    return line if category is None else line.model_copy(update={"category": category})
+
+
+async def apply_orders(
+    repo: OrderFactsRepository,
+    new_orders: Sequence[OrderRow],
+    rebuild_keys: Iterable[str],
+    settings_for: SettingsFor,
+    now: datetime,
+) -> list[StageChange]:
+    """Add orders seen for the first time to their customers' facts; customers in
+    `rebuild_keys` (an order of theirs was cancelled) are recomputed from their orders."""
+    counted = [o for o in new_orders if o.status != "cancelled"]
+    rebuild = set(rebuild_keys)
+    keys = {o.customer_key for o in counted} | rebuild
+    if not keys:
+        return []
+    stored = await repo.load(keys)
+    history = await repo.counted_orders(rebuild & stored.keys())
+    await repo.forget_categories(rebuild & stored.keys())
+    by_key: dict[str, list[cf.PlacedOrder]] = {}
+    for o in counted:
+        by_key.setdefault(o.customer_key, []).append(
+            cf.placed(o.customer_key, o.placed_at, o.total_price, o.lines)
+        )
+    cuts = await repo.high_value_from({s.shop_id for s in stored.values()})
+    writes: list[FactsWrite] = []
+    changes: list[StageChange] = []
+    for key, old in stored.items():
+        settings = settings_for(old.shop_id)
+        if key in rebuild:
+            facts = cf.rebuild(history.get(key, ()), settings.keep)
+            touched = frozenset(facts.categories)
+        else:
+            orders = by_key.get(key, [])
+            facts = cf.with_orders(old.facts, orders, settings.keep)
+            touched = frozenset(c for o in orders for c in o.category_spend)
+        write, change = _staged(key, old, facts, touched, settings, cuts.get(old.shop_id), now)
+        writes.append(write)
+        if change:
+            changes.append(change)
+    await repo.save(writes)
+    await repo.add_sales(cf.daily_units((o.shop_id, o.placed_at, o.lines) for o in counted))
+    return changes
+
+
+def _staged(
+    key: str,
+    old: StoredFacts,
+    facts: cf.OrderFacts,
+    touched: frozenset[str],
+    settings: cf.FactsSettings,
+    shop_cut: cf.Decimal | None,
+    now: datetime,
+) -> tuple[FactsWrite, StageChange | None]:
+    derived = cf.derive(facts, now, settings, cf.high_value_from(settings, shop_cut))
+    due = cf.next_stage_change_at(facts, now, settings)
+    write = FactsWrite(key, facts, derived.stage, due, touched)
+    # A customer nobody staged yet counts as new (they had not ordered).
+    changed = (old.stage or "new") != derived.stage
+    return write, StageChange(key, old.shop_id, old.stage, derived.stage) if changed else None
+
+
+async def sweep_stages(
+    repo: OrderFactsRepository, settings_for: SettingsFor, now: datetime, limit: int
+) -> list[StageChange]:
+    """Customers whose stage time alone has moved (30, 50, 90 days after their last order):
+    stored again with their next due time; the changes, for customer.activity."""
+    keys = await repo.due_for_stage(now, limit)
+    stored = await repo.load(keys)
+    cuts = await repo.high_value_from({s.shop_id for s in stored.values()})
+    writes: list[FactsWrite] = []
+    changes: list[StageChange] = []
+    for key, old in stored.items():
+        settings = settings_for(old.shop_id)
+        write, change = _staged(
+            key, old, old.facts, frozenset(), settings, cuts.get(old.shop_id), now
+        )
+        writes.append(write)
+        if change:
+            changes.append(change)
+    await repo.save(writes)
+    return changes
