@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.text import Text
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,6 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from services.ingest.domain.history_csv import RowError
 from services.ingest.history_import import ImportReport, count_rows, import_orders
@@ -94,5 +94,6 @@ def _summary(report: ImportReport, console: Console) -> None:
         console.print(f"... and {hidden} more rejected rows")
     console.print(
         f"{report.rows} rows: {report.orders} orders, {report.new_orders} new, "
-        f"{report.orders - report.new_orders} already imported, {len(report.rejected)} rows rejected"
+        f"{report.orders - report.new_orders} already imported, "
+        f"{len(report.rejected)} rows rejected"
     )

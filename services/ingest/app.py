@@ -23,7 +23,8 @@ from services.ingest.domain.engagement import Windows
 from services.ingest.domain.shops import Shop, ShopDirectory
 from services.ingest.engagement import EmailEventsConsumer
 from services.ingest.handler import FactsHandler
-from services.ingest.settings import IngestSettings, ShopConfig
+from services.ingest.settings import IngestSettings, ShopConfig, facts_settings_for
+from services.ingest.stages import StageSweeper
 from services.ingest.tracking import tracking_router
 from shared.clock import Clock, parse_duration
 from shared.db import make_engine, ping
@@ -129,6 +130,7 @@ class IngestService:
             self._loops.spawn("prune", self.pruner(self._engine).run)
             self._loops.spawn("email-events", self._consume_email_events)
             self._loops.spawn("attribution", self._consume_orders_for_attribution)
+            self._loops.spawn("stages", self._sweep_stages)
 
     def pruner(self, engine: AsyncEngine) -> Pruner:
         """Forgets processed event ids the broker can no longer redeliver."""
@@ -191,10 +193,26 @@ class IngestService:
         handler = AttributionConsumer(self._require(self._engine), publisher, topics, windows)
         await self._run_loop(consumer, handler.handle)
 
+    async def _sweep_stages(self) -> None:
+        s = self.settings
+        await StageSweeper(
+            self._require(self._engine),
+            await self._sink.started(),
+            self._topics.name(CUSTOMER_ACTIVITY),
+            self._clock,
+            facts_settings_for(s.shops),
+            tuple(shop.shop_id for shop in s.shops),
+            s.stage_sweep_interval_s,
+        ).run()
+
     async def _consume(self) -> None:
         publisher = await self._sink.started()
         handler = FactsHandler(
-            self._require(self._engine), publisher, self._topics.name(CUSTOMER_ACTIVITY)
+            self._require(self._engine),
+            publisher,
+            self._topics.name(CUSTOMER_ACTIVITY),
+            self._clock,
+            facts_settings_for(self.settings.shops),
         )
         consumer = ShopEventsConsumer(handler, publisher)
         await ConsumerLoop(

@@ -2,27 +2,45 @@
 
 Idempotent: processed_events says which events are new; only those change facts. Activity is
 published for every event, duplicates included (same id, current facts), so a crash between the
-database commit and the publish is repaired by the redelivery.
+database commit and the publish is repaired by the redelivery. A lifecycle stage an order moved
+is published as one more activity (customer.stage.changed.v1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.ingest.adapters.catalog_repository import CatalogRepository
 from services.ingest.adapters.facts_repository import FactsRepository
-from services.ingest.domain.activity import activity_events
-from services.ingest.domain.facts import FactChanges, ShopEventIn, fold, order_totals
+from services.ingest.adapters.order_facts_repository import OrderFactsRepository
+from services.ingest.domain.activity import activity_events, stage_events
+from services.ingest.domain.catalog import fold_products
+from services.ingest.domain.customer_facts import FactsSettings
+from services.ingest.domain.facts import FactChanges, ShopEventIn, fold
+from services.ingest.order_facts import SettingsFor, StageChange, apply_orders, with_categories
+from services.ingest.profiles import grown_profiles
 from shared import events as ev
+from shared.clock import Clock, SystemClock
 from shared.kafka import Publisher
 
 
 class FactsHandler:
-    def __init__(self, engine: AsyncEngine, publisher: Publisher, activity_topic: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        publisher: Publisher,
+        activity_topic: str,
+        clock: Clock | None = None,
+        settings_for: SettingsFor | None = None,
+    ) -> None:
         self._engine = engine
         self._publisher = publisher
         self._activity_topic = activity_topic
+        self._clock = clock or SystemClock()
+        self._settings_for = settings_for or (lambda _shop: FactsSettings())
 
     async def apply(self, events: Sequence[ShopEventIn]) -> None:
         """Driver errors rise: ConsumerLoop translates them (shared.driver_errors) and finds
@@ -30,28 +48,58 @@ class FactsHandler:
         unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
         if not unique:
             return
+        now = self._clock.now()
         async with self._engine.begin() as conn:
             repo = FactsRepository(conn)
+            order_repo = OrderFactsRepository(conn)
             new_ids = await repo.claim_new([e.event_id for e in unique])
-            await _store(repo, fold(e for e in unique if e.event_id in new_ids))
+            fresh = [e for e in unique if e.event_id in new_ids]
+            await _store_catalog(CatalogRepository(conn), fresh)
+            changes = await _store(repo, order_repo, fold(fresh), self._settings_for, now)
             owners = await repo.cart_owners(_unclaimed_carts(unique))
             keys = {e.customer_key for e in unique if e.customer_key} | set(owners.values())
-            profiles = await repo.profiles(keys)
+            profiles = await grown_profiles(repo, order_repo, keys, self._settings_for, now)
             open_carts = await repo.open_carts(keys)
         activity = activity_events(unique, owners, profiles, open_carts)
+        activity += stage_events(changes, profiles, _last_event_ids(unique), now)
         await self._publisher.publish_many(
             [(self._activity_topic, key, event) for key, event in activity]
         )
 
 
-async def _store(repo: FactsRepository, changes: FactChanges) -> None:
+async def _store(
+    repo: FactsRepository,
+    order_repo: OrderFactsRepository,
+    changes: FactChanges,
+    settings_for: SettingsFor,
+    now: datetime,
+) -> list[StageChange]:
     # Rows go in key order, so two consumers touching the same rows lock them in the same order.
-    orders = [changes.orders[k] for k in sorted(changes.orders)]
+    orders = await with_categories(order_repo, [changes.orders[k] for k in sorted(changes.orders)])
     await repo.upsert_customers(changes.customers[k] for k in sorted(changes.customers))
     new_orders = await repo.add_orders(orders)
-    await repo.add_order_totals(order_totals(new_orders))
+    new_keys = {(o.shop_id, o.order_id) for o in new_orders}
+    # A known order cancelled now: its customer's facts are recomputed from the orders that
+    # still count (rare, one indexed read of that customer's orders).
+    rebuild = {
+        o.customer_key
+        for o in orders
+        if o.status == "cancelled" and (o.shop_id, o.order_id) not in new_keys
+    }
+    stage_changes = await apply_orders(order_repo, new_orders, rebuild, settings_for, now)
     await repo.upsert_carts(changes.carts[k] for k in sorted(changes.carts))
     await repo.close_ordered_carts(orders)
+    return stage_changes
+
+
+async def _store_catalog(repo: CatalogRepository, events: Sequence[ShopEventIn]) -> None:
+    catalog = fold_products(events)
+    await repo.upsert([catalog.upserts[k] for k in sorted(catalog.upserts)])
+    await repo.delete(catalog.deletes)
+
+
+def _last_event_ids(events: Sequence[ShopEventIn]) -> dict[str, str]:
+    return {e.customer_key: e.event_id for e in events if e.customer_key}
 
 
 def _unclaimed_carts(events: Sequence[ShopEventIn]) -> list[tuple[str, str]]:

@@ -69,7 +69,9 @@ async def import_orders(
     return report
 
 
-def _numbered(reader: csv.DictReader[str], report: ImportReport) -> Iterator[tuple[int, dict[str, str]]]:
+def _numbered(
+    reader: csv.DictReader[str], report: ImportReport
+) -> Iterator[tuple[int, dict[str, str]]]:
     for row in reader:
         report.rows += 1
         yield reader.line_num, row

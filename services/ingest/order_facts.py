@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
 
 from services.ingest.adapters.order_facts_repository import (
     FactsWrite,
@@ -16,6 +17,7 @@ from services.ingest.adapters.order_facts_repository import (
 )
 from services.ingest.domain import customer_facts as cf
 from services.ingest.domain.facts import OrderRow
+from shared import events as ev
 
 SettingsFor = Callable[[str], cf.FactsSettings]
 
@@ -39,10 +41,12 @@ async def with_categories(repo: OrderFactsRepository, orders: Sequence[OrderRow]
     known = await repo.product_categories(wanted)
     if not known:
         return list(orders)
-    return [replace(o, lines=[_categorised(o.shop_id, line, known) for line in o.lines]) for o in orders]
+    return [
+        replace(o, lines=[_categorised(o.shop_id, line, known) for line in o.lines]) for o in orders
+    ]
 
 
-def _categorised(shop_id: str, line: cf.Line, known: dict[tuple[str, str], str]) -> cf.Line:
+def _categorised(shop_id: str, line: ev.Line, known: dict[tuple[str, str], str]) -> ev.Line:
     if line.category is not None or not line.product_id:
         return line
     category = known.get((shop_id, line.product_id))
@@ -98,7 +102,7 @@ def _staged(
     facts: cf.OrderFacts,
     touched: frozenset[str],
     settings: cf.FactsSettings,
-    shop_cut: cf.Decimal | None,
+    shop_cut: Decimal | None,
     now: datetime,
 ) -> tuple[FactsWrite, StageChange | None]:
     derived = cf.derive(facts, now, settings, cf.high_value_from(settings, shop_cut))
@@ -110,11 +114,10 @@ def _staged(
 
 
 async def sweep_stages(
-    repo: OrderFactsRepository, settings_for: SettingsFor, now: datetime, limit: int
+    repo: OrderFactsRepository, keys: Sequence[str], settings_for: SettingsFor, now: datetime
 ) -> list[StageChange]:
-    """Customers whose stage time alone has moved (30, 50, 90 days after their last order):
-    stored again with their next due time; the changes, for customer.activity."""
-    keys = await repo.due_for_stage(now, limit)
+    """Customers (claimed by the caller) whose stage time alone has moved: stored again with
+    their next due time; the changes, for customer.activity."""
     stored = await repo.load(keys)
     cuts = await repo.high_value_from({s.shop_id for s in stored.values()})
     writes: list[FactsWrite] = []

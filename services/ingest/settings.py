@@ -48,9 +48,11 @@ class ShopConfig(BaseModel):
     falling_asleep_days: int = Field(default=50, ge=1, description="Nothing for: falling asleep.")
     inactive_days: int = Field(default=90, ge=1, description="Nothing for: inactive.")
     high_value_spend: Decimal | None = Field(
-        default=None, ge=0, description="Spend from which a customer is high value; "
+        default=None,
+        ge=0,
+        description="Spend from which a customer is high value; "
         "unset: the top `high_value_share` of the shop's buyers.",
-    )  # fmt: skip
+    )
     high_value_share: float = Field(default=0.10, gt=0, lt=1)
     time_zone: str = Field(
         default="UTC", description="IANA zone of customers whose own zone is not known."
@@ -97,6 +99,9 @@ class IngestSettings(ServiceSettings):
         description='JSON list in REBOUND_INGEST_TRACKING_KEYS, newest first, e.g. [{"kid": '
         '"2026-11", "secret": "..."}]; the same list as the dispatcher\'s. Empty: the '
         "tracking and unsubscribe endpoints are not served.",
+    )
+    stage_sweep_interval_s: float = Field(
+        default=3600, gt=0, description="How often lifecycle stages moved by time are looked for."
     )
     tracking_max_age_days: int = Field(
         default=400, ge=1, description="Opens and clicks of older mail are not recorded."

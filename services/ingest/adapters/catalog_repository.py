@@ -38,9 +38,7 @@ class CatalogRepository:
         if not rows:
             return
         rows = sorted(rows, key=lambda r: (r.shop_id, r.product_id))
-        columns: list[list[Any]] = [
-            [getattr(r, name) for r in rows] for name in _PRODUCT_COLUMNS
-        ]
+        columns: list[list[Any]] = [[getattr(r, name) for r in rows] for name in _PRODUCT_COLUMNS]
         columns[3] = [_array(r.tags) for r in rows]  # unnest flattens 2-D arrays
         await (await self._driver()).execute(_UPSERT, *columns)
 
@@ -68,9 +66,17 @@ def _array(items: Iterable[str]) -> str:
 
 
 _PRODUCT_COLUMNS = (
-    "shop_id", "product_id", "title", "tags", "category", "url", "image_url", "price",
-    "available", "updated_at",
-)  # fmt: skip
+    "shop_id",
+    "product_id",
+    "title",
+    "tags",
+    "category",
+    "url",
+    "image_url",
+    "price",
+    "available",
+    "updated_at",
+)
 
 # An older update (a redelivery, a reordered retry) never overwrites a newer one.
 _UPSERT = """

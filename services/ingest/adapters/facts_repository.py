@@ -30,6 +30,8 @@ _CUSTOMER_FACTS = (
     "locale",
     "marketing_consent",
     "registered_at",
+    "country",
+    "time_zone",
 )
 
 
@@ -227,9 +229,9 @@ _CLAIM_NEW = """
 
 _UPSERT_CUSTOMERS = """
     INSERT INTO ingest.customers AS old (customer_key, shop_id, customer_id, email, first_name,
-        last_name, locale, marketing_consent, registered_at, updated_at)
+        last_name, locale, marketing_consent, registered_at, country, time_zone, updated_at)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[])
+        $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::text[], $12::timestamptz[])
     ON CONFLICT (customer_key) DO UPDATE SET
         customer_id = coalesce(excluded.customer_id, old.customer_id),
         email = coalesce(excluded.email, old.email),
@@ -238,6 +240,8 @@ _UPSERT_CUSTOMERS = """
         locale = coalesce(excluded.locale, old.locale),
         marketing_consent = coalesce(excluded.marketing_consent, old.marketing_consent),
         registered_at = coalesce(excluded.registered_at, old.registered_at),
+        country = coalesce(excluded.country, old.country),
+        time_zone = coalesce(excluded.time_zone, old.time_zone),
         updated_at = greatest(excluded.updated_at, old.updated_at)
 """
 
@@ -274,7 +278,16 @@ def _columns(rows: Sequence[CustomerRow | CartRow], names: Sequence[str]) -> lis
     return [[getattr(row, name) for row in rows] for name in names]
 
 
-_LINE_COLUMNS = {"product_id", "variant_id", "sku", "title", "variant_title", "quantity", "price"}
+_LINE_COLUMNS = {
+    "product_id",
+    "variant_id",
+    "sku",
+    "title",
+    "variant_title",
+    "quantity",
+    "price",
+    "category",
+}
 
 
 def _order_params(row: OrderRow) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest.domain.customer_facts import CategoryFacts, OrderFacts, PlacedOrder
 from services.ingest.domain.facts import CustomerRow, OrderRow
+from services.ingest.domain.profile import EngagementSummary, Place
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class StoredFacts:
     shop_id: str
     facts: OrderFacts
     stage: str | None
+    place: Place = field(default_factory=lambda: Place(None, None))
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,10 @@ class OrderFactsRepository:
             categories[r[0]][r[1]] = CategoryFacts(r[1], r[2], r[3], r[4], r[5])
         return {
             r["customer_key"]: StoredFacts(
-                r["shop_id"], _order_facts(r, categories.get(r["customer_key"], {})), r["stage"]
+                r["shop_id"],
+                _order_facts(r, categories.get(r["customer_key"], {})),
+                r["stage"],
+                Place(r["country"], r["time_zone"]),
             )
             for r in await driver.fetch(_LOAD_FACTS, wanted)
         }
@@ -154,6 +159,17 @@ class OrderFactsRepository:
             spend = {c: Decimal(s) for c, s in zip(r[3] or (), r[4] or (), strict=True)}
             out[r[0]].append(PlacedOrder(r[0], r[1], r[2], spend))
         return out
+
+    async def engagement(
+        self, keys: Iterable[str], since: datetime
+    ) -> dict[str, EngagementSummary]:
+        """Opens and clicks of messages last opened or clicked since `since`, and the first
+        human open of every message (for the usual hour), from the engagement facts."""
+        wanted = sorted(set(keys))
+        if not wanted:
+            return {}
+        rows = await (await self._driver()).fetch(_ENGAGEMENT, wanted, since)
+        return {r[0]: EngagementSummary(r[1], r[2], tuple(r[3] or ())) for r in rows}
 
     async def high_value_from(self, shop_ids: Iterable[str]) -> dict[str, Decimal | None]:
         wanted = sorted(set(shop_ids))
@@ -276,7 +292,7 @@ _ADD_SALES = """
 
 _LOAD_FACTS = """
     SELECT customer_key, shop_id, orders_count, total_spent, first_order_at, last_order_at,
-        recent_order_at, recent_order_total, last_order_categories, stage
+        recent_order_at, recent_order_total, last_order_categories, stage, country, time_zone
     FROM ingest.customers WHERE customer_key = ANY($1::text[])
 """
 
@@ -288,7 +304,8 @@ _LOAD_CATEGORIES = """
 _SAVE_FACTS = """
     UPDATE ingest.customers c SET orders_count = t.orders, total_spent = t.spent,
         first_order_at = t.first_at, last_order_at = t.last_at,
-        recent_order_at = t.recent_at::timestamptz[], recent_order_total = t.recent_total::numeric[],
+        recent_order_at = t.recent_at::timestamptz[],
+        recent_order_total = t.recent_total::numeric[],
         last_order_categories = t.last_cats::text[], stage = t.stage, stage_due_at = t.due
     FROM unnest($1::text[], $2::int[], $3::numeric[], $4::timestamptz[], $5::timestamptz[],
         $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
@@ -321,6 +338,14 @@ _COUNTED_ORDERS = """
     ) l ON true
     WHERE o.customer_key = ANY($1::text[]) AND o.status <> 'cancelled'
     GROUP BY o.customer_key, o.shop_id, o.order_id, o.placed_at, o.total_price
+"""
+
+_ENGAGEMENT = """
+    SELECT customer_key,
+        coalesce(sum(human_opens) FILTER (WHERE last_human_open_at > $2), 0)::int,
+        coalesce(sum(cardinality(clicked_links)) FILTER (WHERE last_click_at > $2), 0)::int,
+        array_agg(first_human_open_at) FILTER (WHERE first_human_open_at IS NOT NULL)
+    FROM ingest.messages WHERE customer_key = ANY($1::text[]) GROUP BY customer_key
 """
 
 _HIGH_VALUE = """

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Protocol
 
 from services.ingest.domain.facts import ShopEventIn
 from shared import events as ev
@@ -65,3 +67,49 @@ def _activity(
         shopid=event.shop_id,
         data=data.model_dump(mode="json"),
     )
+
+
+def stage_events(
+    changes: Iterable[StageChangeLike],
+    profiles: Mapping[str, ev.Profile],
+    cause_ids: Mapping[str, str],
+    now: datetime,
+) -> list[tuple[str, ev.CloudEvent]]:
+    """customer.stage.changed.v1 activity for each stage an order or time moved. The id is
+    derived from what caused it, so a republished change is recognisably the same."""
+    out: list[tuple[str, ev.CloudEvent]] = []
+    for change in changes:
+        profile = profiles.get(change.customer_key)
+        if profile is None:
+            continue
+        cause = cause_ids.get(change.customer_key) or now.isoformat()
+        source_id = ev.stable_event_id("stage", change.customer_key, change.stage, cause)
+        data = ev.Activity.model_construct(
+            kind=ev.CUSTOMER_STAGE_CHANGED,
+            source_event_id=source_id,
+            occurred_at=now,
+            profile=profile,
+            previous_stage=change.previous,
+        )
+        event = ev.CloudEvent.model_construct(
+            id=activity_id(source_id),
+            source=SOURCE_ACTIVITY,
+            type=ev.CUSTOMER_ACTIVITY,
+            subject=change.customer_key,
+            time=now,
+            shopid=change.shop_id,
+            data=data.model_dump(mode="json"),
+        )
+        out.append((change.customer_key, event))
+    return out
+
+
+class StageChangeLike(Protocol):
+    @property
+    def customer_key(self) -> str: ...
+    @property
+    def shop_id(self) -> str: ...
+    @property
+    def previous(self) -> str | None: ...
+    @property
+    def stage(self) -> str: ...

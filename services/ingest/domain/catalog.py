@@ -52,6 +52,14 @@ def fold_products(events: Iterable[ShopEventIn]) -> CatalogChanges:
 
 def product_row(shop_id: str, p: ev.ProductUpdated) -> ProductRow:
     return ProductRow(
-        shop_id, p.product_id, p.title, p.category, tuple(p.tags), p.url, p.image_url,
-        p.price, p.available, as_utc(p.updated_at),
-    )  # fmt: skip
+        shop_id,
+        p.product_id,
+        p.title,
+        p.category,
+        tuple(p.tags),
+        p.url,
+        p.image_url,
+        p.price,
+        p.available,
+        as_utc(p.updated_at),
+    )

@@ -228,11 +228,15 @@ def stage(facts: OrderFacts, now: datetime, settings: FactsSettings, high_value:
     return "one_time_buyer" if facts.orders == 1 else "repeat_buyer"
 
 
-def next_stage_change_at(facts: OrderFacts, now: datetime, settings: FactsSettings) -> datetime | None:
+def next_stage_change_at(
+    facts: OrderFacts, now: datetime, settings: FactsSettings
+) -> datetime | None:
     """When time alone next moves the stage (the sweep's due time); None: it never will."""
     if facts.last_order_at is None:
         return None
-    for days in sorted({settings.active_days, settings.falling_asleep_days, settings.inactive_days}):
+    for days in sorted(
+        {settings.active_days, settings.falling_asleep_days, settings.inactive_days}
+    ):
         at = facts.last_order_at + days * DAY
         if at > now:
             return at
@@ -291,11 +295,12 @@ def with_orders(facts: OrderFacts, orders: Iterable[PlacedOrder], keep: timedelt
     return facts
 
 
-
 # --- from stored orders ---------------------------------------------------------------------
 
 
-def placed(customer_key: str, placed_at: datetime, total: Decimal, lines: Iterable[Line]) -> PlacedOrder:
+def placed(
+    customer_key: str, placed_at: datetime, total: Decimal, lines: Iterable[Line]
+) -> PlacedOrder:
     """An order as the facts see it: lines without a category add to no category."""
     spend: dict[str, Decimal] = {}
     for line in lines:
@@ -304,7 +309,9 @@ def placed(customer_key: str, placed_at: datetime, total: Decimal, lines: Iterab
     return PlacedOrder(customer_key, placed_at, total, spend)
 
 
-def daily_units(orders: Iterable[tuple[str, datetime, Iterable[Line]]]) -> dict[tuple[str, str, date], int]:
+def daily_units(
+    orders: Iterable[tuple[str, datetime, Iterable[Line]]],
+) -> dict[tuple[str, str, date], int]:
     """Units sold per (shop, product, UTC day): what "best sellers" is ranked by."""
     units: dict[tuple[str, str, date], int] = {}
     for shop_id, at, lines in orders:

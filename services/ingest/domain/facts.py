@@ -69,6 +69,8 @@ class CustomerRow:
     marketing_consent: str | None
     registered_at: datetime | None
     updated_at: datetime
+    country: str | None = None
+    time_zone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ def merge_customer(old: CustomerRow, new: CustomerRow) -> CustomerRow:
         marketing_consent=new.marketing_consent or old.marketing_consent,
         registered_at=new.registered_at or old.registered_at,
         updated_at=max(old.updated_at, new.updated_at),
+        country=new.country or old.country,
+        time_zone=new.time_zone or old.time_zone,
     )
 
 
@@ -162,6 +166,8 @@ def customer_row(event: ShopEventIn, customer: ev.Customer) -> CustomerRow | Non
         marketing_consent=customer.marketing_consent,
         registered_at=as_utc(customer.registered_at) if customer.registered_at else None,
         updated_at=as_utc(event.time),
+        country=customer.country.upper() if customer.country else None,
+        time_zone=customer.time_zone,
     )
 
 

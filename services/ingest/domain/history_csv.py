@@ -17,9 +17,18 @@ from shared import events as ev
 
 Layout = Literal["shopify", "generic"]
 GENERIC_COLUMNS = (
-    "customer_id", "email", "order_id", "date", "total", "currency",
-    "product_id", "product", "category", "quantity", "price",
-)  # fmt: skip
+    "customer_id",
+    "email",
+    "order_id",
+    "date",
+    "total",
+    "currency",
+    "product_id",
+    "product",
+    "category",
+    "quantity",
+    "price",
+)
 SHOPIFY_REQUIRED = ("Name", "Email", "Created at", "Total")
 
 
@@ -90,8 +99,10 @@ class OrderReader:
             current.lines.extend(_line(fields))
             return None
         if order_id in self._seen:
-            raise RowError(f"order {order_id} already ended (its rows began at line "
-                           f"{self._seen[order_id]}); the rows of one order must be consecutive")  # fmt: skip
+            raise RowError(
+                f"order {order_id} already ended (its rows began at line "
+                f"{self._seen[order_id]}); the rows of one order must be consecutive"
+            )
         order = _order(self._shop_id, fields)
         self._seen[order_id] = line_no
         self._open = _Open(line_no, order, list(_line(fields)))
@@ -126,10 +137,20 @@ def _generic_fields(row: Mapping[str, str]) -> _Fields:
         return (row.get(name) or "").strip()
 
     return _Fields(
-        get("order_id"), get("customer_id"), get("email"), get("date"), get("total"),
-        get("currency"), False, get("product_id"), get("product"), "", get("category"),
-        get("quantity"), get("price"),
-    )  # fmt: skip
+        get("order_id"),
+        get("customer_id"),
+        get("email"),
+        get("date"),
+        get("total"),
+        get("currency"),
+        False,
+        get("product_id"),
+        get("product"),
+        "",
+        get("category"),
+        get("quantity"),
+        get("price"),
+    )
 
 
 def _shopify_fields(row: Mapping[str, str]) -> _Fields:
@@ -206,7 +227,9 @@ def parse_time(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value.replace(" -", "-").replace(" +", "+"))
     except ValueError:
-        raise RowError(f"date {text!r} is not ISO 8601 (e.g. 2024-01-15 or 2024-01-15T10:00Z)") from None
+        raise RowError(
+            f"date {text!r} is not ISO 8601 (e.g. 2024-01-15 or 2024-01-15T10:00Z)"
+        ) from None
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     if moment.year < 1970:
         raise RowError(f"date {text!r} is before 1970")

@@ -263,9 +263,7 @@ def _consent_changed(body: dict[str, Any]) -> Contract:
 def _in_stock(variant: _Variant) -> bool:
     untracked = variant.inventory_management is None and variant.inventory_quantity is None
     return (
-        untracked
-        or variant.inventory_policy == "continue"
-        or (variant.inventory_quantity or 0) > 0
+        untracked or variant.inventory_policy == "continue" or (variant.inventory_quantity or 0) > 0
     )
 
 

@@ -30,7 +30,9 @@ def facts(*orders: cf.PlacedOrder) -> cf.OrderFacts:
 
 
 def test_rhythm_average_and_expected_next_order() -> None:
-    derived = cf.derive(facts(order(100, "10"), order(60, "20"), order(20, "30")), NOW, SETTINGS, None)
+    derived = cf.derive(
+        facts(order(100, "10"), order(60, "20"), order(20, "30")), NOW, SETTINGS, None
+    )
 
     assert derived.average_order_value == Decimal(20)
     assert derived.average_days_between_orders == 40
@@ -60,10 +62,17 @@ def test_orders_in_any_order_give_the_same_facts() -> None:
     orders = [order(90, "10", tea="10"), order(30, "5", cups="5"), order(60, "7", tea="7")]
 
     results = {
-        (f.orders, f.spent, f.first_order_at, f.last_order_at, f.recent, f.last_categories,
-         tuple(sorted(f.categories.items())))
+        (
+            f.orders,
+            f.spent,
+            f.first_order_at,
+            f.last_order_at,
+            f.recent,
+            f.last_categories,
+            tuple(sorted(f.categories.items())),
+        )
         for f in (facts(*p) for p in itertools.permutations(orders))
-    }  # fmt: skip
+    }
 
     assert len(results) == 1
     f = facts(*orders)
@@ -108,15 +117,51 @@ def test_time_zone_explicit_then_country_then_shop() -> None:
 
 
 def test_shopify_export_rows_become_orders_with_their_lines() -> None:
-    header = ["Name", "Email", "Financial Status", "Paid at", "Created at", "Currency", "Total",
-              "Lineitem quantity", "Lineitem name", "Lineitem price", "Lineitem sku", "Cancelled at"]  # fmt: skip
+    header = [
+        "Name",
+        "Email",
+        "Financial Status",
+        "Paid at",
+        "Created at",
+        "Currency",
+        "Total",
+        "Lineitem quantity",
+        "Lineitem name",
+        "Lineitem price",
+        "Lineitem sku",
+        "Cancelled at",
+    ]
     rows = [
-        ["#1001", "Ada@Example.com", "paid", "", "2024-01-15 10:23:45 -0500", "EUR", "30.00",
-         "2", "Tea", "10.00", "TEA", ""],
+        [
+            "#1001",
+            "Ada@Example.com",
+            "paid",
+            "",
+            "2024-01-15 10:23:45 -0500",
+            "EUR",
+            "30.00",
+            "2",
+            "Tea",
+            "10.00",
+            "TEA",
+            "",
+        ],
         ["#1001", "Ada@Example.com", "", "", "", "", "", "1", "Cup", "10.00", "CUP", ""],
-        ["#1002", "bob@example.com", "voided", "", "2024-01-16 08:00:00 +0100", "EUR", "9.00",
-         "1", "Mug", "9.00", "MUG", "2024-01-17 08:00:00 +0100"],
-    ]  # fmt: skip
+        [
+            "#1002",
+            "bob@example.com",
+            "voided",
+            "",
+            "2024-01-16 08:00:00 +0100",
+            "EUR",
+            "9.00",
+            "1",
+            "Mug",
+            "9.00",
+            "MUG",
+            "2024-01-17 08:00:00 +0100",
+        ],
+    ]
     reader = OrderReader("s1", layout_of(header))
 
     found = list(reader.feed((n, dict(zip(header, r, strict=True))) for n, r in enumerate(rows, 2)))
@@ -141,7 +186,10 @@ def test_shopify_product_webhooks_map_to_the_catalog_contract() -> None:
     assert kind == ev.PRODUCT_UPDATED
     assert isinstance(product, ev.ProductUpdated)
     assert (product.title, product.category, product.price, product.available) == (
-        "Example T-Shirt", "Shirts", Decimal("19.99"), True
+        "Example T-Shirt",
+        "Shirts",
+        Decimal("19.99"),
+        True,
     )
     assert product.tags == ["example", "mens", "t-shirt"]
     assert isinstance(deleted, ev.ProductDeleted)

@@ -39,9 +39,11 @@ def upgrade() -> None:
         schema=SCHEMA,
     )
     op.create_index(
-        "customer_categories_by_shop", "customer_categories", ["shop_id", "category"],
+        "customer_categories_by_shop",
+        "customer_categories",
+        ["shop_id", "category"],
         schema=SCHEMA,
-    )  # fmt: skip
+    )
     _catalog()
 
 
@@ -58,9 +60,12 @@ def _customers() -> None:
     ):
         op.add_column("customers", column, schema=SCHEMA)
     op.create_index(
-        "customers_stage_due", "customers", ["stage_due_at"], schema=SCHEMA,
+        "customers_stage_due",
+        "customers",
+        ["stage_due_at"],
+        schema=SCHEMA,
         postgresql_where=sa.text("stage_due_at IS NOT NULL"),
-    )  # fmt: skip
+    )
     op.create_table(
         "shop_stats",
         sa.Column("shop_id", sa.Text, primary_key=True),
@@ -86,9 +91,12 @@ def _catalog() -> None:
         schema=SCHEMA,
     )
     op.create_index(
-        "products_available_by_category", "products", ["shop_id", "category"], schema=SCHEMA,
+        "products_available_by_category",
+        "products",
+        ["shop_id", "category"],
+        schema=SCHEMA,
         postgresql_where=sa.text("available"),
-    )  # fmt: skip
+    )
     op.create_table(
         "product_sales",
         sa.Column("shop_id", sa.Text, primary_key=True),
@@ -106,7 +114,12 @@ def downgrade() -> None:
     op.drop_column("order_lines", "category", schema=SCHEMA)
     op.drop_index("customers_stage_due", "customers", schema=SCHEMA)
     for name in (
-        "country", "time_zone", "recent_order_at", "recent_order_total",
-        "last_order_categories", "stage", "stage_due_at",
-    ):  # fmt: skip
+        "country",
+        "time_zone",
+        "recent_order_at",
+        "recent_order_total",
+        "last_order_categories",
+        "stage",
+        "stage_due_at",
+    ):
         op.drop_column("customers", name, schema=SCHEMA)
