@@ -31,7 +31,7 @@ PRODUCT_DELETED = "shop.product.deleted.v1"
 # Derived (customer.activity), requests (message.requests), results (engagement.results)
 CUSTOMER_ACTIVITY = "customer.activity.recorded.v1"
 # Activity.kind of a lifecycle stage change (by an order, or by time passing)
-CUSTOMER_STAGE_CHANGED = "customer.stage.changed.v1"
+STAGE_CHANGED_KIND = "customer.stage.changed.v1"
 MESSAGE_REQUESTED = "message.requested.v1"
 MESSAGE_SENT = "message.sent.v1"
 MESSAGE_FAILED = "message.failed.v1"

@@ -109,7 +109,7 @@ YEAR_ONE_CHECKOUT = {**fixture_body("checkouts.create"), "updated_at": "0001-01-
         (delivery("checkouts.create", secret="forged"), 401),
         (delivery("checkouts.create", body=delivery("checkouts.create").body[:100]), 400),
         (delivery("checkouts.create", body=YEAR_ONE_CHECKOUT), 400),
-        (delivery("products.create"), 200),
+        (delivery("checkouts.delete"), 200),
         (delivery("checkouts.create", topic="shop/redact"), 200),
     ],
 )

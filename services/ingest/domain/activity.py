@@ -85,7 +85,7 @@ def stage_events(
         cause = cause_ids.get(change.customer_key) or now.isoformat()
         source_id = ev.stable_event_id("stage", change.customer_key, change.stage, cause)
         data = ev.Activity.model_construct(
-            kind=ev.CUSTOMER_STAGE_CHANGED,
+            kind=ev.STAGE_CHANGED_KIND,
             source_event_id=source_id,
             occurred_at=now,
             profile=profile,
