@@ -1,0 +1,167 @@
+"""The catalog and the lifecycle stage against real PostgreSQL and the real broker: products
+from Shopify webhooks and /events, the per-customer recommendation, stage changes published
+when an order or time moves them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest.adapters.catalog_repository import CatalogRepository
+from services.ingest.app import IngestService
+from shared import events as ev
+from shared.clock import ManualClock
+from shared.db import make_engine
+from shared.topics import Topics
+from tests.conftest import Infra, eventually
+from tests.integration.test_ingest_consumer import activities, rows
+from tests.integration.test_ingest_webhooks import ingest_settings, post
+from tests.unit.ingest.deliveries import API_TOKEN, SHOP_ID, delivery
+
+pytestmark = pytest.mark.integration
+AUTH = {"authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.fixture
+async def service(
+    infra: Infra, database_url: str, topics: Topics, clock: ManualClock
+) -> AsyncIterator[IngestService]:
+    settings = ingest_settings(infra.bootstrap, database_url, topics, role="all")
+    # A shop threshold, so the only buyer is not the top 10% by spend.
+    shops = [shop.model_copy(update={"high_value_spend": Decimal(1000)}) for shop in settings.shops]
+    svc = IngestService(settings.model_copy(update={"shops": shops}), clock)
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(database_url, pool_size=2)
+    yield engine
+    await engine.dispose()
+
+
+async def submit(client: httpx.AsyncClient, type_: str, id_: str, data: dict[str, Any]) -> None:
+    response = await client.post(
+        "/events", json={"type": type_, "id": id_, "data": data}, headers=AUTH
+    )
+    assert response.status_code == 202, response.text
+
+
+def product(pid: str, category: str, at: datetime, available: bool = True) -> dict[str, Any]:
+    return {
+        "product_id": pid,
+        "title": f"Product {pid}",
+        "category": category,
+        "price": "10.00",
+        "available": available,
+        "updated_at": at.isoformat(),
+    }
+
+
+def order(oid: str, customer: str, at: datetime, *lines: tuple[str, int]) -> dict[str, Any]:
+    return {
+        "order_id": oid,
+        "customer": {"id": customer, "email": f"{customer}@example.com"},
+        "lines": [
+            {"product_id": p, "title": f"Product {p}", "quantity": q, "price": "10.00"}
+            for p, q in lines
+        ],
+        "total_price": str(10 * sum(q for _, q in lines)),
+        "placed_at": at.isoformat(),
+    }
+
+
+async def processed(db: AsyncEngine, sql: str, expected: int) -> None:
+    async def reached() -> bool:
+        return len(await rows(db, sql)) >= expected
+
+    await eventually(reached, what=sql)
+
+
+async def test_shopify_product_webhooks_create_update_and_delete_the_product(
+    client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    for name in ("products.create", "products.update"):
+        assert (await post(client, delivery(name))).status_code == 200
+    await processed(db, "SELECT 1 FROM ingest.products", 1)
+    [stored] = await rows(db, "SELECT title, category, tags, available FROM ingest.products")
+    assert stored == {
+        "title": "Example T-Shirt",
+        "category": "Shirts",
+        "tags": ["example", "mens", "t-shirt"],
+        "available": True,
+    }
+
+    assert (await post(client, delivery("products.delete"))).status_code == 200
+
+    async def gone() -> bool:
+        return await rows(db, "SELECT 1 FROM ingest.products") == []
+
+    await eventually(gone, what="product deleted")
+
+
+async def test_recommendations_are_unbought_available_products_of_the_last_category_best_first(
+    client: httpx.AsyncClient, db: AsyncEngine, clock: ManualClock
+) -> None:
+    now = clock.now()
+    for pid, category, available in [
+        ("A", "tea", True), ("B", "tea", True), ("C", "tea", False), ("D", "cups", True),
+        ("E", "tea", True), ("F", "tea", True),
+    ]:  # fmt: skip
+        await submit(client, ev.PRODUCT_UPDATED, f"p-{pid}", product(pid, category, now, available))
+    await processed(db, "SELECT 1 FROM ingest.products", 6)
+    await submit(client, ev.ORDER_PLACED, "o1", order("o1", "other", now, ("B", 3), ("E", 1)))
+    await submit(client, ev.ORDER_PLACED, "o2", order("o2", "ada", now, ("A", 1)))
+    await processed(db, "SELECT 1 FROM ingest.orders", 2)
+
+    async with db.connect() as conn:
+        found = await CatalogRepository(conn).recommendations(f"{SHOP_ID}:c:ada", now, limit=5)
+
+    assert [(r.product_id, r.units_30d) for r in found] == [("B", 3), ("E", 1), ("F", 0)]
+    [ada] = await rows(
+        db, "SELECT last_order_categories FROM ingest.customers WHERE customer_id = 'ada'"
+    )
+    assert ada["last_order_categories"] == ["tea"]  # from the catalog: the line had none
+
+
+async def test_stage_changes_are_published_when_time_or_an_order_moves_them(
+    client: httpx.AsyncClient, db: AsyncEngine, clock: ManualClock, infra: Infra, topics: Topics
+) -> None:
+    await submit(client, ev.ORDER_PLACED, "o1", order("o1", "ada", clock.now(), ("A", 1)))
+    await processed(db, "SELECT 1 FROM ingest.customers WHERE stage = 'new'", 1)
+
+    await clock.advance(timedelta(days=31))
+    await stage_published(infra, topics, "one_time_buyer")
+    await clock.advance(timedelta(days=20))
+    await stage_published(infra, topics, "falling_asleep")
+    await submit(client, ev.ORDER_PLACED, "o2", order("o2", "ada", clock.now(), ("A", 1)))
+    changed = await stage_published(infra, topics, "active")
+
+    assert changed["previous_stage"] == "falling_asleep"
+    assert changed["profile"]["orders_count"] == 2
+    assert changed["profile"]["average_days_between_orders"] == 51
+
+
+async def stage_published(infra: Infra, topics: Topics, stage: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    async def published() -> bool:
+        found[:] = [
+            a.data
+            for a in await activities(infra, topics)
+            if a.data["kind"] == ev.STAGE_CHANGED_KIND and a.data["profile"]["stage"] == stage
+        ]
+        return bool(found)
+
+    await eventually(published, what=f"stage {stage} published")
+    return found[0]
