@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # worker starts its own PostgreSQL cluster and broker.
 TEST_WORKERS ?= 4
 
-.PHONY: run test lint format bench drill demo dlq deps venv postgres tansu smtp-sink schemas clean
+.PHONY: run test lint format bench drill demo dlq import deps venv postgres tansu smtp-sink schemas clean
 
 run: deps ## Start PostgreSQL, Tansu, the mail catcher and the three services (Ctrl-C stops)
 	$(PY) deploy/local/devstack.py run
@@ -38,6 +38,9 @@ demo: venv ## Post a signed Shopify checkout to the running `make run`
 
 dlq: venv ## List the dead letters of TOPIC (make dlq TOPIC=shop.events); replay: python -m rebound dlq replay TOPIC
 	$(PY) -m rebound dlq list $(TOPIC)
+
+import: venv ## Import a shop's order history: make import FILE=orders.csv SHOP=shop-1 (docs/import.md)
+	$(PY) -m rebound import orders $(FILE) --shop $(SHOP)
 
 schemas: venv ## Regenerate the published JSON Schemas from shared/events.py
 	$(PY) -m shared.schemas

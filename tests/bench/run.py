@@ -27,6 +27,7 @@ from shared.db import upgrade
 from shared.kafka import ensure_topics
 from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics, dlq
 from tests.bench import consumer as cbench
+from tests.bench import importer as ibench
 from tests.bench import mail as mbench
 from tests.bench import timers as tbench
 from tests.bench.webhooks import SHOPS_JSON
@@ -291,6 +292,8 @@ def table(results: dict[str, Any]) -> str:
         lines += mbench.table_lines(results["mail"])
     if "timers" in results:
         lines.extend(tbench.table(results["timers"]))
+    if "import" in results:
+        lines += ibench.table_lines(results["import"])
     return "\n".join(lines)
 
 
@@ -315,7 +318,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--steady-s", type=float, default=20.0, help="seconds of 2,000 timers/s due (0: skip)"
     )
     parser.add_argument("--timers-timeout", type=float, default=600.0)
-    parser.add_argument("--only", choices=["webhooks", "consumer", "mail", "timers"])
+    parser.add_argument(
+        "--import-orders", type=int, default=1_000_000, help="orders in the generated file"
+    )
+    parser.add_argument("--only", choices=["webhooks", "consumer", "mail", "timers", "import"])
     return parser.parse_args(argv)
 
 
@@ -337,6 +343,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.only in (None, "timers"):
             where = tbench.Where(s.database_url, s.bootstrap, BENCH_DIR, PARTITIONS)
             results["timers"] = tbench.bench_timers(where, args)
+        if args.only in (None, "import"):
+            results["import"] = ibench.bench_import(s.database_url, args.import_orders, BENCH_DIR)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results), flush=True)
     log(f"written to {BENCH_DIR / 'results.json'}")
