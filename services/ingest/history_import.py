@@ -12,12 +12,13 @@ import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
 from services.ingest.domain.facts import CustomerRow, OrderRow
-from services.ingest.domain.history_csv import OrderReader, Rejected, RowError, layout_of
+from services.ingest.domain.history_csv import OrderReader, Rejected, RowError
 from services.ingest.order_facts import SettingsFor, apply_orders, with_categories
 from shared.clock import Clock
 
@@ -51,8 +52,8 @@ async def import_orders(
     """Raises RowError when the header matches no known layout; bad rows are only reported."""
     report = ImportReport()
     with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        orders = OrderReader(shop_id, layout_of(reader.fieldnames or ()))
+        reader = csv.reader(f)
+        orders = OrderReader(shop_id, next(reader, []))
         chunk: list[OrderRow] = []
         for order in orders.feed(_numbered(reader, report)):
             chunk.append(order)
@@ -69,12 +70,11 @@ async def import_orders(
     return report
 
 
-def _numbered(
-    reader: csv.DictReader[str], report: ImportReport
-) -> Iterator[tuple[int, dict[str, str]]]:
+def _numbered(reader: Any, report: ImportReport) -> Iterator[tuple[int, list[str]]]:
     for row in reader:
-        report.rows += 1
-        yield reader.line_num, row
+        if row:  # a blank line is no row
+            report.rows += 1
+            yield reader.line_num, row
 
 
 async def _store(

@@ -6,7 +6,7 @@ order-level fields may be left empty after its first row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -30,6 +30,17 @@ GENERIC_COLUMNS = (
     "price",
 )
 SHOPIFY_REQUIRED = ("Name", "Email", "Created at", "Total")
+SHOPIFY_COLUMNS = (
+    *SHOPIFY_REQUIRED,
+    "Id",
+    "Paid at",
+    "Currency",
+    "Cancelled at",
+    "Lineitem name",
+    "Lineitem sku",
+    "Lineitem quantity",
+    "Lineitem price",
+)
 
 
 class RowError(ValueError):
@@ -67,14 +78,17 @@ def layout_of(header: Sequence[str]) -> Layout:
 class OrderReader:
     """Feed (line number, row) in file order; get each order once its rows are complete."""
 
-    def __init__(self, shop_id: str, layout: Layout) -> None:
+    def __init__(self, shop_id: str, header: Sequence[str]) -> None:
         self._shop_id = shop_id
+        columns = {name.strip(): n for n, name in enumerate(header)}
+        layout = layout_of(header)
         self._fields = _shopify_fields if layout == "shopify" else _generic_fields
+        self._at = {name: columns.get(name, -1) for name in (*GENERIC_COLUMNS, *SHOPIFY_COLUMNS)}
         self._open: _Open | None = None
         self._seen: dict[str, int] = {}
         self.rejected: list[Rejected] = []
 
-    def feed(self, rows: Iterable[tuple[int, Mapping[str, str]]]) -> Iterator[OrderRow]:
+    def feed(self, rows: Iterable[tuple[int, Sequence[str]]]) -> Iterator[OrderRow]:
         for line_no, row in rows:
             try:
                 done = self._row(line_no, row)
@@ -89,8 +103,14 @@ class OrderReader:
         done, self._open = self._open, None
         return _finished(done) if done else None
 
-    def _row(self, line_no: int, row: Mapping[str, str]) -> OrderRow | None:
-        fields = self._fields(row)
+    def _row(self, line_no: int, row: Sequence[str]) -> OrderRow | None:
+        at = self._at
+
+        def get(name: str) -> str:
+            n = at[name]
+            return row[n].strip() if 0 <= n < len(row) else ""
+
+        fields = self._fields(get)
         order_id = fields.order_id
         if not order_id:
             raise RowError("no order id")
@@ -132,10 +152,7 @@ class _Fields:
     price: str
 
 
-def _generic_fields(row: Mapping[str, str]) -> _Fields:
-    def get(name: str) -> str:
-        return (row.get(name) or "").strip()
-
+def _generic_fields(get: Callable[[str], str]) -> _Fields:
     return _Fields(
         get("order_id"),
         get("customer_id"),
@@ -153,10 +170,7 @@ def _generic_fields(row: Mapping[str, str]) -> _Fields:
     )
 
 
-def _shopify_fields(row: Mapping[str, str]) -> _Fields:
-    def get(name: str) -> str:
-        return (row.get(name) or "").strip()
-
+def _shopify_fields(get: Callable[[str], str]) -> _Fields:
     return _Fields(
         order_id=get("Id") or get("Name"),
         customer_id="",

@@ -11,7 +11,7 @@ import pytest
 
 from services.ingest.domain import customer_facts as cf
 from services.ingest.domain import shopify
-from services.ingest.domain.history_csv import OrderReader, layout_of, parse_time
+from services.ingest.domain.history_csv import OrderReader, parse_time
 from shared import events as ev
 from tests.unit.ingest.deliveries import fixture_body
 
@@ -162,9 +162,9 @@ def test_shopify_export_rows_become_orders_with_their_lines() -> None:
             "2024-01-17 08:00:00 +0100",
         ],
     ]
-    reader = OrderReader("s1", layout_of(header))
+    reader = OrderReader("s1", header)
 
-    found = list(reader.feed((n, dict(zip(header, r, strict=True))) for n, r in enumerate(rows, 2)))
+    found = list(reader.feed(enumerate(rows, 2)))
     last = reader.close()
 
     [first] = found
