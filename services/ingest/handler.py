@@ -58,7 +58,7 @@ class FactsHandler:
             changes = await _store(repo, order_repo, fold(fresh), self._settings_for, now)
             owners = await repo.cart_owners(_unclaimed_carts(unique))
             keys = {e.customer_key for e in unique if e.customer_key} | set(owners.values())
-            profiles = await grown_profiles(repo, order_repo, keys, self._settings_for, now)
+            profiles = await grown_profiles(order_repo, keys, self._settings_for, now)
             open_carts = await repo.open_carts(keys)
         activity = activity_events(unique, owners, profiles, open_carts)
         activity += stage_events(changes, profiles, _last_event_ids(unique), now)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from decimal import Decimal
 
 from services.ingest.adapters.order_facts_repository import (
     FactsWrite,
@@ -75,7 +74,6 @@ async def apply_orders(
         by_key.setdefault(o.customer_key, []).append(
             cf.placed(o.customer_key, o.placed_at, o.total_price, o.lines)
         )
-    cuts = await repo.high_value_from({s.shop_id for s in stored.values()})
     writes: list[FactsWrite] = []
     changes: list[StageChange] = []
     for key, old in stored.items():
@@ -87,7 +85,7 @@ async def apply_orders(
             orders = by_key.get(key, [])
             facts = cf.with_orders(old.facts, orders, settings.keep)
             touched = frozenset(c for o in orders for c in o.category_spend)
-        write, change = _staged(key, old, facts, touched, settings, cuts.get(old.shop_id), now)
+        write, change = _staged(key, old, facts, touched, settings, now)
         writes.append(write)
         if change:
             changes.append(change)
@@ -102,10 +100,9 @@ def _staged(
     facts: cf.OrderFacts,
     touched: frozenset[str],
     settings: cf.FactsSettings,
-    shop_cut: Decimal | None,
     now: datetime,
 ) -> tuple[FactsWrite, StageChange | None]:
-    derived = cf.derive(facts, now, settings, cf.high_value_from(settings, shop_cut))
+    derived = cf.derive(facts, now, settings, cf.high_value_from(settings, old.high_value_cut))
     due = cf.next_stage_change_at(facts, now, settings)
     write = FactsWrite(key, facts, derived.stage, due, touched)
     # A customer nobody staged yet counts as new (they had not ordered).
@@ -119,14 +116,11 @@ async def sweep_stages(
     """Customers (claimed by the caller) whose stage time alone has moved: stored again with
     their next due time; the changes, for customer.activity."""
     stored = await repo.load(keys)
-    cuts = await repo.high_value_from({s.shop_id for s in stored.values()})
     writes: list[FactsWrite] = []
     changes: list[StageChange] = []
     for key, old in stored.items():
         settings = settings_for(old.shop_id)
-        write, change = _staged(
-            key, old, old.facts, frozenset(), settings, cuts.get(old.shop_id), now
-        )
+        write, change = _staged(key, old, old.facts, frozenset(), settings, now)
         writes.append(write)
         if change:
             changes.append(change)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.ingest.adapters.facts_repository import FactsRepository
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
 from services.ingest.domain.activity import stage_events
 from services.ingest.order_facts import SettingsFor, sweep_stages
@@ -57,7 +56,6 @@ class StageSweeper:
             due = await order_repo.due_for_stage(now, self.batch)
             changes = await sweep_stages(order_repo, due, self.settings_for, now)
             profiles = await grown_profiles(
-                FactsRepository(conn),
                 order_repo,
                 {c.customer_key for c in changes},
                 self.settings_for,

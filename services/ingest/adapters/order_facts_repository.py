@@ -27,6 +27,28 @@ class StoredFacts:
     facts: OrderFacts
     stage: str | None
     place: Place = field(default_factory=lambda: Place(None, None))
+    high_value_cut: Decimal | None = None
+    engagement: EngagementSummary = field(default_factory=EngagementSummary)
+    row: Any = None  # the customers row, for the profile
+
+
+def _stored(r: Any) -> StoredFacts:
+    categories = {
+        name: CategoryFacts(name, orders, spent, first, last)
+        for name, orders, spent, first, last in zip(
+            r["cat_names"] or (), r["cat_orders"] or (), r["cat_spent"] or (),
+            r["cat_first"] or (), r["cat_last"] or (), strict=True,
+        )
+    }  # fmt: skip
+    return StoredFacts(
+        r["shop_id"],
+        _order_facts(r, categories),
+        r["stage"],
+        Place(r["country"], r["time_zone"]),
+        r["high_value_from"],
+        EngagementSummary(r["opens"] or 0, r["clicks"] or 0, tuple(r["open_times"] or ())),
+        r,
+    )
 
 
 @dataclass(frozen=True)
@@ -110,23 +132,18 @@ class OrderFactsRepository:
 
     # --- per-customer facts ------------------------------------------------------------
 
-    async def load(self, keys: Iterable[str]) -> dict[str, StoredFacts]:
+    async def load(
+        self, keys: Iterable[str], engagement_since: datetime | None = None
+    ) -> dict[str, StoredFacts]:
+        """Each customer's row, categories, the shop's high-value cut and (with
+        `engagement_since`) the engagement summary: one statement."""
         wanted = sorted(set(keys))
         if not wanted:
             return {}
-        driver = await self._driver()
-        categories: dict[str, dict[str, CategoryFacts]] = defaultdict(dict)
-        for r in await driver.fetch(_LOAD_CATEGORIES, wanted):
-            categories[r[0]][r[1]] = CategoryFacts(r[1], r[2], r[3], r[4], r[5])
-        return {
-            r["customer_key"]: StoredFacts(
-                r["shop_id"],
-                _order_facts(r, categories.get(r["customer_key"], {})),
-                r["stage"],
-                Place(r["country"], r["time_zone"]),
-            )
-            for r in await driver.fetch(_LOAD_FACTS, wanted)
-        }
+        rows = await (await self._driver()).fetch(
+            _LOAD_FACTS, wanted, engagement_since, engagement_since is not None
+        )
+        return {r["customer_key"]: _stored(r) for r in rows}
 
     async def save(self, writes: Sequence[FactsWrite]) -> None:
         if not writes:
@@ -159,22 +176,6 @@ class OrderFactsRepository:
             spend = {c: Decimal(s) for c, s in zip(r[3] or (), r[4] or (), strict=True)}
             out[r[0]].append(PlacedOrder(r[0], r[1], r[2], spend))
         return out
-
-    async def engagement(
-        self, keys: Iterable[str], since: datetime
-    ) -> dict[str, EngagementSummary]:
-        """Opens and clicks of messages last opened or clicked since `since`, and the first
-        human open of every message (for the usual hour), from the engagement facts."""
-        wanted = sorted(set(keys))
-        if not wanted:
-            return {}
-        rows = await (await self._driver()).fetch(_ENGAGEMENT, wanted, since)
-        return {r[0]: EngagementSummary(r[1], r[2], tuple(r[3] or ())) for r in rows}
-
-    async def high_value_from(self, shop_ids: Iterable[str]) -> dict[str, Decimal | None]:
-        wanted = sorted(set(shop_ids))
-        rows = await (await self._driver()).fetch(_HIGH_VALUE, wanted) if wanted else []
-        return {r[0]: r[1] for r in rows}
 
     async def due_for_stage(self, now: datetime, limit: int) -> list[str]:
         """Customers whose stage time alone has moved, claimed for this transaction."""
@@ -290,15 +291,31 @@ _ADD_SALES = """
     ON CONFLICT (shop_id, product_id, day) DO UPDATE SET units = old.units + excluded.units
 """
 
+# One row per customer with everything the facts and the profile need: arrays of the
+# category rows, the shop's cut, and (when $3) the engagement summary of ingest.messages.
 _LOAD_FACTS = """
-    SELECT customer_key, shop_id, orders_count, total_spent, first_order_at, last_order_at,
-        recent_order_at, recent_order_total, last_order_categories, stage, country, time_zone
-    FROM ingest.customers WHERE customer_key = ANY($1::text[])
-"""
-
-_LOAD_CATEGORIES = """
-    SELECT customer_key, category, orders, spent, first_order_at, last_order_at
-    FROM ingest.customer_categories WHERE customer_key = ANY($1::text[])
+    SELECT c.*, cat.names AS cat_names, cat.orders AS cat_orders, cat.spent AS cat_spent,
+        cat.firsts AS cat_first, cat.lasts AS cat_last,
+        (SELECT high_value_from FROM ingest.shop_stats s WHERE s.shop_id = c.shop_id)
+            AS high_value_from,
+        eng.opens, eng.clicks, eng.open_times, e.last_human_open_at, e.last_click_at
+    FROM ingest.customers c
+    LEFT JOIN ingest.engagement e ON e.customer_key = c.customer_key
+    LEFT JOIN LATERAL (
+        SELECT array_agg(category) AS names, array_agg(orders) AS orders,
+            array_agg(spent) AS spent, array_agg(first_order_at) AS firsts,
+            array_agg(last_order_at) AS lasts
+        FROM ingest.customer_categories cc WHERE cc.customer_key = c.customer_key
+    ) cat ON true
+    LEFT JOIN LATERAL (
+        SELECT coalesce(sum(human_opens) FILTER (WHERE last_human_open_at > $2), 0)::int AS opens,
+            coalesce(sum(cardinality(clicked_links)) FILTER (WHERE last_click_at > $2), 0)::int
+                AS clicks,
+            array_agg(first_human_open_at) FILTER (WHERE first_human_open_at IS NOT NULL)
+                AS open_times
+        FROM ingest.messages m WHERE $3 AND m.customer_key = c.customer_key
+    ) eng ON true
+    WHERE c.customer_key = ANY($1::text[])
 """
 
 _SAVE_FACTS = """
@@ -338,18 +355,6 @@ _COUNTED_ORDERS = """
     ) l ON true
     WHERE o.customer_key = ANY($1::text[]) AND o.status <> 'cancelled'
     GROUP BY o.customer_key, o.shop_id, o.order_id, o.placed_at, o.total_price
-"""
-
-_ENGAGEMENT = """
-    SELECT customer_key,
-        coalesce(sum(human_opens) FILTER (WHERE last_human_open_at > $2), 0)::int,
-        coalesce(sum(cardinality(clicked_links)) FILTER (WHERE last_click_at > $2), 0)::int,
-        array_agg(first_human_open_at) FILTER (WHERE first_human_open_at IS NOT NULL)
-    FROM ingest.messages WHERE customer_key = ANY($1::text[]) GROUP BY customer_key
-"""
-
-_HIGH_VALUE = """
-    SELECT shop_id, high_value_from FROM ingest.shop_stats WHERE shop_id = ANY($1::text[])
 """
 
 _CLAIM_DUE = """
