@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -80,11 +81,33 @@ class Wait(Model):
         return parse_duration(self.for_)
 
 
+class Collections(Model):
+    """A discount limited to these shop collections; `label` names them in the mail."""
+
+    collections: list[str] = Field(min_length=1)
+    label: str = Field(min_length=1)
+
+
 class Offer(Model):
+    """What a send step offers. A discount_code gets a code unique to the customer and the
+    step from the dispatcher (generated or from the shop's pool), valid for `valid_for`."""
+
     kind: Literal["discount_code", "free_shipping", "gift", "early_access"]
-    code: str | None = None  # a fixed code; unset: the scheduler's configured code
+    code: str | None = None  # a fixed code shared by everyone (not unique: not attributable)
     valid_for: Duration | None = None
-    value: str | None = None
+    value: str | None = Field(default=None, pattern=r"^(\d{1,2}(\.\d{1,2})?%|100%|\d{1,7}(\.\d{1,2})?)$")
+    applies_to: Literal["order"] | Collections | None = None
+    minimum_order: Decimal | None = Field(default=None, gt=0)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+
+    @model_validator(mode="after")
+    def _discount_terms(self) -> Offer:
+        terms = (self.applies_to, self.minimum_order, self.currency)
+        if self.kind != "discount_code" and any(t is not None for t in terms):
+            raise ValueError(f"{self.kind}: applies_to/minimum_order/currency are discount terms")
+        if self.kind == "discount_code" and (self.valid_for is None or self.value is None):
+            raise ValueError("discount_code needs valid_for (e.g. 7d) and value (10% or 15)")
+        return self
 
 
 class Variant(Model):
