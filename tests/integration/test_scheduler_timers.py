@@ -136,7 +136,8 @@ async def test_a_cart_becomes_two_requests_three_and_fifty_one_hours_later(
         assert first.recipient.email == "john@example.com"
         assert len(first.context["cart"]["lines"]) == 2
         # no code: the dispatcher issues one per request key
-        assert second.context["offer"] == {"kind": "discount_code", "value": "10%", "valid_for": "7d"}
+        offer = {"kind": "discount_code", "value": "10%", "valid_for": "7d"}
+        assert second.context["offer"] == offer
         assert await count(scheduler_settings, enrollments) == 1
     finally:
         await service.stop()

@@ -81,6 +81,9 @@ class Wait(Model):
         return parse_duration(self.for_)
 
 
+_DISCOUNT_VALUE = r"^(\d{1,2}(\.\d{1,2})?%|100%|\d{1,7}(\.\d{1,2})?)$"
+
+
 class Collections(Model):
     """A discount limited to these shop collections; `label` names them in the mail."""
 
@@ -95,7 +98,7 @@ class Offer(Model):
     kind: Literal["discount_code", "free_shipping", "gift", "early_access"]
     code: str | None = None  # a fixed code shared by everyone (not unique: not attributable)
     valid_for: Duration | None = None
-    value: str | None = Field(default=None, pattern=r"^(\d{1,2}(\.\d{1,2})?%|100%|\d{1,7}(\.\d{1,2})?)$")
+    value: str | None = Field(default=None, pattern=_DISCOUNT_VALUE)  # 10% off, or 15 off
     applies_to: Literal["order"] | Collections | None = None
     minimum_order: Decimal | None = Field(default=None, gt=0)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
