@@ -127,6 +127,16 @@ class Send(Model):
     subject: str
     offer: Offer | None = None
     variants: list[Variant] = Field(default_factory=list)  # A/B: split at random by weight
+    # due: as soon as the shop's contact policy allows; best_hour: at the hour this customer
+    # usually opens mail (else the shop's), within the allowed window
+    send_at: Literal["due", "best_hour"] = "due"
+    # A message the contact policy deferred longer than this after it fell due is no longer
+    # relevant: recorded suppressed / frequency_cap_expired instead of sent.
+    expires_after: Duration | None = None
+
+    @property
+    def expiry(self) -> timedelta | None:
+        return None if self.expires_after is None else parse_duration(self.expires_after)
 
 
 class Branch(Model):
@@ -178,6 +188,9 @@ class Journey(Model):
     test_mode: bool = False  # messages go to test_recipients only
     test_recipients: list[str] = Field(default_factory=list)
     consent: Literal["marketing", "none"] = "marketing"
+    # When several messages of one customer wait for one slot of the shop's contact limits,
+    # the higher priority goes first (e.g. cart reminders 100 before win-back 10).
+    priority: int = Field(default=0, ge=0, le=1000)
     trigger: EventTrigger | SegmentTrigger
     exit: list[Exit] = Field(default_factory=list)
     limits: Limits = Limits()
