@@ -101,7 +101,8 @@ CONTACT_FIELDS = (
 
 
 def test_contact_fields_are_refused_while_the_scheduler_does_not_run_them() -> None:
-    with pytest.raises(ValidationError, match=r"priority, a\.send_at, a\.expires_after: the contact"):
+    refused = r"priority, a\.send_at, a\.expires_after: the contact"
+    with pytest.raises(ValidationError, match=refused):
         parse_journey(CONTACT_FIELDS)
 
 
