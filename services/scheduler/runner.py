@@ -154,7 +154,6 @@ class _Seen:
 class Runner:
     catalog: JourneyCatalog
     topics: Topics
-    discount_code: str
     engagement: EngagementRepository = field(default_factory=EngagementRepository)
 
     async def fire_timers(

@@ -64,7 +64,6 @@ async def scheduler_settings(infra: Infra, database_url: str, topics: Topics) ->
         database_url=database_url,
         topic_prefix=topics.prefix,
         kafka_bootstrap_servers=infra.bootstrap,
-        discount_code="SAVE10",
     )
 
 
