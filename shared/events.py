@@ -44,6 +44,8 @@ EMAIL_CLICKED = "email.clicked.v1"
 EMAIL_UNSUBSCRIBED = "email.unsubscribed.v1"
 EMAIL_BOUNCED = "email.bounced.v1"
 MESSAGE_UNCERTAIN = "message.uncertain.v1"
+# A discount code handed to one message (engagement.results)
+COUPON_ISSUED = "coupon.issued.v1"
 
 ConsentState = Literal["subscribed", "not_subscribed", "unsubscribed", "pending", "redacted"]
 
@@ -132,6 +134,9 @@ class OrderEvent(Contract):
     cart_id: str | None = None
     placed_at: Instant
     cancelled_at: Instant | None = None
+    discount_codes: list[str] = Field(
+        default_factory=list, description="Codes the customer entered at checkout."
+    )
 
 
 class CustomerChanged(Contract):
@@ -269,6 +274,7 @@ class Activity(Contract):
     cart: CartSnapshot | None = None  # the open cart after this event, if any
     order_id: str | None = None
     order_total: Decimal | None = None
+    discount_codes: list[str] = Field(default_factory=list)  # entered in the order
     message: MessageEngagement | None = None  # for e-mail events and attributed orders
     previous_stage: str | None = None  # for customer.stage.changed.v1: the stage it left
 
@@ -340,10 +346,41 @@ class MessageConverted(Contract):
     order_id: str
     revenue: Decimal
     currency: str | None = None
-    touch: Literal["click", "open"]  # what put the message inside the attribution window
+    # What tied the order to the message: a click or a human open inside its window, or the
+    # message's own discount code (whatever the window; touched_at is when it was issued).
+    touch: Literal["click", "open", "code"]
     touched_at: Instant
     ordered_at: Instant
     recovered_cart_id: str | None = None  # set when the order is the abandoned cart itself
+    code: str | None = None  # the message's discount code, when the order used it
+    late_redemption: bool = Field(
+        default=False, description="The code was used after it expired (the shop honoured it)."
+    )
+
+
+class CouponIssued(Contract):
+    """coupon.issued.v1 on engagement.results: a discount code handed to one message.
+
+    With `source: generated` Rebound made the code; a shop platform's connector creates it
+    from this event (Shopify shops with an access token get it created by the dispatcher
+    before the mail goes out). `source: pool` codes were uploaded by the shop itself.
+    """
+
+    request_key: str
+    shop_id: str
+    customer_key: str
+    journey_id: str
+    step_id: str
+    code: str
+    source: Literal["generated", "pool"]
+    value: str = Field(description="'10%' off, or an amount off in `currency`, e.g. '15.00'.")
+    currency: str | None = None
+    applies_to: str | list[str] = Field(
+        description="'order' (the whole order) or the shop collection ids it is limited to."
+    )
+    minimum_order: Decimal | None = None
+    issued_at: Instant
+    expires_at: Instant
 
 
 # --- e-mail events (email.events) ------------------------------------------------------

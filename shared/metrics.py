@@ -17,6 +17,12 @@ MAILS_SENT = Counter("rebound_mails_sent_total", "E-mails accepted by the SMTP s
 MESSAGES_SKIPPED = Counter(
     "rebound_messages_suppressed_total", "Message requests not sent", ["service", "reason"]
 )
+COUPONS_ISSUED = Counter(
+    "rebound_coupons_issued_total", "Discount codes handed to messages", ["service", "source"]
+)
+COUPON_POOL_REMAINING = Gauge(
+    "rebound_coupon_pool_remaining", "Uploaded discount codes not handed out yet", ["shop"]
+)
 REQUEST_LATENCY = Histogram(
     "rebound_http_request_seconds",
     "HTTP handling time",

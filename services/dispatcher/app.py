@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from services.dispatcher.adapters.coupons import CouponRepository
 from services.dispatcher.adapters.mailer import SmtpConfig, SmtpPool
 from services.dispatcher.adapters.repository import SCHEMA, MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
+from services.dispatcher.adapters.shopify_discounts import ShopifyDiscounts
 from services.dispatcher.adapters.suppressions import SuppressionRepository
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.consumer import RequestHandler
+from services.dispatcher.coupon_api import coupon_router
+from services.dispatcher.coupons import CouponDesk
 from services.dispatcher.dispatch import (
     SERVICE,
     Dispatcher,
@@ -87,6 +92,18 @@ class DispatcherService:
         self.app.include_router(
             ops_router({"database": self._database_ready, "broker": self._broker_ready})
         )
+        self._http = httpx.AsyncClient()
+        self._coupon_shops = {c.shop_id: c for c in settings.coupons}
+        self.coupons = CouponRepository(self.engine)
+        self.app.include_router(
+            coupon_router(
+                self.coupons,
+                self._coupon_desk(None),
+                self._coupon_shops,
+                settings.admin_token,
+                clock,
+            )
+        )
 
     async def start(self) -> None:
         """Returns at once; the loop connects to the broker with backoff in the background."""
@@ -152,8 +169,20 @@ class DispatcherService:
                 retry_max_s=s.retry_max_s,
             ),
             engagement=self._engagement(publisher),
+            coupons=self._coupon_desk(publisher),
         )
         return RequestHandler(dispatcher, publisher)
+
+    def _coupon_desk(self, publisher: Publisher | None) -> CouponDesk:
+        connectors = {
+            c.shop_id: ShopifyDiscounts(
+                c.shopify_admin_url, c.shopify_access_token.get_secret_value(), self._http
+            )
+            for c in self.settings.coupons
+            if c.shopify_admin_url is not None and c.shopify_access_token is not None
+        }
+        topic = self.topics.name(ENGAGEMENT_RESULTS)
+        return CouponDesk(self.coupons, self._coupon_shops, connectors, publisher, topic)
 
     def _engagement(self, publisher: Publisher) -> Engagement:
         s = self.settings
@@ -165,6 +194,7 @@ class DispatcherService:
     async def stop(self) -> None:
         await self._loops.stop()
         self._pool.close()
+        await self._http.aclose()
         if self._consumer is not None:
             await stop_consumer(self._consumer)
         if self._suppression_consumer is not None:

@@ -29,6 +29,7 @@ from services.dispatcher.adapters.repository import MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
 from services.dispatcher.adapters.suppressions import HARD_BOUNCE, SuppressionRepository
 from services.dispatcher.adapters.templates import TemplateRenderer
+from services.dispatcher.coupons import CouponDesk, Issued
 from services.dispatcher.domain.content import RenderedMessage, message_id, render_context
 from services.dispatcher.domain.decisions import (
     UNCERTAIN_REASON,
@@ -137,6 +138,7 @@ class Dispatcher:
         clock: Clock,
         policy: SendPolicy,
         engagement: Engagement,
+        coupons: CouponDesk,
     ) -> None:
         self._repo = repository
         self._renderer = renderer
@@ -145,6 +147,7 @@ class Dispatcher:
         self._clock = clock
         self._policy = policy
         self._engagement = engagement
+        self._coupons = coupons
         self._sender = Mailbox.parse(policy.mail_from)
         self._senders: dict[str, tuple[str, Mailbox, str]] = {}  # shop -> from, mailbox, header
 
@@ -194,7 +197,13 @@ class Dispatcher:
         self, requests: list[MessageRequest], claim_id: str, now: datetime, outcome: BatchOutcome
     ) -> list[Job]:
         suppressed = await self._suppressed(requests)
-        prepared = [self._prepare(r, now, why) for r, why in zip(requests, suppressed, strict=True)]
+        offers = await self._coupons.issue(
+            [r for r, why in zip(requests, suppressed, strict=True) if why is None], now
+        )
+        prepared = [
+            self._prepare(r, now, why, offers.get(r.request_key))
+            for r, why in zip(requests, suppressed, strict=True)
+        ]
         owned = await self._repo.claim([record for record, _ in prepared], claim_id, now)
         jobs: list[Job] = []
         for record, envelope in prepared:
@@ -222,15 +231,17 @@ class Dispatcher:
         return reasons
 
     def _prepare(
-        self, request: MessageRequest, now: datetime, suppressed: str | None
+        self, request: MessageRequest, now: datetime, suppressed: str | None, offer: Issued | None
     ) -> tuple[MessageRecord, Envelope | None]:
-        """The record to claim and the mail to send; a suppressed or unbuildable request gets
-        its final record and no mail."""
+        """The record to claim and the mail to send; a suppressed or unbuildable request, or
+        one whose discount code could not be issued, gets its final record and no mail."""
         if suppressed is not None:
             return _new_record(request, request.subject, "suppressed", now, suppressed), None
+        if isinstance(offer, str):
+            return _new_record(request, request.subject, "failed", now, offer), None
         try:
             rendered = self._renderer.render(
-                request.template, request.subject, render_context(request)
+                request.template, request.subject, render_context(request, offer)
             )
             content, sender = self._content(request, rendered, now)
         except InvalidEvent as exc:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.dispatcher.shops import ShopMailConfig
+from services.dispatcher.shops import ShopCoupons, ShopMailConfig
 from shared.settings import ServiceSettings
 from shared.tracking import TrackingKey
 
@@ -50,6 +50,16 @@ class DispatcherSettings(ServiceSettings):
         description="JSON list in REBOUND_DISPATCHER_SHOPS: per shop sender, footer address, "
         "public tracking URL, tracking on/off, DKIM key. A shop without an entry gets plain mail "
         "from mail_from.",
+    )
+    coupons: list[ShopCoupons] = Field(
+        default_factory=list,
+        description="JSON list in REBOUND_DISPATCHER_COUPONS: per shop where discount codes "
+        "come from (generated or an uploaded pool) and the Shopify connector.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the dispatcher's control endpoints (coupon pool upload); "
+        "unset: those endpoints answer 503.",
     )
     tracking_keys: list[TrackingKey] = Field(
         default_factory=list,

@@ -7,6 +7,7 @@ existed: the deployment's `mail_from`, no tracking, no unsubscribe link.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -64,3 +65,53 @@ class ShopMailConfig(BaseModel):
             assert self.dkim_private_key is not None
             pem = self.dkim_private_key.get_secret_value().encode()
         return DkimKey(self.dkim_selector, self.dkim_domain, pem)
+
+
+DEFAULT_LOW_POOL = 100
+
+
+class ShopCoupons(BaseModel):
+    """Where a shop's discount codes come from. A shop without an entry gets generated codes
+    and no platform connector (coupon.issued tells whoever creates them)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shop_id: str = Field(min_length=1)
+    source: Literal["generated", "pool"] = Field(
+        default="generated",
+        description="generated: Rebound makes each code; pool: codes the shop uploaded "
+        "(POST /shops/{shop_id}/coupons), each handed out once.",
+    )
+    code_prefix: str = Field(default="", pattern=r"^[A-Z0-9\-]{0,12}$")
+    low_pool_warning: int | None = Field(
+        default=None,
+        ge=0,
+        description="Pool only: warn when fewer free codes remain (default 100).",
+    )
+    shopify_admin_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+/?$",
+        description="e.g. https://demo.myshopify.com: generated codes are created there.",
+    )
+    shopify_access_token: SecretStr | None = Field(
+        default=None, description="Admin API token with the write_discounts scope."
+    )
+
+    @model_validator(mode="after")
+    def _connector_complete(self) -> ShopCoupons:
+        if (self.shopify_admin_url is None) != (self.shopify_access_token is None):
+            raise ValueError(
+                f"shop {self.shop_id}: shopify_admin_url and shopify_access_token go together"
+            )
+        if self.source == "pool" and self.shopify_access_token is not None:
+            raise ValueError(
+                f"shop {self.shop_id}: pool codes are created by the shop itself; the Shopify "
+                "connector only creates generated codes"
+            )
+        if self.source == "generated" and self.low_pool_warning is not None:
+            raise ValueError(f"shop {self.shop_id}: low_pool_warning applies to a pool only")
+        return self
+
+    @property
+    def warn_below(self) -> int:
+        return DEFAULT_LOW_POOL if self.low_pool_warning is None else self.low_pool_warning

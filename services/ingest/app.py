@@ -16,7 +16,7 @@ from services.ingest.adapters.broker import KafkaEventSink
 from services.ingest.adapters.email_events import KafkaEmailEventSink
 from services.ingest.adapters.tables import processed_events
 from services.ingest.api import events_router, install_error_handlers, shopify_router
-from services.ingest.attribution import AttributionConsumer
+from services.ingest.attribution import AttributionConsumer, CouponsConsumer
 from services.ingest.attribution import Topics as AttributionTopics
 from services.ingest.consumer import ShopEventsConsumer
 from services.ingest.domain.engagement import Windows
@@ -131,6 +131,7 @@ class IngestService:
             self._loops.spawn("email-events", self._consume_email_events)
             self._loops.spawn("attribution", self._consume_orders_for_attribution)
             self._loops.spawn("stages", self._sweep_stages)
+            self._loops.spawn("coupons", self._consume_coupons)
 
     def pruner(self, engine: AsyncEngine) -> Pruner:
         """Forgets processed event ids the broker can no longer redeliver."""
@@ -204,6 +205,12 @@ class IngestService:
             tuple(shop.shop_id for shop in s.shops),
             s.stage_sweep_interval_s,
         ).run()
+
+    async def _consume_coupons(self) -> None:
+        """coupon.issued (engagement.results) -> which message carried which code."""
+        consumer = self._side_consumer("ingest-coupons", ENGAGEMENT_RESULTS)
+        handler = CouponsConsumer(self._require(self._engine), await self._sink.started())
+        await self._run_loop(consumer, handler.handle)
 
     async def _consume(self) -> None:
         publisher = await self._sink.started()

@@ -1,5 +1,7 @@
 """Conversions: each order placed is attributed to the message that last touched the customer
-(a click within the click window, a human open within the open window, per shop), once.
+(a click within the click window, a human open within the open window, per shop), once. An
+order that used a message's own discount code is that message's conversion, whatever the
+window (the codes come from coupon.issued on engagement.results, see CouponsConsumer).
 
 It reads ingest's own customer.activity (the order is in the facts by then), records the
 conversion, and publishes message.converted.v1 to engagement.results and an activity of that
@@ -24,11 +26,14 @@ from services.ingest.domain.engagement import (
     activity,
     last_touch,
     recovered_cart,
+    redemption,
 )
 from shared import events as ev
 from shared.kafka import Publisher, Record
+from shared.logging import get_logger
 
 SOURCE_ATTRIBUTION = "rebound/ingest/attribution"
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,16 +94,30 @@ class AttributionConsumer:
                 max(self.windows(o.shop_id).click, self.windows(o.shop_id).open) for o in orders
             )
             touched = await repo.touched_messages({o.customer_key for o in orders}, since)
+            used = await repo.coupons_used(
+                [
+                    (o.shop_id, code)
+                    for o in orders
+                    for code in by_id[o.shop_id, o.order_id].discount_codes
+                ]
+            )
             found: list[tuple[Order, Touch, str | None]] = []
             for order in orders:
+                codes = by_id[order.shop_id, order.order_id].discount_codes
                 messages = touched.get(order.customer_key, [])
-                touch = last_touch(messages, order.placed_at, self.windows(order.shop_id))
+                touch = redemption(codes, used.get(order.shop_id, []), order.placed_at)
+                if touch is None:
+                    touch = last_touch(messages, order.placed_at, self.windows(order.shop_id))
                 if touch is None:
                     continue
-                message = next(m for m in messages if m.request_key == touch.request_key)
                 row = stored.get((order.shop_id, order.order_id))
                 cart_left_at = row["cart_left_at"] if row is not None else None
-                found.append((order, touch, recovered_cart(order, message, cart_left_at)))
+                sent_at = next(
+                    (m.sent_at for m in messages if m.request_key == touch.request_key), touch.at
+                )
+                found.append((order, touch, recovered_cart(order, sent_at, cart_left_at)))
+                if touch.late:
+                    log.warning("late_redemption", order_id=order.order_id, code=touch.code)
             await repo.record_conversions(found)
             conversions = await repo.conversions(ids)
             keys = {c["customer_key"] for c in conversions}
@@ -132,6 +151,8 @@ class AttributionConsumer:
             touched_at=row["touched_at"],
             ordered_at=row["ordered_at"],
             recovered_cart_id=row["recovered_cart_id"],
+            code=row["code"],
+            late_redemption=row["late"],
         )
         event_id = ev.stable_event_id("converted", row["shop_id"], row["order_id"])
         result = ev.make_event(
@@ -168,3 +189,31 @@ def _order(placed: ev.Activity, stored: Any) -> Order:
         currency=stored["currency"] if stored is not None else None,
         cart_id=stored["cart_id"] if stored is not None else None,
     )
+
+
+def issued_coupon(raw: bytes | None) -> ev.CouponIssued | None:
+    """A coupon.issued on engagement.results; every other result is not ours to read."""
+    event = ev.decode(raw)
+    return ev.payload(event, ev.CouponIssued) if event.type == ev.COUPON_ISSUED else None
+
+
+class CouponsConsumer:
+    """engagement.results -> ingest.coupons: which message carried which discount code."""
+
+    def __init__(self, engine: AsyncEngine, publisher: Publisher) -> None:
+        self._engine = engine
+        self._publisher = publisher
+
+    async def handle(self, batch: list[Record]) -> None:
+        coupons: list[ev.CouponIssued] = []
+        for record in batch:
+            try:
+                found = issued_coupon(record.value)
+            except ev.InvalidEvent as exc:
+                await self._publisher.dead_letter(record, str(exc))
+                continue
+            if found is not None:
+                coupons.append(found)
+        if coupons:
+            async with self._engine.begin() as conn:
+                await EngagementRepository(conn).record_coupons(coupons)

@@ -49,7 +49,7 @@ class SchedulerService:
             listener=self.assignment,
             session_timeout_ms=settings.kafka_session_timeout_ms,
         )
-        self.runner = Runner(JourneyCatalog(), topics, settings.discount_code)
+        self.runner = Runner(JourneyCatalog(), topics)
         wake_relay, wake_timers = asyncio.Event(), asyncio.Event()
         outbox = OutboxPublisher(self.engine, self.publisher, wake_relay)
         self.timers = TimerLoop(

@@ -154,7 +154,6 @@ class _Seen:
 class Runner:
     catalog: JourneyCatalog
     topics: Topics
-    discount_code: str
     engagement: EngagementRepository = field(default_factory=EngagementRepository)
 
     async def fire_timers(
@@ -304,10 +303,8 @@ class Runner:
         if customer.cart is not None:
             context["cart"] = customer.cart.model_dump(mode="json")
         if send.offer is not None:
-            offer = send.offer.model_dump(mode="json", exclude_none=True)
-            if send.offer.kind == "discount_code" and not send.offer.code:
-                offer["code"] = self.discount_code
-            context["offer"] = offer
+            # A discount code is issued by the dispatcher, one per request key.
+            context["offer"] = send.offer.model_dump(mode="json", exclude_none=True)
         key = _request_key(tracked, action)
         request = MessageRequest(
             request_key=key,

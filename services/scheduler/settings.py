@@ -17,9 +17,6 @@ class SchedulerSettings(ServiceSettings):
 
     http_port: int = 8002
     journeys_dir: Path = DEFAULT_JOURNEYS_DIR
-    discount_code: str = Field(
-        default="COMEBACK10", description="Code in the second abandoned-cart reminder."
-    )
     poll_interval_s: float = Field(default=1.0, description="How often due timers are looked for.")
     clock_offset_s: float = Field(
         default=0.0,

@@ -10,7 +10,7 @@ never both send it. Driver errors leave here as `Transient` (the database is awa
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -118,6 +118,22 @@ RETURNING {_RECORD_COLUMNS}
 """
 
 
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The asyncpg connection of a pooled engine connection; outside any transaction, so
+    each statement commits by itself. Driver errors leave as `Transient`."""
+    try:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            try:
+                yield raw.driver_connection
+            except _DATABASE_AWAY:
+                await conn.invalidate()  # never hand a broken connection out again
+                raise
+    except _DATABASE_AWAY as exc:
+        raise Transient(f"database unavailable: {exc!r}") from exc
+
+
 def _record(row: Any) -> MessageRecord:
     return MessageRecord(**dict(row.items()))
 
@@ -126,20 +142,8 @@ class MessageRepository:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    @asynccontextmanager
-    async def _driver(self) -> AsyncIterator[Any]:
-        """The asyncpg connection of a pooled engine connection; outside any transaction, so
-        each statement commits by itself."""
-        try:
-            async with self._engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                try:
-                    yield raw.driver_connection
-                except _DATABASE_AWAY:
-                    await conn.invalidate()  # never hand a broken connection out again
-                    raise
-        except _DATABASE_AWAY as exc:
-            raise Transient(f"database unavailable: {exc!r}") from exc
+    def _driver(self) -> AbstractAsyncContextManager[Any]:
+        return driver_connection(self._engine)
 
     async def known(self, request_keys: Sequence[str]) -> dict[str, MessageRecord]:
         async with self._driver() as driver:

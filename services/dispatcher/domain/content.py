@@ -97,13 +97,14 @@ def safe_link(url: str | None) -> str | None:
     return None
 
 
-def render_context(request: MessageRequest) -> dict[str, Any]:
-    """Everything a template may use; anything else is an error (StrictUndefined)."""
+def render_context(request: MessageRequest, offer: object | None = None) -> dict[str, Any]:
+    """Everything a template may use; anything else is an error (StrictUndefined). `offer`:
+    the discount issued for this request (an OfferView), else the step's offer as sent."""
     recipient = request.recipient
     return {
         "recipient": RecipientView(recipient.email, recipient.first_name, recipient.last_name),
         "cart": cart_view(request.context.get("cart")),
-        "offer": request.context.get("offer"),
+        "offer": offer if offer is not None else request.context.get("offer"),
         "shop_id": request.shop_id,
     }
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest.domain.engagement import (
     CustomerEngagement,
+    IssuedCoupon,
     MessageRow,
     Order,
     Touch,
@@ -102,8 +103,42 @@ class EngagementRepository:
         rows = await (await self._driver()).fetch(_ORDERS, shops, ids)
         return {(r["shop_id"], r["order_id"]): r for r in rows}
 
+    async def record_coupons(self, coupons: Sequence[ev.CouponIssued]) -> None:
+        """Codes handed to messages; a redelivered coupon.issued changes nothing."""
+        if not coupons:
+            return
+        columns: list[list[Any]] = [
+            [c.shop_id for c in coupons],
+            [c.code for c in coupons],
+            [c.request_key for c in coupons],
+            [c.customer_key for c in coupons],
+            [c.journey_id for c in coupons],
+            [c.step_id for c in coupons],
+            [c.issued_at for c in coupons],
+            [c.expires_at for c in coupons],
+        ]
+        await (await self._driver()).execute(_INSERT_COUPONS, *columns)
+
+    async def coupons_used(
+        self, shop_codes: Sequence[tuple[str, str]]
+    ) -> dict[str, list[IssuedCoupon]]:
+        """Per shop, the issued coupons among these (shop, code) pairs, case-insensitively."""
+        if not shop_codes:
+            return {}
+        shops = [s for s, _ in shop_codes]
+        codes = [c.strip().lower() for _, c in shop_codes]
+        rows = await (await self._driver()).fetch(_COUPONS_USED, shops, codes)
+        found: dict[str, list[IssuedCoupon]] = {}
+        for r in rows:
+            coupon = IssuedCoupon(
+                r["shop_id"], r["code"], r["request_key"], r["issued_at"], r["expires_at"]
+            )
+            found.setdefault(r["shop_id"], []).append(coupon)
+        return found
+
     async def record_conversions(self, found: Sequence[tuple[Order, Touch, str | None]]) -> None:
-        """First attribution of an order wins; the message learns it converted."""
+        """First attribution of an order wins; the message learns it converted, a code that
+        was used is marked redeemed by that order."""
         if not found:
             return
         driver = await self._driver()
@@ -118,8 +153,19 @@ class EngagementRepository:
             [o.revenue for o, _, _ in found],
             [o.currency for o, _, _ in found],
             [cart for _, _, cart in found],
+            [t.code for _, t, _ in found],
+            [t.late for _, t, _ in found],
         ]
         await driver.execute(_INSERT_CONVERSIONS, *columns)
+        redeemed = [(o, t) for o, t, _ in found if t.code is not None]
+        if redeemed:
+            await driver.execute(
+                _REDEEM,
+                [o.shop_id for o, _ in redeemed],
+                [str(t.code).lower() for _, t in redeemed],
+                [o.placed_at for o, _ in redeemed],
+                [o.order_id for o, _ in redeemed],
+            )
 
     async def conversions(self, shop_order_ids: Sequence[tuple[str, str]]) -> list[Any]:
         if not shop_order_ids:
@@ -210,9 +256,10 @@ _ORDERS = """
 _INSERT_CONVERSIONS = """
     WITH new AS (
         INSERT INTO ingest.conversions (shop_id, order_id, request_key, customer_key, touch,
-            touched_at, ordered_at, revenue, currency, recovered_cart_id)
+            touched_at, ordered_at, revenue, currency, recovered_cart_id, code, late)
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-            $6::timestamptz[], $7::timestamptz[], $8::numeric[], $9::text[], $10::text[])
+            $6::timestamptz[], $7::timestamptz[], $8::numeric[], $9::text[], $10::text[],
+            $11::text[], $12::bool[])
         ON CONFLICT DO NOTHING
         RETURNING request_key, order_id, ordered_at, revenue
     )
@@ -221,11 +268,36 @@ _INSERT_CONVERSIONS = """
     FROM new WHERE m.request_key = new.request_key
 """
 
+# A message attributed by its code may have no engagement row (never opened by a person).
 _CONVERSIONS = """
-    SELECT c.*, m.journey_id, m.step_id
+    SELECT c.*, coalesce(m.journey_id, k.journey_id) AS journey_id,
+        coalesce(m.step_id, k.step_id) AS step_id
     FROM unnest($1::text[], $2::text[]) AS w(shop_id, order_id)
     JOIN ingest.conversions c ON c.shop_id = w.shop_id AND c.order_id = w.order_id
-    JOIN ingest.messages m ON m.request_key = c.request_key
+    LEFT JOIN ingest.messages m ON m.request_key = c.request_key
+    LEFT JOIN ingest.coupons k ON k.shop_id = c.shop_id AND k.code_key = lower(c.code)
+    WHERE coalesce(m.journey_id, k.journey_id) IS NOT NULL
+"""
+
+_INSERT_COUPONS = """
+    INSERT INTO ingest.coupons (shop_id, code_key, code, request_key, customer_key, journey_id,
+        step_id, issued_at, expires_at)
+    SELECT s, lower(c), c, rk, ck, j, st, ia, ea
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::timestamptz[], $8::timestamptz[]) AS t(s, c, rk, ck, j, st, ia, ea)
+    ON CONFLICT DO NOTHING
+"""
+
+_COUPONS_USED = """
+    SELECT k.* FROM unnest($1::text[], $2::text[]) AS w(shop_id, code_key)
+    JOIN ingest.coupons k ON k.shop_id = w.shop_id AND k.code_key = w.code_key
+"""
+
+# The first order that used a code redeems it; a later one does not move it.
+_REDEEM = """
+    UPDATE ingest.coupons k SET redeemed_at = t.at, redeemed_order_id = t.order_id
+    FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) AS t(s, c, at, order_id)
+    WHERE k.shop_id = t.s AND k.code_key = t.c AND k.redeemed_at IS NULL
 """
 
 

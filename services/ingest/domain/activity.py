@@ -57,6 +57,7 @@ def _activity(
         cart=cart,
         order_id=order.order_id if order else None,
         order_total=order.total_price if order else None,
+        discount_codes=order.discount_codes if order else [],
     )
     return ev.CloudEvent.model_construct(
         id=activity_id(event.event_id),

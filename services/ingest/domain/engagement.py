@@ -173,8 +173,34 @@ class Windows:
 @dataclass(frozen=True)
 class Touch:
     request_key: str
-    kind: Literal["click", "open"]
+    kind: Literal["click", "open", "code"]
     at: datetime
+    code: str | None = None  # kind "code": the message's discount code the order used
+    late: bool = False  # the code was used after it expired
+
+
+@dataclass(frozen=True)
+class IssuedCoupon:
+    """A discount code one message carried (from coupon.issued)."""
+
+    shop_id: str
+    code: str
+    request_key: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+def redemption(
+    order_codes: Sequence[str], coupons: Sequence[IssuedCoupon], placed_at: datetime
+) -> Touch | None:
+    """The message whose own code the order used: that message earned it, whatever the
+    attribution window (the code can only have come from it). After expiry: a late one."""
+    used = {c.strip().lower() for c in order_codes}
+    for coupon in coupons:
+        if coupon.code.lower() in used:
+            late = placed_at > coupon.expires_at
+            return Touch(coupon.request_key, "code", coupon.issued_at, coupon.code, late)
+    return None
 
 
 @dataclass(frozen=True)
@@ -227,9 +253,9 @@ def conversion(
     )
 
 
-def recovered_cart(order: Order, message: MessageRow, cart_left_at: datetime | None) -> str | None:
+def recovered_cart(order: Order, sent_at: datetime, cart_left_at: datetime | None) -> str | None:
     """The order is the abandoned cart itself: same cart id, left before the message went out."""
-    if order.cart_id is None or cart_left_at is None or cart_left_at > message.sent_at:
+    if order.cart_id is None or cart_left_at is None or cart_left_at > sent_at:
         return None
     return order.cart_id
 

@@ -85,6 +85,10 @@ class _Cart(_Body):
     updated_at: datetime
 
 
+class _DiscountCode(_Body):
+    code: str
+
+
 class _Order(_Body):
     id: ShopifyId
     email: str | None = None
@@ -96,6 +100,7 @@ class _Order(_Body):
     currency: str | None = None
     total_price: Decimal
     line_items: list[_Line] = []
+    discount_codes: list[_DiscountCode] = []
     customer: _Customer | None = None
     created_at: datetime | None = None
     processed_at: datetime | None = None
@@ -240,6 +245,7 @@ def _order(body: dict[str, Any]) -> Contract:
         cart_id=order.cart_token or order.checkout_token,
         placed_at=placed_at,
         cancelled_at=order.cancelled_at,
+        discount_codes=[d.code for d in order.discount_codes],
     )
 
 

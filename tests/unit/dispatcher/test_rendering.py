@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.domain.content import RenderedMessage, render_context
+from services.dispatcher.domain.offers import discount_terms, offer_view
 from shared.events import InvalidEvent, MessageRequest
 
 CART = {
@@ -44,12 +45,19 @@ def request(**overrides: Any) -> MessageRequest:
 
 
 def render(req: MessageRequest) -> RenderedMessage:
-    return TemplateRenderer().render(req.template, req.subject, render_context(req))
+    """With the offer issued for it, as the dispatcher does (a fixed code here)."""
+    terms = discount_terms(req.context.get("offer"), "USD")
+    offer = None if terms is None else offer_view(terms, terms.code or "", ISSUED + timedelta(7))
+    return TemplateRenderer().render(req.template, req.subject, render_context(req, offer))
+
+
+ISSUED = datetime(2022, 1, 3, 3, tzinfo=UTC)
+OFFER = {"kind": "discount_code", "code": "COMEBACK10", "value": "10%", "valid_for": "7d"}
 
 
 @pytest.mark.parametrize("template", ["abandoned_cart_reminder", "abandoned_cart_discount"])
 def test_both_parts_list_every_cart_line_with_its_price(template: str) -> None:
-    context = {"cart": CART, "offer": {"kind": "discount_code", "code": "COMEBACK10"}}
+    context = {"cart": CART, "offer": OFFER}
     rendered = render(request(template=template, context=context))
     for part in (rendered.html, rendered.text):
         assert "Linen Shirt" in part
@@ -101,15 +109,26 @@ def test_a_non_web_recovery_link_is_not_rendered_as_a_button() -> None:
     assert "javascript:" not in rendered.text
 
 
-def test_the_discount_mail_carries_the_code() -> None:
+def test_the_discount_mail_carries_the_code_its_value_conditions_and_expiry() -> None:
+    offer = OFFER | {"value": "15", "minimum_order": "50", "applies_to": "order"}
     rendered = render(
-        request(
-            template="abandoned_cart_discount",
-            context={"cart": CART, "offer": {"kind": "discount_code", "code": "COMEBACK10"}},
-        )
+        request(template="abandoned_cart_discount", context={"cart": CART, "offer": offer})
     )
-    assert "COMEBACK10" in rendered.html
-    assert "COMEBACK10" in rendered.text
+    for part in (rendered.html, rendered.text):
+        assert "COMEBACK10" in part
+        assert "$15.00 off" in part
+        assert "your whole order" in part
+        assert "at least $50.00" in part
+        assert "10 January 2022, 03:00 UTC" in part
+
+
+def test_a_discount_limited_to_collections_names_them() -> None:
+    limited = {"collections": ["gid://shopify/Collection/1"], "label": "summer shoes"}
+    offer = OFFER | {"applies_to": limited}
+    rendered = render(
+        request(template="abandoned_cart_discount", context={"cart": CART, "offer": offer})
+    )
+    assert "10% off on summer shoes" in rendered.text
 
 
 def test_the_subject_is_one_line_and_not_html_escaped() -> None:

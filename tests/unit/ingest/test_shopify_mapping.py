@@ -172,3 +172,11 @@ def test_unhandled_topics_are_not_mapped() -> None:
     assert not shopify.handles("checkouts/delete")
     assert not shopify.handles(None)
     assert shopify.handles("checkouts/update")
+
+
+def test_the_codes_an_order_used_are_kept_for_attribution() -> None:
+    body = dict(fixture_body("orders.create"))
+    body["discount_codes"] = [{"code": "SAVE7K3M", "amount": "4.00", "type": "percentage"}]
+    _, order = to_canonical("orders/create", body)
+    assert isinstance(order, ev.OrderEvent)
+    assert order.discount_codes == ["SAVE7K3M"]

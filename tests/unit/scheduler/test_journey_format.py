@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from services.scheduler.domain import journey as journey_module
 from services.scheduler.domain.conditions import Leaf
 from services.scheduler.domain.journey import parse_journey
 
@@ -37,6 +38,19 @@ def test_every_shipped_definition_is_valid(path: Path) -> None:
         (
             "steps: [{id: a, branch: [{if: {field: wallet.size, op: gt, value: 1}, goto: a}]}]",
             "facts start with",
+        ),
+        ("steps: [{id: a, send: {template: t, subject: s, send_at: noon}}]", "send_at"),
+        ("steps: [{id: a, send: {template: t, subject: s, expires_after: 2 days}}]", "pattern"),
+        ("steps: [{id: a, send: {template: t, subject: s, send_time: 9}}]", "Extra inputs"),
+        ("priority: -1\nsteps: [{id: a, end: true}]", "greater than or equal"),
+        (
+            "steps: [{id: a, send: {template: t, subject: s, offer: {kind: discount_code}}}]",
+            "needs valid_for",
+        ),
+        (
+            "steps: [{id: a, send: {template: t, subject: s, "
+            "offer: {kind: discount_code, value: lots, valid_for: 7d}}}]",
+            "pattern",
         ),
     ],
 )
@@ -78,3 +92,24 @@ def test_bounded_windows_use_durations() -> None:
     recent = Leaf(field="profile.last_order_at", op="within", value="300d")
     assert recent.holds({"profile": {"last_order_at": datetime(2025, 6, 1, tzinfo=UTC)}}, NOW)
     assert not recent.holds({"profile": {"last_order_at": datetime(2024, 1, 1, tzinfo=UTC)}}, NOW)
+
+
+CONTACT_FIELDS = (
+    "id: j\nversion: 1\nname: J\npriority: 100\ntrigger: {event: x}\nsteps:\n"
+    "  - {id: a, send: {template: t, subject: s, send_at: best_hour, expires_after: 2d}}\n"
+)
+
+
+def test_contact_fields_are_refused_while_the_scheduler_does_not_run_them() -> None:
+    refused = r"priority, a\.send_at, a\.expires_after: the contact"
+    with pytest.raises(ValidationError, match=refused):
+        parse_journey(CONTACT_FIELDS)
+
+
+def test_contact_fields_parse_once_the_gate_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journey_module, "CONTACT_GATE_WIRED", True)
+    journey = parse_journey(CONTACT_FIELDS)
+    send = journey.steps[0].send
+    assert journey.priority == 100
+    assert send is not None and send.send_at == "best_hour"
+    assert send.expiry is not None and send.expiry.days == 2
