@@ -481,6 +481,32 @@ def encode(event: CloudEvent) -> bytes:
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
 
 
+def encode_parts(
+    *,
+    id: str,
+    source: str,
+    type: str,
+    subject: str | None,
+    time: datetime,
+    shop_id: str | None,
+    data_json: bytes,
+) -> bytes:
+    """The bytes `encode` gives for this envelope, for a payload already serialised as JSON.
+
+    For hot paths: the payload is serialised once, by its contract or from stored JSON, and
+    no CloudEvent model is built and dumped around it.
+    """
+    envelope: dict[str, Any] = {"specversion": "1.0", "id": id, "source": source, "type": type}
+    if subject is not None:
+        envelope["subject"] = subject
+    envelope["time"] = time
+    envelope["datacontenttype"] = "application/json"
+    if shop_id is not None:
+        envelope["shopid"] = shop_id
+    envelope["data"] = orjson.Fragment(data_json)
+    return orjson.dumps(envelope, option=orjson.OPT_UTC_Z)  # pydantic writes UTC as `Z`
+
+
 def decode(raw: bytes | None) -> CloudEvent:
     if raw is None:
         raise InvalidEvent("empty message (tombstone)")

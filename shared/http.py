@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -49,8 +50,12 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-async def serve(service: Service, host: str, port: int) -> None:
-    """Run the service and its HTTP server until SIGINT/SIGTERM, then stop cleanly."""
+async def serve(service: Service, host: str, port: int, reuse_port: bool = False) -> None:
+    """Run the service and its HTTP server until SIGINT/SIGTERM, then stop cleanly.
+
+    `reuse_port`: several processes listen on the same port (SO_REUSEPORT) and the kernel
+    spreads the connections over them.
+    """
     config = uvicorn.Config(
         service.app,
         host=host,
@@ -61,8 +66,19 @@ async def serve(service: Service, host: str, port: int) -> None:
         lifespan="off",
     )
     server = uvicorn.Server(config)
+    sockets = [_shared_socket(host, port)] if reuse_port else None
     await service.start()
     try:
-        await server.serve()
+        await server.serve(sockets=sockets)
     finally:
         await service.stop()
+
+
+def _shared_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock

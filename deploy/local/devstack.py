@@ -368,6 +368,8 @@ def service_env(service: str, pg: Postgres) -> dict[str, str]:
     }
     if service == "ingest":
         env[prefix + "SHOPS"] = os.environ.get("REBOUND_INGEST_SHOPS", DEV_SHOPS)
+        # One ingest process per core (0), all on port 8001; each also runs a facts consumer.
+        env[prefix + "WORKERS"] = os.environ.get("REBOUND_INGEST_WORKERS", "0")
     if service == "scheduler" and os.environ.get("DEMO_JOURNEYS"):
         env[prefix + "JOURNEYS_DIR"] = str(ROOT / "deploy" / "local" / "demo-journeys")
     if service == "dispatcher":

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
-import uvloop
 
 from services.ingest.adapters.tables import SCHEMA
-from services.ingest.app import MIGRATIONS_DIR, IngestService
+from services.ingest.app import MIGRATIONS_DIR
 from services.ingest.settings import IngestSettings
-from shared.clock import SystemClock
+from services.ingest.workers import run_workers, serve_one
 from shared.db import upgrade
-from shared.http import serve
 from shared.logging import configure_logging, get_logger
 
 cli = typer.Typer(help="Rebound ingest: shop events in, customer facts kept.", no_args_is_help=True)
@@ -29,20 +28,16 @@ def run(
     ] = None,
 ) -> None:
     """Serve /webhooks/shopify and /events and run the facts consumer until SIGINT/SIGTERM."""
+    if role is not None and role not in ("api", "consumer", "all"):
+        raise typer.BadParameter("use api, consumer or all", param_hint="--role")
     settings = IngestSettings()
-    if role is not None:
-        if role not in ("api", "consumer", "all"):
-            raise typer.BadParameter("use api, consumer or all", param_hint="--role")
-        settings = settings.model_copy(update={"role": role})
-    configure_logging("ingest", settings.log_level, settings.log_json)
-    log.info(
-        "starting",
-        role=settings.role,
-        port=settings.http_port,
-        shops=[s.shop_id for s in settings.shops],
-    )
-    service = IngestService(settings, SystemClock())
-    uvloop.run(serve(service, settings.http_host, settings.http_port))
+    workers = settings.worker_processes()
+    if workers == 1:
+        serve_one(role, reuse_port=False)
+    else:
+        configure_logging("ingest", settings.log_level, settings.log_json)
+        log.info("starting_workers", workers=workers, role=settings.role)
+        sys.exit(run_workers(workers, role))
 
 
 @cli.command()

@@ -15,7 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.ingest.adapters.broker import KafkaEventSink
 from services.ingest.adapters.email_events import KafkaEmailEventSink
 from services.ingest.adapters.tables import processed_events
-from services.ingest.api import events_router, install_error_handlers, shopify_router
+from services.ingest.api import (
+    IngestApp,
+    events_router,
+    install_error_handlers,
+    shopify_delivery,
+    shopify_router,
+)
 from services.ingest.attribution import AttributionConsumer, CouponsConsumer
 from services.ingest.attribution import Topics as AttributionTopics
 from services.ingest.consumer import ShopEventsConsumer
@@ -30,6 +36,7 @@ from shared.clock import Clock, parse_duration
 from shared.db import make_engine, ping
 from shared.http import ReadinessCheck, ops_router
 from shared.kafka import BatchHandler, ConsumerLoop, make_consumer, make_producer, stop_consumer
+from shared.pipeline import PipelinedConsumerLoop, whole_batches
 from shared.pruning import Pruner
 from shared.runtime import Loops
 from shared.topics import (
@@ -78,7 +85,7 @@ class IngestService:
         self._consumer: AIOKafkaConsumer | None = None
         self._side_consumers: list[AIOKafkaConsumer] = []
         self._engine: AsyncEngine | None = None
-        self.app = self._build_app()
+        self.app: FastAPI = self._build_app()
 
     @property
     def runs_consumer(self) -> bool:
@@ -88,8 +95,8 @@ class IngestService:
     def serves_api(self) -> bool:
         return self.settings.role in ("api", "all")
 
-    def _build_app(self) -> FastAPI:
-        app = FastAPI(
+    def _build_app(self) -> IngestApp:
+        app = IngestApp(
             title="Rebound ingest",
             description="Shop events in: Shopify webhooks and the /events API.",
         )
@@ -100,6 +107,7 @@ class IngestService:
         if self.serves_api:
             shops = shop_directory(self.settings.shops)
             app.include_router(shopify_router(shops, self._sink, self._clock))
+            app.lean_posts["/webhooks/shopify"] = shopify_delivery(shops, self._sink, self._clock)
             app.include_router(events_router(shops, self._sink, self._clock))
             if self.settings.tracking_keys:
                 app.include_router(self._tracking_router())
@@ -115,7 +123,9 @@ class IngestService:
     async def start(self) -> None:
         """Returns at once; the broker and database connections come up in the background."""
         s = self.settings
-        self._producer = make_producer(s.kafka_bootstrap_servers, f"{s.kafka_client_id}-ingest")
+        self._producer = make_producer(
+            s.kafka_bootstrap_servers, f"{s.kafka_client_id}-ingest", s.produce_linger_ms
+        )
         self._loops.spawn("producer", lambda: self._sink.run(self._require(self._producer)))
         if self.runs_consumer:
             self._engine = make_engine(s.database_url, pool_size=s.db_pool_size)
@@ -216,17 +226,17 @@ class IngestService:
         publisher = await self._sink.started()
         handler = FactsHandler(
             self._require(self._engine),
-            publisher,
             self._topics.name(CUSTOMER_ACTIVITY),
             self._clock,
             facts_settings_for(self.settings.shops),
         )
-        consumer = ShopEventsConsumer(handler, publisher)
-        await ConsumerLoop(
+        stages = ShopEventsConsumer(handler, publisher)
+        await PipelinedConsumerLoop(
             self._require(self._consumer),
-            consumer.handle,
+            whole_batches(stages, publisher),
             SERVICE,
             publisher,
+            stages=stages,
             max_records=self.settings.consumer_batch_max,
             retry_initial_s=self.settings.retry_initial_s,
             retry_max_s=self.settings.retry_max_s,

@@ -1,9 +1,10 @@
-"""Applies a batch of shop events to the customer facts in one transaction, then tells the world.
+"""Applies a batch of shop events to the customer facts in one transaction; returns the
+customer.activity to publish once it committed.
 
 Idempotent: processed_events says which events are new; only those change facts. Activity is
-published for every event, duplicates included (same id, current facts), so a crash between the
+returned for every event, duplicates included (same id, current facts), so a crash between the
 database commit and the publish is repaired by the redelivery. A lifecycle stage an order moved
-is published as one more activity (customer.stage.changed.v1).
+is returned as one more activity (customer.stage.changed.v1).
 """
 
 from __future__ import annotations
@@ -24,30 +25,28 @@ from services.ingest.order_facts import SettingsFor, StageChange, apply_orders, 
 from services.ingest.profiles import grown_profiles
 from shared import events as ev
 from shared.clock import Clock, SystemClock
-from shared.kafka import Publisher
+from shared.pipeline import Outgoing
 
 
 class FactsHandler:
     def __init__(
         self,
         engine: AsyncEngine,
-        publisher: Publisher,
         activity_topic: str,
         clock: Clock | None = None,
         settings_for: SettingsFor | None = None,
     ) -> None:
         self._engine = engine
-        self._publisher = publisher
         self._activity_topic = activity_topic
         self._clock = clock or SystemClock()
         self._settings_for = settings_for or (lambda _shop: FactsSettings())
 
-    async def apply(self, events: Sequence[ShopEventIn]) -> None:
-        """Driver errors rise: ConsumerLoop translates them (shared.driver_errors) and finds
-        the event the database refuses by handing the batch's records one at a time."""
+    async def apply(self, events: Sequence[ShopEventIn]) -> list[Outgoing]:
+        """Driver errors rise: the consumer loop translates them (shared.driver_errors) and
+        finds the event the database refuses by handing the batch's records one at a time."""
         unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
         if not unique:
-            return
+            return []
         now = self._clock.now()
         async with self._engine.begin() as conn:
             repo = FactsRepository(conn)
@@ -59,12 +58,14 @@ class FactsHandler:
             owners = await repo.cart_owners(_unclaimed_carts(unique))
             keys = {e.customer_key for e in unique if e.customer_key} | set(owners.values())
             profiles = await grown_profiles(order_repo, keys, self._settings_for, now)
-            open_carts = await repo.open_carts(keys)
-        activity = activity_events(unique, owners, profiles, open_carts)
-        activity += stage_events(changes, profiles, _last_event_ids(unique), now)
-        await self._publisher.publish_many(
-            [(self._activity_topic, key, event) for key, event in activity]
-        )
+            open_carts = await repo.stored_open_carts(keys)
+        topic = self._activity_topic
+        out = [
+            (topic, key, value)
+            for key, value in activity_events(unique, owners, profiles, open_carts)
+        ]
+        stages = stage_events(changes, profiles, _last_event_ids(unique), now)
+        return out + [(topic, key, ev.encode(event)) for key, event in stages]
 
 
 async def _store(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Literal
@@ -83,6 +84,17 @@ class IngestSettings(ServiceSettings):
     produce_timeout_s: float = Field(
         default=3.0, gt=0, description="How long a request waits for the broker's ack, then 503."
     )
+    workers: int = Field(
+        default=1,
+        ge=0,
+        description="Processes of `run`, all on the same port (SO_REUSEPORT); 0: one per core.",
+    )
+    produce_linger_ms: int = Field(
+        default=0,
+        ge=0,
+        description="How long the producer holds an event to batch it with others. 0: at once; "
+        "under load, batches form anyway while the previous produce request is in flight.",
+    )
     consumer_batch_max: int = Field(default=2000, ge=1, description="Records per consumer batch.")
     db_pool_size: int = Field(default=5, ge=1)
     processed_retention_days: float = Field(
@@ -106,6 +118,10 @@ class IngestSettings(ServiceSettings):
     tracking_max_age_days: int = Field(
         default=400, ge=1, description="Opens and clicks of older mail are not recorded."
     )
+
+    def worker_processes(self) -> int:
+        """`workers`, with 0 resolved to the cores this process may run on."""
+        return self.workers or len(os.sched_getaffinity(0))
 
 
 def facts_settings_for(shops: list[ShopConfig]) -> Callable[[str], FactsSettings]:

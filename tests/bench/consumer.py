@@ -189,17 +189,23 @@ class Progress:
     first_at: float | None = None
     first_count: int = 0
     done_at: float | None = None
+    count: int = 0  # committed so far
+    last_at: float | None = None  # when `count` was first seen
 
     def observe(self, count: int, now: float) -> None:
         if self.first_at is None and count > 0:
             self.first_at, self.first_count = now, count
+        if count > self.count:
+            self.count, self.last_at = count, now
         if self.done_at is None and count >= self.target:
             self.done_at = now
 
     def steady_events_per_s(self) -> float:
-        assert self.first_at is not None and self.done_at is not None
-        span_s = self.done_at - self.first_at
-        return (self.target - self.first_count) / span_s if span_s > 0 else float("nan")
+        """From the first commit seen to the last progress seen (all done, or time up)."""
+        end = self.done_at or self.last_at
+        if self.first_at is None or end is None or end <= self.first_at:
+            return float("nan")
+        return (self.count - self.first_count) / (end - self.first_at)
 
 
 async def wait_committed(
@@ -215,6 +221,23 @@ async def wait_committed(
     async with CommittedOffsets(bootstrap, group, topic) as offsets:
         while progress.done_at is None:
             await _poll(offsets, progress, timeout_s, alive)
+    return progress
+
+
+async def committed_for(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    target: int,
+    started_at: float,
+    limit_s: float,
+    alive: Callable[[], bool],
+) -> Progress:
+    """Like wait_committed, but stops after `limit_s` with whatever was committed by then."""
+    progress = Progress(target, started_at)
+    async with CommittedOffsets(bootstrap, group, topic) as offsets:
+        while progress.done_at is None and time.perf_counter() - started_at < limit_s:
+            await _poll(offsets, progress, limit_s + 60, alive)
     return progress
 
 

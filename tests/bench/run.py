@@ -39,9 +39,12 @@ import devstack  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 
 BENCH_DIR = devstack.LOCAL / "bench"
 DATABASE = "bench"
+NAIVE_DATABASE = "bench_naive"  # the ORM peer's tables, so both start from empty ones
 PARTITIONS = 3
 WEBHOOK_PREFIX = "wh."
+NAIVE_WEBHOOK_PREFIX = "whnaive."
 CONSUMER_PREFIX = "cons."
+NAIVE_CONSUMER_GROUP = "naive-orm"
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,11 @@ class Stack:
 
     @property
     def database_url(self) -> str:
+        return self.url_of(DATABASE)
+
+    def url_of(self, database: str) -> str:
         base: str = self.pg.url.rsplit("/", 1)[0]
-        return f"{base}/{DATABASE}"
+        return f"{base}/{database}"
 
 
 def log(message: str) -> None:
@@ -68,11 +74,12 @@ def stack() -> Iterator[Stack]:
     broker_port = devstack.free_port()
     tansu = devstack.start_tansu(broker_port, BENCH_DIR / "tansu.log")
     try:
-        pg.psql(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        pg.psql(f'CREATE DATABASE "{DATABASE}"')
         result = Stack(pg, f"127.0.0.1:{broker_port}")
-        upgrade(MIGRATIONS_DIR, result.database_url, SCHEMA)
-        for prefix in (WEBHOOK_PREFIX, CONSUMER_PREFIX):
+        for database in (DATABASE, NAIVE_DATABASE):
+            pg.psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            pg.psql(f'CREATE DATABASE "{database}"')
+            upgrade(MIGRATIONS_DIR, result.url_of(database), SCHEMA)
+        for prefix in (WEBHOOK_PREFIX, NAIVE_WEBHOOK_PREFIX, CONSUMER_PREFIX):
             asyncio.run(ensure_topics(result.bootstrap, Topics(prefix).all_with_dlq(), PARTITIONS))
         yield result
     finally:
@@ -91,33 +98,45 @@ def ingest_env(s: Stack, role: str, port: int, prefix: str) -> dict[str, str]:
         "REBOUND_INGEST_ROLE": role,
         "REBOUND_INGEST_SHOPS": SHOPS_JSON,
         "REBOUND_INGEST_LOG_LEVEL": "WARNING",
+        "REBOUND_INGEST_WORKERS": "1",  # figures are per process
     }
+
+
+@contextmanager
+def process(
+    args: list[str], env: dict[str, str], log_name: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    with (BENCH_DIR / log_name).open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, *args], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        yield proc
+    finally:
+        devstack.stop_process(proc)
 
 
 @contextmanager
 def ingest(s: Stack, role: str, prefix: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = devstack.free_port()
-    with (BENCH_DIR / f"ingest-{role}.log").open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.ingest", "run", "--role", role],
-            env=ingest_env(s, role, port, prefix),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
+    args = ["-m", "services.ingest", "run", "--role", role]
+    with process(args, ingest_env(s, role, port, prefix), f"ingest-{role}.log") as proc:
         yield proc, port
-    finally:
-        devstack.stop_process(proc)
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+def peer_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def wait_ready(
+    port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60, path: str = "/readyz"
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ingest exited with {proc.returncode}; see {BENCH_DIR}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}; see {BENCH_DIR}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -157,54 +176,66 @@ def cpu_s(pid: int) -> float:
 # --- (a) webhooks ------------------------------------------------------------------------------
 
 
-def bench_webhooks(s: Stack, args: argparse.Namespace) -> list[dict[str, Any]]:
-    results = []
+def bench_webhooks(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    """The naive FastAPI peer, then Rebound's api process, at each concurrency level."""
+    port = devstack.free_port()
+    naive_args = ["-m", "tests.bench.naive_webhooks", "--port", str(port)]
+    naive_args += ["--bootstrap", s.bootstrap, "--topic", NAIVE_WEBHOOK_PREFIX + SHOP_EVENTS]
+    with process(naive_args, peer_env(), "naive-webhooks.log") as proc:
+        wait_ready(port, proc, path="/healthz")
+        naive = [load(proc, port, "naive", conns, args) for conns in args.connections]
     with ingest(s, "api", WEBHOOK_PREFIX) as (proc, port):
         wait_ready(port, proc)
-        for connections in args.connections:
-            log(f"webhooks: {connections} connections, {args.warmup}s warm-up + {args.duration}s")
-            cpu_before, wall_before = cpu_s(proc.pid), time.perf_counter()
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.bench.webhooks",
-                    "--port",
-                    str(port),
-                    "--connections",
-                    str(connections),
-                    "--duration",
-                    str(args.duration),
-                    "--warmup",
-                    str(args.warmup),
-                ],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            result = json.loads(out.stdout)
-            if not result["requests"]:
-                raise RuntimeError(f"the load generator completed no request: {out.stderr}")
-            wall = time.perf_counter() - wall_before
-            result["ingest_cpu_pct"] = round(100 * (cpu_s(proc.pid) - cpu_before) / wall, 1)
-            results.append(result)
+        rebound = [load(proc, port, "rebound", conns, args) for conns in args.connections]
     produced = asyncio.run(cbench.end_offsets(s.bootstrap, WEBHOOK_PREFIX + SHOP_EVENTS))
-    for result in results:
-        result["events_on_topic_all_runs"] = produced
-    return results
+    return {"naive": naive, "rebound": rebound, "rebound_events_on_topic": produced}
+
+
+def load(
+    proc: subprocess.Popen[bytes], port: int, who: str, connections: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    log(f"webhooks ({who}): {connections} connections, {args.warmup}s warm-up + {args.duration}s")
+    cpu_before, wall_before = cpu_s(proc.pid), time.perf_counter()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.webhooks",
+            "--port",
+            str(port),
+            "--connections",
+            str(connections),
+            "--duration",
+            str(args.duration),
+            "--warmup",
+            str(args.warmup),
+        ],
+        cwd=ROOT,
+        env=peer_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    if not result["requests"]:
+        raise RuntimeError(f"the load generator completed no request: {out.stderr}")
+    wall = time.perf_counter() - wall_before
+    result["server_cpu_pct"] = round(100 * (cpu_s(proc.pid) - cpu_before) / wall, 1)
+    return result
 
 
 # --- (b) consumer ------------------------------------------------------------------------------
 
 
 def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    """The same events, consumed by the naive ORM loop, then by one ingest consumer process."""
     topic = CONSUMER_PREFIX + SHOP_EVENTS
     log(f"consumer: generating and producing {args.events} events")
     events = cbench.make_events(args.events)
     produce_s = asyncio.run(cbench.produce(s.bootstrap, topic, events))
-    log(f"consumer: produced in {produce_s:.1f}s; starting one --role consumer process")
+    log(f"consumer: produced in {produce_s:.1f}s")
+    naive = bench_naive_consumer(s, args, topic, len(events))
+    log("consumer: starting one --role consumer process")
     with ingest(s, "consumer", CONSUMER_PREFIX) as (proc, _):
         started = time.perf_counter()
         cpu_before = cpu_s(proc.pid)
@@ -226,7 +257,7 @@ def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
     )
     dead = asyncio.run(cbench.end_offsets(s.bootstrap, CONSUMER_PREFIX + dlq(SHOP_EVENTS)))
     total_s = progress.done_at - started
-    return {
+    rebound = {
         "events": len(events),
         "produce_s": round(produce_s, 1),
         "wall_s_from_process_start": round(total_s, 2),
@@ -239,55 +270,101 @@ def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "dead_lettered": dead,
         "consumer_cpu_pct": round(100 * cpu / total_s, 1),
     }
+    return {"naive": naive, "rebound": rebound}
+
+
+def bench_naive_consumer(
+    s: Stack, args: argparse.Namespace, topic: str, target: int
+) -> dict[str, Any]:
+    """The per-event ORM loop on the same topic (its own group and database), for at most
+    --naive-seconds: at its pace all events would take long; the rate is what is compared."""
+    log(f"consumer (naive ORM loop): at most {args.naive_seconds:.0f}s")
+    peer = ["-m", "tests.bench.naive_consumer", "--bootstrap", s.bootstrap, "--topic", topic]
+    peer += ["--database-url", s.url_of(NAIVE_DATABASE), "--group", NAIVE_CONSUMER_GROUP]
+    with process(peer, peer_env(), "naive-consumer.log") as proc:
+        started, cpu_before = time.perf_counter(), cpu_s(proc.pid)
+        progress = asyncio.run(
+            cbench.committed_for(
+                s.bootstrap,
+                NAIVE_CONSUMER_GROUP,
+                topic,
+                target,
+                started,
+                args.naive_seconds,
+                lambda: proc.poll() is None,
+            )
+        )
+        cpu = cpu_s(proc.pid) - cpu_before
+        wall_s = time.perf_counter() - started
+    return {
+        "events_committed": progress.count,
+        "of_events": target,
+        "measured_s": round(wall_s, 1),
+        "events_per_s_steady": round(progress.steady_events_per_s(), 1),
+        "consumer_cpu_pct": round(100 * cpu / wall_s, 1),
+    }
 
 
 # --- report --------------------------------------------------------------------------------
 
 
+def ratio(rebound: float, naive: float) -> str:
+    return f"{rebound / naive:.1f}x" if naive else "n/a"
+
+
+def webhook_table(w: dict[str, Any]) -> list[str]:
+    lines = [
+        "(a) signed Shopify checkouts/create, 2xx after the broker's ack (acks=all), one process",
+        "    naive: plain FastAPI endpoint, HMAC check + one aiokafka send_and_wait per request",
+        f"{'conns':>6} | {'naive req/s':>11} {'p50':>6} {'p99':>6} {'cpu%':>5} | "
+        f"{'Rebound req/s':>13} {'p50':>6} {'p99':>6} {'cpu%':>5} {'errors':>6} | {'ratio':>6}",
+    ]
+    for n, r in zip(w["naive"], w["rebound"], strict=True):
+        lines.append(
+            f"{r['connections']:>6} | {n['requests_per_s']:>11.0f} {n['p50_ms']:>6.1f} "
+            f"{n['p99_ms']:>6.1f} {n['server_cpu_pct']:>5.0f} | {r['requests_per_s']:>13.0f} "
+            f"{r['p50_ms']:>6.1f} {r['p99_ms']:>6.1f} {r['server_cpu_pct']:>5.0f} "
+            f"{r['errors'] + n['errors']:>6} | "
+            f"{ratio(r['requests_per_s'], n['requests_per_s']):>6}"
+        )
+    lines.append(
+        "    latencies in ms, measured by the client; errors: non-2xx or broken connections"
+    )
+    return [*lines, ""]
+
+
+def consumer_table(c: dict[str, Any]) -> list[str]:
+    n, r = c["naive"], c["rebound"]
+    return [
+        "(b) shop.events -> PostgreSQL, one process each, the same events",
+        f"  naive ORM loop (read, update, commit per event)  {n['events_per_s_steady']:>8.0f} "
+        f"events/s  ({n['events_committed']} of {n['of_events']} in {n['measured_s']} s, "
+        f"cpu {n['consumer_cpu_pct']:.0f}%)",
+        f"  Rebound ingest consumer (+ customer.activity)   {r['events_per_s_steady']:>8.0f} "
+        f"events/s  (all {r['events']}, cpu {r['consumer_cpu_pct']:.0f}%)",
+        f"  ratio                                            "
+        f"{ratio(r['events_per_s_steady'], n['events_per_s_steady']):>8}",
+        f"  Rebound from start-up: {r['events_per_s_from_process_start']:.0f} events/s "
+        f"({r['wall_s_from_process_start']} s); processed_events {r['processed_events_rows']}, "
+        f"customers {r['customers_rows']}, customer.activity {r['customer_activity_events']} "
+        f"({r['customer_activity_distinct_sources']} distinct), dead-lettered "
+        f"{r['dead_lettered']}",
+        "",
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
     lines = [
         "",
-        "Rebound ingest benchmark (make bench)",
+        "Rebound ingest benchmark (make bench): each path beside its naive peer, same run",
         f"machine: {os.cpu_count()} cores, "
         "PostgreSQL durable (fsync on), Tansu in-memory broker, acks=all",
         "",
     ]
     if "webhooks" in results:
-        lines.append(
-            "(a) signed Shopify checkouts/create -> one `--role api` process (2xx after broker ack)"
-        )
-        lines.append(
-            f"{'conns':>6} {'req/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-            f"{'max ms':>8} {'requests':>9} {'errors':>7} {'api cpu%':>9} {'gen cpu%':>9}"
-        )
-        for r in results["webhooks"]:
-            lines.append(
-                f"{r['connections']:>6} {r['requests_per_s']:>9.0f} {r['p50_ms']:>8.2f} "
-                f"{r['p95_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['max_ms']:>8.2f} "
-                f"{r['requests']:>9} {r['errors']:>7} {r['ingest_cpu_pct']:>9.0f} "
-                f"{r['loadgen_cpu_pct']:>9.0f}"
-            )
-        lines.append("")
+        lines += webhook_table(results["webhooks"])
     if "consumer" in results:
-        c = results["consumer"]
-        lines.append(
-            "(b) shop.events -> PostgreSQL (+ customer.activity) for one `--role consumer` process"
-        )
-        lines.append(f"  events                      {c['events']}")
-        lines.append(f"  events/s (steady)           {c['events_per_s_steady']:.0f}")
-        lines.append(
-            f"  events/s (from start-up)    {c['events_per_s_from_process_start']:.0f}"
-            f"  ({c['wall_s_from_process_start']} s)"
-        )
-        lines.append(f"  processed_events rows       {c['processed_events_rows']}")
-        lines.append(f"  customers rows              {c['customers_rows']}")
-        lines.append(
-            f"  customer.activity produced  {c['customer_activity_events']}"
-            f" ({c['customer_activity_distinct_sources']} distinct source events)"
-        )
-        lines.append(f"  dead-lettered               {c['dead_lettered']}")
-        lines.append(f"  consumer cpu%               {c['consumer_cpu_pct']:.0f}")
-        lines.append("")
+        lines += consumer_table(results["consumer"])
     if "mail" in results:
         lines += mbench.table_lines(results["mail"])
     if "timers" in results:
@@ -309,6 +386,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--consumer-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--naive-seconds", type=float, default=45.0, help="at most this long for the ORM loop"
+    )
     parser.add_argument("--mails", type=int, default=5_000, help="mails per side (mail bench)")
     parser.add_argument("--timers", type=int, default=50_000, help="customers, all due at once")
     parser.add_argument(

@@ -100,7 +100,7 @@ class Connection(asyncio.Protocol):
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
             return
-        head = bytes(self._buffer[:end]).lower()
+        head = bytes(self._buffer[:end]).lower() + b"\r\n"  # every header line ends in CRLF
         marker = head.find(b"content-length:")
         length = int(head[marker + 15 : head.find(b"\r\n", marker)]) if marker >= 0 else 0
         if len(self._buffer) < end + 4 + length:

@@ -1,27 +1,25 @@
 """All SQL of the customer facts. Set-based: one statement per table and batch, never per event.
 
 The upserts merge with what is stored by the same rules as domain/facts.py's `merge_*`.
-The caller owns the transaction. The hot tables (processed_events, customers, carts) are
-written through the asyncpg connection underneath, one column per array parameter
-(`unnest`), because SQLAlchemy's per-row parameter processing cost more than the database.
+The caller owns the transaction. Every statement goes through the asyncpg connection
+underneath, one column per array parameter (`unnest`, `= ANY`), because SQLAlchemy's per-row
+parameter and result processing cost more than the database did.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import fields
-from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, bindparam, case, func, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import distinct_on, insert
+from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.ingest.adapters.tables import carts, customers, order_lines, orders
+from services.ingest.domain.activity import OpenCart
 from services.ingest.domain.facts import CartRow, CustomerRow, OrderRow, OrderTotals
 from shared import events as ev
 
+_LINES_JSON = TypeAdapter(list[ev.Line])
 _CUSTOMER_FACTS = (
     "customer_id",
     "email",
@@ -61,66 +59,44 @@ class FactsRepository:
         return {row[0] for row in rows}
 
     async def upsert_customers(self, rows: Iterable[CustomerRow]) -> None:
-        columns = _columns(list(rows), _CUSTOMER_COLUMNS)
-        if columns:
-            await (await self._driver()).execute(_UPSERT_CUSTOMERS, *columns)
+        rows = list(rows)
+        if rows:
+            await (await self._driver()).execute(
+                _UPSERT_CUSTOMERS, *_columns(rows, _CUSTOMER_COLUMNS)
+            )
 
     async def add_orders(self, rows: Sequence[OrderRow]) -> list[OrderRow]:
         """Insert or advance the orders; returns the ones seen for the first time."""
         if not rows:
             return []
-        params = [_order_params(row) for row in rows]
-        inserted = await self._conn.execute(
-            insert(orders).on_conflict_do_nothing().returning(orders.c.shop_id, orders.c.order_id),
-            params,
-        )
-        new_keys = {(r.shop_id, r.order_id) for r in inserted}
-        known = [p for p in params if (p["shop_id"], p["order_id"]) not in new_keys]
+        driver = await self._driver()
+        inserted = await driver.fetch(_INSERT_ORDERS, *_columns(rows, _ORDER_COLUMNS))
+        new_keys = {(r[0], r[1]) for r in inserted}
+        known = [row for row in rows if (row.shop_id, row.order_id) not in new_keys]
         if known:
-            await self._conn.execute(_advance_orders(), known)
+            await driver.execute(_ADVANCE_ORDERS, *_columns(known, _ADVANCE_COLUMNS))
         new_orders = [row for row in rows if (row.shop_id, row.order_id) in new_keys]
         await self._insert_lines(new_orders)
         return new_orders
 
     async def _insert_lines(self, new_orders: Iterable[OrderRow]) -> None:
-        params = [
-            {
-                "shop_id": order.shop_id,
-                "order_id": order.order_id,
-                "line_no": n,
-                **line.model_dump(include=_LINE_COLUMNS),
-            }
+        lines = [
+            (order.shop_id, order.order_id, n, line)
             for order in new_orders
             for n, line in enumerate(order.lines, start=1)
         ]
-        if params:
-            await self._conn.execute(insert(order_lines).on_conflict_do_nothing(), params)
-
-    async def add_order_totals(self, totals: Iterable[OrderTotals]) -> None:
-        params = [
-            {
-                "b_key": t.customer_key,
-                "b_orders": t.orders,
-                "b_spent": t.spent,
-                "b_first": t.first_order_at,
-                "b_last": t.last_order_at,
-            }
-            for t in totals
-        ]
-        if not params:
+        if not lines:
             return
-        c = customers.c
-        stmt = (
-            update(customers)
-            .where(c.customer_key == bindparam("b_key"))
-            .values(
-                orders_count=c.orders_count + bindparam("b_orders"),
-                total_spent=c.total_spent + bindparam("b_spent"),
-                first_order_at=func.least(c.first_order_at, bindparam("b_first")),
-                last_order_at=func.greatest(c.last_order_at, bindparam("b_last")),
+        columns: list[list[Any]] = [[s for s, _, _, _ in lines], [o for _, o, _, _ in lines]]
+        columns.append([n for _, _, n, _ in lines])
+        columns.extend([getattr(line, name) for *_, line in lines] for name in _LINE_COLUMNS)
+        await (await self._driver()).execute(_INSERT_LINES, *columns)
+
+    async def add_order_totals(self, totals: Sequence[OrderTotals]) -> None:
+        if totals:
+            await (await self._driver()).execute(
+                _ADD_ORDER_TOTALS, *_columns(totals, _TOTALS_COLUMNS)
             )
-        )
-        await self._conn.execute(stmt, params)
 
     async def upsert_carts(self, rows: Iterable[CartRow]) -> None:
         rows = list(rows)
@@ -128,85 +104,49 @@ class FactsRepository:
             return
         columns = _columns(rows, _CART_COLUMNS)
         # jsonb travels as text: asyncpg has no array codec for it without a round trip.
-        columns[3] = [orjson.dumps(row.lines).decode() for row in rows]
+        columns[3] = [_LINES_JSON.dump_json(row.lines).decode() for row in rows]
         await (await self._driver()).execute(_UPSERT_CARTS, *columns)
 
-    async def close_ordered_carts(self, placed: Iterable[OrderRow]) -> None:
+    async def close_ordered_carts(self, placed: Sequence[OrderRow]) -> None:
         """An order closes the cart it came from and its customer's carts left before it."""
-        placed = list(placed)
-        by_cart = {(o.shop_id, o.cart_id): o for o in placed if o.cart_id}
+        if not placed:
+            return
+        driver = await self._driver()
+        by_cart = list({(o.shop_id, o.cart_id): o for o in placed if o.cart_id}.values())
         if by_cart:
-            stmt = insert(carts)
-            await self._conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[carts.c.shop_id, carts.c.cart_id],
-                    set_={
-                        "status": "ordered",
-                        "customer_key": func.coalesce(
-                            carts.c.customer_key, stmt.excluded.customer_key
-                        ),
-                    },
-                ),
-                [
-                    {
-                        "shop_id": o.shop_id,
-                        "cart_id": o.cart_id,
-                        "customer_key": o.customer_key,
-                        "lines": [],
-                        "updated_at": o.placed_at,
-                        "status": "ordered",
-                    }
-                    for o in by_cart.values()
-                ],
-            )
-        if placed:
-            c = carts.c
-            stmt_close = (
-                update(carts)
-                .where(
-                    c.customer_key == bindparam("b_key"),
-                    c.status == "open",
-                    c.updated_at <= bindparam("b_placed_at"),
-                )
-                .values(status="ordered")
-            )
-            await self._conn.execute(
-                stmt_close, [{"b_key": o.customer_key, "b_placed_at": o.placed_at} for o in placed]
-            )
+            await driver.execute(_CLOSE_ORDER_CARTS, *_columns(by_cart, _CLOSE_CART_COLUMNS))
+        await driver.execute(
+            _CLOSE_LEFT_CARTS, [o.customer_key for o in placed], [o.placed_at for o in placed]
+        )
 
     async def cart_owners(self, cart_ids: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
         wanted = list(set(cart_ids))
         if not wanted:
             return {}
-        c = carts.c
-        result = await self._conn.execute(
-            select(c.shop_id, c.cart_id, c.customer_key).where(
-                tuple_(c.shop_id, c.cart_id).in_(wanted), c.customer_key.is_not(None)
-            )
+        rows = await (await self._driver()).fetch(
+            _CART_OWNERS, [s for s, _ in wanted], [c for _, c in wanted]
         )
-        return {(r.shop_id, r.cart_id): r.customer_key for r in result}
+        return {(r[0], r[1]): r[2] for r in rows}
 
     async def profiles(self, keys: Iterable[str]) -> dict[str, ev.Profile]:
         wanted = list(set(keys))
         if not wanted:
             return {}
-        c = customers.c
-        result = await self._conn.execute(select(customers).where(c.customer_key.in_(wanted)))
-        return {r.customer_key: _profile(r._mapping) for r in result}
+        rows = await (await self._driver()).fetch(_PROFILES, wanted)
+        return {r["customer_key"]: _profile(r) for r in rows}
 
     async def open_carts(self, keys: Iterable[str]) -> dict[str, ev.CartSnapshot]:
         """Each customer's most recently updated open cart."""
+        stored = await self.stored_open_carts(keys)
+        return {key: _snapshot(cart) for key, cart in stored.items()}
+
+    async def stored_open_carts(self, keys: Iterable[str]) -> dict[str, OpenCart]:
+        """As open_carts, with the lines as the stored JSON, for encoding them as they are."""
         wanted = list(set(keys))
         if not wanted:
             return {}
-        c = carts.c
-        result = await self._conn.execute(
-            select(carts)
-            .where(c.customer_key.in_(wanted), c.status == "open")
-            .order_by(c.customer_key, c.updated_at.desc())
-            .ext(distinct_on(c.customer_key))
-        )
-        return {r.customer_key: _cart_snapshot(r._mapping) for r in result}
+        rows = await (await self._driver()).fetch(_OPEN_CARTS, wanted)
+        return {r["customer_key"]: _open_cart(r) for r in rows}
 
 
 _CUSTOMER_COLUMNS = ("customer_key", "shop_id", *_CUSTOMER_FACTS, "updated_at")
@@ -271,14 +211,29 @@ _UPSERT_CARTS = """
 """
 
 
-def _columns(rows: Sequence[CustomerRow | CartRow], names: Sequence[str]) -> list[list[Any]]:
-    """Rows turned into one list per column, the shape `unnest` takes."""
-    if not rows:
-        return []
-    return [[getattr(row, name) for row in rows] for name in names]
-
-
-_LINE_COLUMNS = {
+_ORDER_COLUMNS = (
+    "shop_id",
+    "order_id",
+    "customer_key",
+    "cart_id",
+    "currency",
+    "total_price",
+    "status",
+    "placed_at",
+    "paid_at",
+    "cancelled_at",
+    "updated_at",
+)
+_ADVANCE_COLUMNS = (
+    "shop_id",
+    "order_id",
+    "status",
+    "paid_at",
+    "cancelled_at",
+    "cart_id",
+    "updated_at",
+)
+_LINE_COLUMNS = (
     "product_id",
     "variant_id",
     "sku",
@@ -287,36 +242,96 @@ _LINE_COLUMNS = {
     "quantity",
     "price",
     "category",
-}
+)
+_TOTALS_COLUMNS = ("customer_key", "orders", "spent", "first_order_at", "last_order_at")
+_CLOSE_CART_COLUMNS = ("shop_id", "cart_id", "customer_key", "placed_at")
+
+_INSERT_ORDERS = """
+    INSERT INTO ingest.orders (shop_id, order_id, customer_key, cart_id, currency, total_price,
+        status, placed_at, paid_at, cancelled_at, updated_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+        $6::numeric[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+        $11::timestamptz[])
+    ON CONFLICT DO NOTHING
+    RETURNING shop_id, order_id
+"""
+
+# merge_order's rule: the furthest status wins, a known time or cart is never dropped.
+_ADVANCE_ORDERS = """
+    UPDATE ingest.orders AS old SET
+        status = CASE WHEN 'cancelled' IN (old.status, new.status) THEN 'cancelled'
+            WHEN 'paid' IN (old.status, new.status) THEN 'paid' ELSE 'placed' END,
+        paid_at = coalesce(old.paid_at, new.paid_at),
+        cancelled_at = coalesce(old.cancelled_at, new.cancelled_at),
+        cart_id = coalesce(old.cart_id, new.cart_id),
+        updated_at = greatest(old.updated_at, new.updated_at)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+        $6::text[], $7::timestamptz[])
+        AS new(shop_id, order_id, status, paid_at, cancelled_at, cart_id, updated_at)
+    WHERE old.shop_id = new.shop_id AND old.order_id = new.order_id
+"""
+
+_INSERT_LINES = """
+    INSERT INTO ingest.order_lines (shop_id, order_id, line_no, product_id, variant_id, sku,
+        title, variant_title, quantity, price, category)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::bigint[], $10::numeric[], $11::text[])
+    ON CONFLICT DO NOTHING
+"""
+
+_ADD_ORDER_TOTALS = """
+    UPDATE ingest.customers AS c SET
+        orders_count = c.orders_count + t.orders,
+        total_spent = c.total_spent + t.spent,
+        first_order_at = least(c.first_order_at, t.first_order_at),
+        last_order_at = greatest(c.last_order_at, t.last_order_at)
+    FROM unnest($1::text[], $2::int[], $3::numeric[], $4::timestamptz[], $5::timestamptz[])
+        AS t(customer_key, orders, spent, first_order_at, last_order_at)
+    WHERE c.customer_key = t.customer_key
+"""
+
+_CLOSE_ORDER_CARTS = """
+    INSERT INTO ingest.carts AS old (shop_id, cart_id, customer_key, lines, updated_at, status)
+    SELECT s, c, k, '[]'::jsonb, u, 'ordered'
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS t(s, c, k, u)
+    ON CONFLICT (shop_id, cart_id) DO UPDATE SET
+        status = 'ordered', customer_key = coalesce(old.customer_key, excluded.customer_key)
+"""
+
+_CLOSE_LEFT_CARTS = """
+    UPDATE ingest.carts AS c SET status = 'ordered'
+    FROM unnest($1::text[], $2::timestamptz[]) AS o(customer_key, placed_at)
+    WHERE c.customer_key = o.customer_key AND c.status = 'open' AND c.updated_at <= o.placed_at
+"""
+
+_CART_OWNERS = """
+    SELECT c.shop_id, c.cart_id, c.customer_key
+    FROM ingest.carts AS c
+    JOIN unnest($1::text[], $2::text[]) AS w(shop_id, cart_id) USING (shop_id, cart_id)
+    WHERE c.customer_key IS NOT NULL
+"""
+
+_PROFILES = """
+    SELECT customer_key, shop_id, email, first_name, last_name, locale, marketing_consent,
+        registered_at, orders_count, total_spent, last_order_at
+    FROM ingest.customers WHERE customer_key = ANY($1::text[])
+"""
+
+_OPEN_CARTS = """
+    SELECT DISTINCT ON (customer_key) customer_key, cart_id, lines::text AS lines, currency,
+        total_price, recovery_url, updated_at
+    FROM ingest.carts
+    WHERE customer_key = ANY($1::text[]) AND status = 'open'
+    ORDER BY customer_key, updated_at DESC
+"""
 
 
-def _order_params(row: OrderRow) -> dict[str, Any]:
-    return {f.name: getattr(row, f.name) for f in fields(row) if f.name != "lines"}
-
-
-def _advance_orders() -> Any:
-    stmt = insert(orders)
-    new, old = stmt.excluded, orders.c
-
-    def either(status: str) -> ColumnElement[bool]:
-        return or_(old.status == status, new.status == status)
-
-    return stmt.on_conflict_do_update(
-        index_elements=[old.shop_id, old.order_id],
-        set_={
-            "status": case(
-                (either("cancelled"), "cancelled"), (either("paid"), "paid"), else_="placed"
-            ),
-            "paid_at": func.coalesce(old.paid_at, new.paid_at),
-            "cancelled_at": func.coalesce(old.cancelled_at, new.cancelled_at),
-            "cart_id": func.coalesce(old.cart_id, new.cart_id),
-            "updated_at": func.greatest(old.updated_at, new.updated_at),
-        },
-    )
+def _columns(rows: Sequence[Any], names: Sequence[str]) -> list[list[Any]]:
+    """Rows turned into one list per column, the shape `unnest` takes."""
+    return [[getattr(row, name) for row in rows] for name in names]
 
 
 def _profile(row: Any) -> ev.Profile:
-    last_order_at: datetime | None = row["last_order_at"]
     # Stored from validated events by this service; the column types are the field types.
     return ev.Profile.model_construct(
         key=row["customer_key"],
@@ -329,16 +344,27 @@ def _profile(row: Any) -> ev.Profile:
         registered_at=row["registered_at"],
         orders_count=row["orders_count"],
         total_spent=row["total_spent"],
-        last_order_at=last_order_at,
+        last_order_at=row["last_order_at"],
     )
 
 
-def _cart_snapshot(row: Any) -> ev.CartSnapshot:
-    return ev.CartSnapshot(
+def _open_cart(row: Any) -> OpenCart:
+    return OpenCart(
         cart_id=row["cart_id"],
-        lines=row["lines"],
+        lines_json=row["lines"],
         currency=row["currency"],
         total_price=row["total_price"],
         recovery_url=row["recovery_url"],
         updated_at=row["updated_at"],
+    )
+
+
+def _snapshot(cart: OpenCart) -> ev.CartSnapshot:
+    return ev.CartSnapshot(
+        cart_id=cart.cart_id,
+        lines=orjson.loads(cart.lines_json),
+        currency=cart.currency,
+        total_price=cart.total_price,
+        recovery_url=cart.recovery_url,
+        updated_at=cart.updated_at,
     )

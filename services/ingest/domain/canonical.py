@@ -15,7 +15,8 @@ from shared.events import (
     ProductDeleted,
     ProductUpdated,
     customer_key,
-    make_event,
+    decode,
+    encode_parts,
 )
 
 SOURCE_SHOPIFY = "rebound/ingest/shopify"
@@ -24,8 +25,15 @@ SOURCE_API = "rebound/ingest/api"
 
 @dataclass(frozen=True)
 class ShopEvent:
+    """The record for shop.events: its key, the event's id and the encoded CloudEvent."""
+
     key: str
-    event: CloudEvent
+    id: str
+    value: bytes
+
+    @property
+    def event(self) -> CloudEvent:
+        return decode(self.value)
 
 
 def cart_key(shop_id: str, cart_id: str) -> str:
@@ -55,10 +63,16 @@ def shop_event(
     """Raises InvalidEvent when the payload says what no shop can mean (domain/limits.py)."""
     limits.check(data, now)
     subject, key = subject_and_key(shop_id, data)
-    event = make_event(
-        type=type, source=source, id=event_id, time=now, subject=subject, shop_id=shop_id, data=data
+    value = encode_parts(
+        id=event_id,
+        source=source,
+        type=type,
+        subject=subject,
+        time=now,
+        shop_id=shop_id,
+        data_json=data.model_dump_json().encode(),
     )
-    return ShopEvent(key=key, event=event)
+    return ShopEvent(key=key, id=event_id, value=value)
 
 
 def describe(exc: ValidationError) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 from shared import events as ev
 
@@ -78,7 +78,7 @@ class CartRow:
     shop_id: str
     cart_id: str
     customer_key: str | None
-    lines: list[dict[str, Any]]
+    lines: list[ev.Line]
     currency: str | None
     total_price: Decimal | None
     recovery_url: str | None
@@ -176,7 +176,7 @@ def cart_row(event: ShopEventIn, cart: ev.CartUpdated) -> CartRow:
         shop_id=event.shop_id,
         cart_id=cart.cart_id,
         customer_key=event.customer_key,
-        lines=[line.model_dump(mode="json") for line in cart.lines],
+        lines=cart.lines,
         currency=cart.currency,
         total_price=cart.total_price,
         recovery_url=cart.recovery_url,

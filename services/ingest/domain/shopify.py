@@ -3,6 +3,9 @@
 The models below read only what Rebound uses. Ids are strings: integers are turned into their
 exact decimal text (`coerce_numbers_to_str`), and a float id is refused, because a float has
 already lost the last digits of a Shopify id (they exceed 2^53).
+
+A body is validated once, by these models; the canonical payloads are then constructed from
+their already-validated fields (`model_construct`), whose types are the canonical field types.
 """
 
 from __future__ import annotations
@@ -160,7 +163,7 @@ def _consent(
 
 def _lines(lines: list[_Line]) -> list[ev.Line]:
     return [
-        ev.Line(
+        ev.Line.model_construct(
             product_id=line.product_id,
             variant_id=line.variant_id,
             sku=line.sku,
@@ -180,10 +183,10 @@ def _customer(
     accepts_marketing: bool | None = None,
 ) -> ev.Customer:
     if customer is None:
-        return ev.Customer(
+        return ev.Customer.model_construct(
             email=email, locale=locale, marketing_consent=_consent(None, accepts_marketing)
         )
-    return ev.Customer(
+    return ev.Customer.model_construct(
         id=customer.id,
         email=email or customer.email,
         first_name=customer.first_name,
@@ -201,7 +204,7 @@ def _checkout(body: dict[str, Any]) -> Contract:
     if not cart_id:
         raise MappingError("checkout has neither cart_token nor token")
     email = checkout.email or (checkout.customer.email if checkout.customer else None)
-    return ev.CartUpdated(
+    return ev.CartUpdated.model_construct(
         cart_id=cart_id,
         customer=_customer(
             checkout.customer, email, checkout.customer_locale, checkout.buyer_accepts_marketing
@@ -220,9 +223,9 @@ def _cart(body: dict[str, Any]) -> Contract:
     if not cart_id:
         raise MappingError("cart has neither token nor id")
     total = sum((line.price * line.quantity for line in cart.line_items), Decimal(0))
-    return ev.CartUpdated(
+    return ev.CartUpdated.model_construct(
         cart_id=cart_id,
-        customer=ev.Customer(),
+        customer=ev.Customer.model_construct(),
         lines=_lines(cart.line_items),
         currency=cart.currency,
         total_price=total,
@@ -236,7 +239,7 @@ def _order(body: dict[str, Any]) -> Contract:
     if placed_at is None:
         raise MappingError("order has neither created_at nor processed_at")
     email = order.email or order.contact_email
-    return ev.OrderEvent(
+    return ev.OrderEvent.model_construct(
         order_id=order.id,
         customer=_customer(order.customer, email, order.customer_locale),
         lines=_lines(order.line_items),
@@ -253,14 +256,14 @@ def _customer_changed(body: dict[str, Any]) -> Contract:
     customer = _Customer.model_validate(body)
     if not customer.id:
         raise MappingError("customer has no id")
-    return ev.CustomerChanged(customer=_customer(customer, customer.email, None))
+    return ev.CustomerChanged.model_construct(customer=_customer(customer, customer.email, None))
 
 
 def _consent_changed(body: dict[str, Any]) -> Contract:
     update = _ConsentUpdate.model_validate(body)
     consent = update.email_marketing_consent
-    return ev.ConsentChanged(
-        customer=ev.Customer(id=update.customer_id, email=update.email_address),
+    return ev.ConsentChanged.model_construct(
+        customer=ev.Customer.model_construct(id=update.customer_id, email=update.email_address),
         state=_consent(consent),
         changed_at=consent.consent_updated_at if consent else None,
     )

@@ -11,9 +11,15 @@ import pytest
 from fastapi import FastAPI
 
 from services.ingest.adapters.broker import BrokerUnavailable
-from services.ingest.api import events_router, install_error_handlers, shopify_router
+from services.ingest.api import (
+    IngestApp,
+    events_router,
+    install_error_handlers,
+    shopify_delivery,
+    shopify_router,
+)
 from services.ingest.app import shop_directory
-from services.ingest.domain.canonical import ShopEvent
+from services.ingest.domain.canonical import ShopEvent, shop_event
 from shared import events as ev
 from shared.clock import ManualClock
 from tests.unit.ingest.deliveries import (
@@ -342,3 +348,44 @@ async def test_a_time_without_offset_is_taken_as_utc(
     assert ev.payload(produced.event, ev.CartUpdated).updated_at == datetime(
         2024, 10, 1, 10, tzinfo=UTC
     )
+
+
+def test_a_shop_event_is_encoded_as_its_contract_would_encode_it() -> None:
+    data = ev.CartUpdated(
+        cart_id="c1", customer=ev.Customer(), lines=[], updated_at=NOW, total_price=None
+    )
+    made = shop_event(
+        type=ev.CART_UPDATED, source="s", event_id="e1", shop_id=SHOP_ID, data=data, now=NOW
+    )
+    contract = ev.make_event(
+        type=ev.CART_UPDATED,
+        source="s",
+        id="e1",
+        time=NOW,
+        subject=None,
+        shop_id=SHOP_ID,
+        data=data,
+    )
+    assert made.value == ev.encode(contract)
+
+
+async def test_the_lean_webhook_path_answers_as_the_route_and_stays_documented(
+    sink: RecordingSink,
+) -> None:
+    shops = shop_directory([SHOP])
+    clock = ManualClock(NOW)
+    app = IngestApp()
+    app.include_router(shopify_router(shops, sink, clock))
+    app.lean_posts["/webhooks/shopify"] = shopify_delivery(shops, sink, clock)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
+        d = delivery("checkouts.create")
+        response = await client.post("/webhooks/shopify", content=d.body, headers=d.headers)
+        unsigned = await client.post("/webhooks/shopify", content=d.body)
+        docs = (await client.get("/openapi.json")).json()
+    [produced] = sink.events
+    assert response.status_code == 200
+    assert response.json() == {"status": "accepted", "event_id": produced.id}
+    assert response.headers["content-type"] == "application/json"
+    assert unsigned.status_code == 401
+    assert "/webhooks/shopify" in docs["paths"]

@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from services.ingest.domain.activity import activity_events, activity_id
+import orjson
+
+from services.ingest.domain.activity import (
+    OpenCart,
+    activity_events,
+    activity_id,
+)
 from services.ingest.domain.facts import ShopEventIn, fold, order_totals
 from shared import events as ev
 
@@ -102,12 +108,70 @@ def test_consent_is_kept_unless_an_event_says_otherwise() -> None:
 
 
 def test_activity_needs_a_known_customer_and_has_a_stable_id() -> None:
-    profile = ev.Profile(key=KEY, shop_id="s", email="a@b.test")
+    profiles = {KEY: ev.Profile(key=KEY, shop_id="s", email="a@b.test")}
     anonymous = cart_event("e2", T0, [LINE], customer=ev.Customer(), key=None)
     named = cart_event("e1", T0, [LINE])
-    assert activity_events([anonymous], {}, {KEY: profile}, {}) == []
-    [(key, claimed)] = activity_events([anonymous], {("s", "c1"): KEY}, {KEY: profile}, {})
-    assert (key, claimed.id) == (KEY, activity_id("e2"))
-    [(_, first)] = activity_events([named], {}, {KEY: profile}, {})
-    [(_, again)] = activity_events([named], {}, {KEY: profile}, {})
+    assert activity_events([anonymous], {}, profiles, {}) == []
+    [(key, claimed)] = activity_events([anonymous], {("s", "c1"): KEY}, profiles, {})
+    assert (key, ev.decode(claimed).id) == (KEY, activity_id("e2"))
+    [(_, first)] = activity_events([named], {}, profiles, {})
+    [(_, again)] = activity_events([named], {}, profiles, {})
     assert first == again
+
+
+def _as_the_contract_encodes_it(
+    event: ShopEventIn, profile: ev.Profile, cart: ev.CartSnapshot | None
+) -> bytes:
+    order = event.data if isinstance(event.data, ev.OrderEvent) else None
+    activity = ev.Activity(
+        kind=event.type,
+        source_event_id=event.event_id,
+        occurred_at=event.occurred_at,
+        profile=profile,
+        cart=cart,
+        order_id=order.order_id if order else None,
+        order_total=order.total_price if order else None,
+    )
+    return ev.encode(
+        ev.make_event(
+            type=ev.CUSTOMER_ACTIVITY,
+            source="rebound/ingest/facts",
+            id=activity_id(event.event_id),
+            time=event.time,
+            subject=KEY,
+            shop_id=event.shop_id,
+            data=activity,
+        )
+    )
+
+
+def test_activity_is_encoded_as_its_contract_would_encode_it() -> None:
+    at = datetime(2024, 10, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    profile = ev.Profile(
+        key=KEY,
+        shop_id="s",
+        email="a@b.test",
+        first_name="Zoë",
+        marketing_consent="subscribed",
+        orders_count=2,
+        total_spent=Decimal("19.00"),
+        last_order_at=at,
+    )
+    line = ev.Line(sku="MUG", title='Mug "blue"', quantity=2, price=Decimal("9.50"))
+    cart = ev.CartSnapshot(
+        cart_id="c1", lines=[line], currency="EUR", total_price=Decimal("19.00"), updated_at=at
+    )
+    # As PostgreSQL gives jsonb back: other key order, other spacing.
+    stored_lines = orjson.dumps([dict(sorted(line.model_dump(mode="json").items()))])
+    open_cart = OpenCart(
+        "c1", stored_lines.decode().replace(",", ", "), "EUR", Decimal("19.00"), None, at
+    )
+    order = order_event("o", ev.ORDER_PLACED, total="19.00")
+    cart_update = cart_event("c", at, [line])
+
+    [(_, placed)] = activity_events([order], {}, {KEY: profile}, {})
+    assert placed == _as_the_contract_encodes_it(order, profile, None)
+    [(_, updated)] = activity_events([cart_update], {}, {KEY: profile}, {KEY: open_cart})
+    expected = _as_the_contract_encodes_it(cart_update, profile, cart)
+    assert orjson.loads(updated) == orjson.loads(expected)
+    assert ev.payload(ev.decode(updated), ev.Activity).cart == cart
