@@ -352,7 +352,8 @@ def webhook_table(w: dict[str, Any]) -> list[str]:
             f"{ratio(r['requests_per_s'], n['requests_per_s']):>6}"
         )
     lines.append(
-        "    latencies in ms, measured by the client; errors: non-2xx or broken connections"
+        "    median of alternating rounds; latencies in ms, measured by the client; errors:"
+        " non-2xx or broken connections, all rounds"
     )
     return [*lines, ""]
 
