@@ -43,9 +43,9 @@ def serve_one(role: str | None, reuse_port: bool) -> None:
 
 
 def _quiet_garbage_collector() -> None:
-    """Fewer, shorter collections: per request thousands of short-lived objects (pydantic
-    models, dicts) triggered a collection every few requests, and each full one walked every
-    module and model class loaded at start-up; those pauses were the webhooks' p99."""
+    """Fewer, shorter collections: every request allocates many short-lived objects (pydantic
+    models, dicts), so collections ran every few requests, and the older ones walked every
+    module and model class loaded at start-up. Their pauses showed in the webhooks' p99."""
     gc.freeze()  # what start-up made lives as long as the process: never scan it again
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
 
