@@ -39,6 +39,24 @@ class ProcessedEvent(Base):
 
 class Customer(Base):
     __table__ = tables.customers
+    # Only what the loop reads and writes; the other columns keep their database defaults.
+    __mapper_args__ = {  # noqa: RUF012  # SQLAlchemy's declarative attribute
+        "include_properties": [
+            "customer_key",
+            "shop_id",
+            "customer_id",
+            "email",
+            "first_name",
+            "last_name",
+            "locale",
+            "marketing_consent",
+            "orders_count",
+            "total_spent",
+            "first_order_at",
+            "last_order_at",
+            "updated_at",
+        ]
+    }
     customer_key: Mapped[str]
     shop_id: Mapped[str]
     customer_id: Mapped[str | None]
