@@ -7,10 +7,12 @@ platforms are strings: Shopify ids exceed 2^53 and must never pass through a flo
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -454,6 +456,25 @@ class CloudEvent(BaseModel):
 
 
 P = TypeVar("P", bound=Contract)
+
+
+def construct(model: type[P], **values: Any) -> P:
+    """`model.model_construct(**values)` (values already valid), without its cost per call of
+    inspecting each default factory's signature (about 0.2 ms per Profile): the factories of
+    the fields not given are called here, directly."""
+    for name, factory in _default_factories(model):
+        if name not in values:
+            values[name] = factory()
+    return cast(P, model.model_construct(**values))
+
+
+@functools.cache
+def _default_factories(model: type[Contract]) -> tuple[tuple[str, Callable[[], Any]], ...]:
+    return tuple(
+        (name, cast(Callable[[], Any], field.default_factory))
+        for name, field in model.model_fields.items()
+        if field.default_factory is not None
+    )
 
 
 def make_event(

@@ -39,7 +39,8 @@ def _grown(stored: StoredFacts, settings_for: SettingsFor, now: datetime) -> ev.
 
 def _base(row: Any) -> ev.Profile:
     # Stored from validated events by this service; the column types are the field types.
-    return ev.Profile.model_construct(
+    return ev.construct(
+        ev.Profile,
         key=row["customer_key"],
         shop_id=row["shop_id"],
         email=row["email"],

@@ -333,7 +333,8 @@ def _columns(rows: Sequence[Any], names: Sequence[str]) -> list[list[Any]]:
 
 def _profile(row: Any) -> ev.Profile:
     # Stored from validated events by this service; the column types are the field types.
-    return ev.Profile.model_construct(
+    return ev.construct(
+        ev.Profile,
         key=row["customer_key"],
         shop_id=row["shop_id"],
         email=row["email"],
