@@ -72,6 +72,12 @@ class Publisher:
         await self._producer.send_and_wait(topic, encode(event), key=key.encode(), headers=HEADERS)
         metrics.EVENTS_OUT.labels(self._service, topic).inc()
 
+    async def publish_one_raw(self, topic: str, key: str, value: bytes) -> None:
+        """One already-encoded event, waiting for its ack. Through `send`, so the events of
+        concurrent callers (e.g. HTTP requests) share the producer's open batch."""
+        await self._producer.send_and_wait(topic, value, key=key.encode(), headers=HEADERS)
+        metrics.EVENTS_OUT.labels(self._service, topic).inc()
+
     async def publish_many(self, items: Sequence[tuple[str, str, CloudEvent]]) -> None:
         """Send all, then wait for every ack; raises if any was not acknowledged."""
         futures = [

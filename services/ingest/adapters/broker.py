@@ -57,7 +57,7 @@ class KafkaEventSink:
             raise BrokerUnavailable("the broker connection is not up yet")
         try:
             await asyncio.wait_for(
-                publisher.publish_raw([(self._topic, event.key, event.value)]), self._timeout_s
+                publisher.publish_one_raw(self._topic, event.key, event.value), self._timeout_s
             )
         except (TimeoutError, KafkaError, OSError) as exc:
             raise BrokerUnavailable(f"the broker did not acknowledge: {exc!r}") from exc
