@@ -70,7 +70,7 @@ class FactsRepository:
         if not rows:
             return []
         driver = await self._driver()
-        inserted = await driver.fetch(_INSERT_ORDERS, *_columns(rows, _ORDER_COLUMNS))
+        inserted = await driver.fetch(_INSERT_ORDERS, *order_columns(rows))
         new_keys = {(r[0], r[1]) for r in inserted}
         known = [row for row in rows if (row.shop_id, row.order_id) not in new_keys]
         if known:
@@ -329,6 +329,11 @@ _OPEN_CARTS = """
 def _columns(rows: Sequence[Any], names: Sequence[str]) -> list[list[Any]]:
     """Rows turned into one list per column, the shape `unnest` takes."""
     return [[getattr(row, name) for row in rows] for name in names]
+
+
+def order_columns(rows: Sequence[Any]) -> list[list[Any]]:
+    """Orders as the column arrays `_INSERT_ORDERS` takes (the import writes them too)."""
+    return _columns(rows, _ORDER_COLUMNS)
 
 
 def _profile(row: Any) -> ev.Profile:

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.ingest.adapters.facts_repository import order_columns
 from services.ingest.domain.customer_facts import CategoryFacts, OrderFacts, PlacedOrder
 from services.ingest.domain.facts import CustomerRow, OrderRow
 from services.ingest.domain.profile import EngagementSummary, Place
@@ -87,7 +88,7 @@ class OrderFactsRepository:
         if not rows:
             return []
         driver = await self._driver()
-        columns = [[getattr(r, n) for r in rows] for n in _ORDER_COLUMNS]
+        columns = order_columns(rows)
         inserted = {(r[0], r[1]) for r in await driver.fetch(_INSERT_ORDERS, *columns)}
         new = [r for r in rows if (r.shop_id, r.order_id) in inserted]
         await self.insert_lines(new)
@@ -231,19 +232,6 @@ def _array(items: Iterable[str]) -> str:
 
 
 _CUSTOMER_COLUMNS = ("customer_key", "shop_id", "customer_id", "email", "updated_at")
-_ORDER_COLUMNS = (
-    "shop_id",
-    "order_id",
-    "customer_key",
-    "cart_id",
-    "currency",
-    "total_price",
-    "status",
-    "placed_at",
-    "paid_at",
-    "cancelled_at",
-    "updated_at",
-)
 _LINE_FIELDS = (
     "product_id",
     "variant_id",
