@@ -35,6 +35,9 @@ SERVICES = ("ingest", "scheduler", "dispatcher")
 TEST_PARTITIONS = 3
 FIXTURES = ROOT / "tests" / "fixtures" / "shopify-2024-10"
 _counter = itertools.count()
+# The control plane's token in tests (REBOUND_SCHEDULER_ADMIN_TOKEN) and the header it needs.
+ADMIN_TOKEN = "test-admin-token"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -357,6 +357,7 @@ DEV_SHOPS = (
     '"shopify_secret": "dev-shopify-secret", "api_token": "dev-api-token"}]'
 )
 PARTITIONS = 3
+DEV_ADMIN_TOKEN = "dev-admin-token"  # the control plane's bearer token under `make run`
 
 
 def service_env(service: str, pg: Postgres) -> dict[str, str]:
@@ -366,6 +367,8 @@ def service_env(service: str, pg: Postgres) -> dict[str, str]:
         prefix + "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{RUN_BROKER_PORT}",
         prefix + "HTTP_PORT": str(RUN_PORTS[service]),
     }
+    if service in ("scheduler", "dispatcher"):
+        env[prefix + "ADMIN_TOKEN"] = os.environ.get(prefix + "ADMIN_TOKEN", DEV_ADMIN_TOKEN)
     if service == "ingest":
         env[prefix + "SHOPS"] = os.environ.get("REBOUND_INGEST_SHOPS", DEV_SHOPS)
         # One ingest process per core (0), all on port 8001; each also runs a facts consumer.
@@ -462,6 +465,7 @@ Rebound is running. Ctrl-C stops everything.
   Events API         POST http://127.0.0.1:{RUN_PORTS["ingest"]}/events  (Bearer dev-api-token)
                      docs at http://127.0.0.1:{RUN_PORTS["ingest"]}/docs
   Control-plane API  http://127.0.0.1:{RUN_PORTS["scheduler"]}/journeys  (docs at /docs)
+                     (Bearer {DEV_ADMIN_TOKEN}, or HTTP basic with it as the password)
   Dispatcher         http://127.0.0.1:{RUN_PORTS["dispatcher"]}/readyz
   Metrics            /metrics on each of the ports above
   Caught mail        {LOCAL / "mail"}/*.eml  (index: {LOCAL / "mail" / "index.jsonl"})

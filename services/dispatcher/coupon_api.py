@@ -8,17 +8,17 @@ out once; the answer says how many were new and how many remain free.
 from __future__ import annotations
 
 import csv
-import hmac
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, SecretStr
 
 from services.dispatcher.adapters.coupons import CouponRepository
 from services.dispatcher.coupons import CouponDesk
 from services.dispatcher.domain.offers import pool_code_problem
 from services.dispatcher.shops import ShopCoupons
+from shared.admin_auth import admin_guard
 from shared.clock import Clock
 
 MAX_UPLOAD_BYTES = 10_000_000  # ~500,000 codes
@@ -59,14 +59,13 @@ def coupon_router(
     clock: Clock,
 ) -> APIRouter:
     router = APIRouter(tags=["coupons"])
-    authorize = _authorizer(admin_token)
+    guard = admin_guard(admin_token, "REBOUND_DISPATCHER_ADMIN_TOKEN")
 
-    @router.post("/shops/{shop_id}/coupons", response_model=PoolState)
-    async def upload_pool(
-        shop_id: str, request: Request, authorization: str | None = Header(default=None)
-    ) -> PoolState:
+    @router.post(
+        "/shops/{shop_id}/coupons", response_model=PoolState, dependencies=[Depends(guard)]
+    )
+    async def upload_pool(shop_id: str, request: Request) -> PoolState:
         """Add uploaded discount codes to the shop's pool (CSV body, one code per line)."""
-        authorize(authorization)
         config = shops.get(shop_id)
         if config is None or config.source != "pool":
             raise HTTPException(
@@ -83,15 +82,3 @@ def coupon_router(
         )
 
     return router
-
-
-def _authorizer(admin_token: SecretStr | None) -> Callable[[str | None], None]:
-    def authorize(header: str | None) -> None:
-        if admin_token is None:
-            raise HTTPException(503, "no admin token configured (REBOUND_DISPATCHER_ADMIN_TOKEN)")
-        scheme, _, token = (header or "").partition(" ")
-        expected = admin_token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
-            raise HTTPException(401, "a valid bearer token is required")
-
-    return authorize

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from services.scheduler.adapters.tables import processed_activities
 from services.scheduler.api import control_router
@@ -14,6 +14,7 @@ from services.scheduler.loops import OutboxPublisher, OutboxRelay, TimerLoop
 from services.scheduler.runner import JourneyCatalog, Runner
 from services.scheduler.settings import SchedulerSettings
 from shared import db
+from shared.admin_auth import admin_guard
 from shared.clock import Clock
 from shared.http import ops_router
 from shared.kafka import (
@@ -92,7 +93,8 @@ class SchedulerService:
         self.app = FastAPI(
             title="Rebound scheduler", description="Journeys, enrolments and durable timers."
         )
-        self.app.include_router(control_router(self.engine, clock))
+        guard = admin_guard(settings.admin_token, "REBOUND_SCHEDULER_ADMIN_TOKEN")
+        self.app.include_router(control_router(self.engine, clock), dependencies=[Depends(guard)])
         self.app.include_router(
             ops_router(
                 {

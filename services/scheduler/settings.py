@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -34,4 +34,9 @@ class SchedulerSettings(ServiceSettings):
     )
     prune_interval_s: float = Field(
         default=3600, gt=0, description="How often old processed event ids are deleted."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token (or HTTP basic password, any user) of the control plane: "
+        "journeys, segments, reports, exports and /dashboard. Unset: those answer 503.",
     )

@@ -10,7 +10,7 @@ import pytest
 from services.scheduler.app import SchedulerService
 from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
 from shared.clock import ManualClock
-from tests.conftest import Infra
+from tests.conftest import ADMIN, ADMIN_TOKEN, Infra
 
 DEFINITION = (DEFAULT_JOURNEYS_DIR / "abandoned-cart.yaml").read_text()
 
@@ -19,12 +19,40 @@ DEFINITION = (DEFAULT_JOURNEYS_DIR / "abandoned-cart.yaml").read_text()
 async def api(
     infra: Infra, database_url: str, clock: ManualClock
 ) -> AsyncIterator[httpx.AsyncClient]:
+    settings = SchedulerSettings(
+        database_url=database_url, kafka_bootstrap_servers=infra.bootstrap, admin_token=ADMIN_TOKEN
+    )
+    service = SchedulerService(settings, clock)
+    transport = httpx.ASGITransport(app=service.app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://scheduler", headers=ADMIN
+    ) as client:
+        yield client
+    await service.stop()
+
+
+async def test_the_control_plane_needs_the_admin_token(api: httpx.AsyncClient) -> None:
+    for headers in ({"Authorization": ""}, {"Authorization": "Bearer wrong"}):
+        answer = await api.get("/journeys", headers=headers)
+        assert answer.status_code == 401 and "WWW-Authenticate" in answer.headers
+        assert "abandoned" not in answer.text
+    refused = await api.put("/journeys/abandoned-cart", content=DEFINITION, headers=headers)
+    assert refused.status_code == 401
+    basic = httpx.BasicAuth("ops", ADMIN_TOKEN)
+    assert (await api.get("/journeys", auth=basic)).status_code == 200
+    assert (await api.get("/healthz", headers={"Authorization": ""})).status_code == 200
+
+
+async def test_without_a_configured_token_the_control_plane_stays_shut(
+    infra: Infra, database_url: str, clock: ManualClock
+) -> None:
     settings = SchedulerSettings(database_url=database_url, kafka_bootstrap_servers=infra.bootstrap)
     service = SchedulerService(settings, clock)
     transport = httpx.ASGITransport(app=service.app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://scheduler") as client:
-        yield client
+    async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
+        answer = await client.get("/journeys", headers=ADMIN)
     await service.stop()
+    assert answer.status_code == 503 and "ADMIN_TOKEN" in answer.json()["detail"]
 
 
 async def test_an_uploaded_version_becomes_the_active_one(api: httpx.AsyncClient) -> None:

@@ -22,7 +22,7 @@ from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.events import Activity, CartSnapshot, Line, MessageRequest, Profile
 from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
-from tests.conftest import Infra, eventually
+from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
 
 REMINDER_DELAY = timedelta(hours=3)
 
@@ -77,6 +77,7 @@ async def scheduler(
         database_url=database_url,
         topic_prefix=topics.prefix,
         kafka_bootstrap_servers=infra.bootstrap,
+        admin_token=ADMIN_TOKEN,
         **options,
     )
     service = SchedulerService(settings, clock)
@@ -200,7 +201,7 @@ async def test_a_timer_that_cannot_fire_ends_its_enrolment_and_the_others_fire(
         async def failed() -> list[dict[str, Any]]:
             transport = httpx.ASGITransport(app=service.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://s") as client:
-                answer = await client.get(f"/customers/{key(1)}/enrollments")
+                answer = await client.get(f"/customers/{key(1)}/enrollments", headers=ADMIN)
             return [e for e in answer.json() if e["status"] == "failed"]
 
         await eventually(failed, timeout_s=30, what="the poisoned enrolment to end")
