@@ -7,6 +7,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, ge
 EVENTS_IN = Counter("rebound_events_in_total", "Events received", ["service", "source"])
 EVENTS_OUT = Counter("rebound_events_out_total", "Events produced", ["service", "topic"])
 ERRORS = Counter("rebound_errors_total", "Errors by kind", ["service", "kind"])
+WEBHOOKS_DROPPED = Counter(
+    "rebound_webhooks_dropped_total",
+    "Authentic webhook deliveries answered 2xx that produced nothing",
+    ["service", "platform", "reason"],
+)
 DEAD_LETTERS = Counter("rebound_dead_letters_total", "Messages sent to a DLQ", ["service", "topic"])
 CONSUMER_LAG = Gauge(
     "rebound_consumer_lag", "Records behind the partition end", ["service", "topic", "partition"]

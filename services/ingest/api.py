@@ -1,4 +1,5 @@
-"""HTTP edge: Shopify webhooks and the platform-neutral /events API -> canonical events on Kafka.
+"""HTTP edge: Shopify and WooCommerce webhooks and the platform-neutral /events API -> canonical
+events on Kafka.
 
 Both answer 2xx only after the broker acknowledged the event, so a sender that gets an error
 retries; a retried delivery becomes the same event id and changes nothing downstream.
@@ -10,9 +11,11 @@ FastAPI route stays, runs the same function, and documents it in /docs and /open
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -22,15 +25,21 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from services.ingest.adapters.broker import BrokerUnavailable, EventSink
-from services.ingest.domain import shopify
+from services.ingest.domain import shopify, woocommerce
 from services.ingest.domain.canonical import (
     SOURCE_API,
     SOURCE_SHOPIFY,
+    SOURCE_WOOCOMMERCE,
     ShopEvent,
     describe,
     shop_event,
 )
-from services.ingest.domain.shops import Shop, ShopDirectory, shopify_signature_valid
+from services.ingest.domain.shops import (
+    Shop,
+    ShopDirectory,
+    shopify_signature_valid,
+    woocommerce_signature_valid,
+)
 from shared import events as ev
 from shared import metrics
 from shared.clock import Clock
@@ -42,6 +51,8 @@ log = get_logger(__name__)
 _WEBHOOK_LATENCY = metrics.REQUEST_LATENCY.labels(SERVICE, "/webhooks/shopify")
 _WEBHOOKS_IN = metrics.EVENTS_IN.labels(SERVICE, "shopify")
 _API_IN = metrics.EVENTS_IN.labels(SERVICE, "api")
+_WOO_IN = metrics.EVENTS_IN.labels(SERVICE, "woocommerce")
+_SHOPIFY_STALE = metrics.WEBHOOKS_DROPPED.labels(SERVICE, "shopify", "stale")
 
 
 class Accepted(BaseModel):
@@ -52,6 +63,11 @@ class Accepted(BaseModel):
 class Ignored(BaseModel):
     status: Literal["ignored"] = "ignored"
     topic: str | None = None
+    reason: str | None = Field(
+        default=None,
+        description="Why nothing was produced: a topic or status Rebound does "
+        "not act on (absent), `stale` (older than the configured age) or `ping`.",
+    )
 
 
 class Problem(BaseModel):
@@ -87,15 +103,19 @@ async def _emit(sink: EventSink, event: ShopEvent, status_code: int) -> Answer:
 # --- Shopify webhooks ----------------------------------------------------------------------
 
 
-def shopify_router(shops: ShopDirectory, sink: EventSink, clock: Clock) -> APIRouter:
+def shopify_router(
+    shops: ShopDirectory, sink: EventSink, clock: Clock, max_age: timedelta | None = None
+) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
 
     @router.post(
         "/webhooks/shopify",
         summary="Receive a Shopify webhook delivery",
         description="Verifies X-Shopify-Hmac-Sha256 against the secret of the shop named in "
-        "X-Shopify-Shop-Domain and produces one canonical event per delivery. "
-        "Topics Rebound does not use are acknowledged and ignored.",
+        "X-Shopify-Shop-Domain and produces one canonical event per delivery, the same one for "
+        "every delivery of the same X-Shopify-Event-Id (else X-Shopify-Webhook-Id). "
+        "Topics Rebound does not use, and deliveries whose X-Shopify-Triggered-At is older "
+        "than the configured age, are acknowledged and ignored.",
         responses={
             200: {"model": Accepted | Ignored},
             400: {"model": Problem},
@@ -104,7 +124,7 @@ def shopify_router(shops: ShopDirectory, sink: EventSink, clock: Clock) -> APIRo
         },
     )
     async def receive_shopify_webhook(request: Request) -> Response:
-        deliver = shopify_delivery(shops, sink, clock)
+        deliver = shopify_delivery(shops, sink, clock, max_age)
         return _response(await deliver(request.headers, await request.body()))
 
     return router
@@ -113,13 +133,16 @@ def shopify_router(shops: ShopDirectory, sink: EventSink, clock: Clock) -> APIRo
 Delivery = Callable[[Mapping[str, str], bytes], Awaitable[Answer]]
 
 
-def shopify_delivery(shops: ShopDirectory, sink: EventSink, clock: Clock) -> Delivery:
-    """The whole handling of one delivery, from its headers and body to the answer."""
+def shopify_delivery(
+    shops: ShopDirectory, sink: EventSink, clock: Clock, max_age: timedelta | None = None
+) -> Delivery:
+    """The whole handling of one delivery, from its headers and body to the answer.
+    `max_age`: a delivery triggered longer ago is stale (None: no such check)."""
 
     async def deliver(headers: Mapping[str, str], body: bytes) -> Answer:
         started = time.perf_counter()
         try:
-            return await _shopify_delivery(headers, body, shops, sink, clock)
+            return await _shopify_delivery(headers, body, shops, sink, clock, max_age)
         finally:
             _WEBHOOK_LATENCY.observe(time.perf_counter() - started)
 
@@ -127,7 +150,12 @@ def shopify_delivery(shops: ShopDirectory, sink: EventSink, clock: Clock) -> Del
 
 
 async def _shopify_delivery(
-    headers: Mapping[str, str], body: bytes, shops: ShopDirectory, sink: EventSink, clock: Clock
+    headers: Mapping[str, str],
+    body: bytes,
+    shops: ShopDirectory,
+    sink: EventSink,
+    clock: Clock,
+    max_age: timedelta | None,
 ) -> Answer:
     shop = shops.by_shopify_domain(headers.get("x-shopify-shop-domain"))
     if shop is None or not shopify_signature_valid(
@@ -140,29 +168,194 @@ async def _shopify_delivery(
     if not shopify.handles(topic):
         return _json({"status": "ignored", "topic": topic}, 200)
     assert topic is not None
-    webhook_id = headers.get("x-shopify-webhook-id")
-    if not webhook_id:
+    if topic not in _NEVER_STALE and _stale(
+        headers.get("x-shopify-triggered-at"), clock.now(), max_age
+    ):
+        _SHOPIFY_STALE.inc()
+        return _json({"status": "ignored", "topic": topic, "reason": "stale"}, 200)
+    delivery_key = _shopify_delivery_key(headers, topic)
+    if delivery_key is None:
         return _problem(400, "X-Shopify-Webhook-Id is missing")
     try:
-        event = _shopify_event(shop, topic, webhook_id, body, clock)
+        event = _shopify_event(shop, topic, delivery_key, body, clock)
     except (shopify.MappingError, InvalidEvent) as exc:
         metrics.ERRORS.labels(SERVICE, "webhook_invalid").inc()
         return _problem(400, str(exc))
     return await _emit(sink, event, 200)
 
 
-def _shopify_event(shop: Shop, topic: str, webhook_id: str, body: bytes, clock: Clock) -> ShopEvent:
+# Privacy requests bind whenever they arrive; their age never makes them ignorable.
+_NEVER_STALE = frozenset({"customers/data_request", "customers/redact", "shop/redact"})
+
+
+def _stale(triggered_at: str | None, now: datetime, max_age: timedelta | None) -> bool:
+    """Shopify retries a delivery for hours with its original body: one triggered longer ago
+    than `max_age` may undo what newer deliveries said. Without a readable time: not stale."""
+    if max_age is None or not triggered_at:
+        return False
+    try:
+        moment = datetime.fromisoformat(triggered_at.strip())
+    except ValueError:
+        return False
+    return moment.tzinfo is not None and moment < now - max_age
+
+
+def _shopify_delivery_key(headers: Mapping[str, str], topic: str) -> tuple[str, ...] | None:
+    """What makes two deliveries the same event. Shopify's guidance: X-Shopify-Event-Id names
+    the event and is shared by all its deliveries, also by those of a second subscription
+    to the topic, which carry another X-Shopify-Webhook-Id. Older deliveries lack it."""
+    event_id = headers.get("x-shopify-event-id", "").strip()
+    if event_id:
+        return ("event", topic, event_id)
+    webhook_id = headers.get("x-shopify-webhook-id")
+    return (webhook_id,) if webhook_id else None
+
+
+def _shopify_event(
+    shop: Shop, topic: str, delivery_key: tuple[str, ...], body: bytes, clock: Clock
+) -> ShopEvent:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise shopify.MappingError(f"{topic}: body is not JSON ({exc})") from exc
     event_type, data = shopify.to_canonical(topic, parsed)
     assert shop.shopify_domain is not None
-    event_id = stable_event_id("shopify", shop.shopify_domain, webhook_id)
+    event_id = stable_event_id("shopify", shop.shopify_domain, *delivery_key)
     return shop_event(
         type=event_type,
         source=SOURCE_SHOPIFY,
         event_id=event_id,
+        shop_id=shop.shop_id,
+        data=data,
+        now=clock.now(),
+    )
+
+
+# --- WooCommerce webhooks -------------------------------------------------------------------
+
+_WOO_LATENCY = metrics.REQUEST_LATENCY.labels(SERVICE, "/webhooks/woocommerce")
+_WOO_PINGS = metrics.WEBHOOKS_DROPPED.labels(SERVICE, "woocommerce", "ping")
+_WOO_IGNORED = metrics.WEBHOOKS_DROPPED.labels(SERVICE, "woocommerce", "ignored")
+_WOO_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Accepted | Ignored},
+    400: {"model": Problem},
+    401: {"model": Problem},
+    404: {"model": Problem},
+    503: {"model": Problem},
+}
+_WOO_DESCRIPTION = (
+    "Verifies X-WC-Webhook-Signature (base64 HMAC-SHA256 of the body with the webhook's "
+    "secret) and produces one canonical event per delivery: order.created, order.updated "
+    "(paid, cancelled, refunded, failed), customer.created/updated, product.created/updated. "
+    "WooCommerce does not retry and disables a webhook after repeated failures, so other "
+    "topics and statuses are answered 200 and ignored, the saving ping (`webhook_id=<id>`) "
+    "gets 200, and 5xx means only that the event could not be stored."
+)
+
+
+def woocommerce_router(shops: ShopDirectory, sink: EventSink, clock: Clock) -> APIRouter:
+    router = APIRouter(tags=["webhooks"])
+    deliver = woocommerce_delivery(shops, sink, clock)
+
+    @router.post(
+        "/webhooks/woocommerce",
+        summary="Receive a WooCommerce webhook delivery (shop named by X-WC-Webhook-Source)",
+        description=_WOO_DESCRIPTION,
+        responses=_WOO_RESPONSES,
+    )
+    async def receive_woocommerce_webhook(request: Request) -> Response:
+        return _response(await deliver(request.headers, await request.body(), None))
+
+    @router.post(
+        "/webhooks/woocommerce/{shop_id}",
+        summary="Receive a WooCommerce webhook delivery for the shop in the path",
+        description=_WOO_DESCRIPTION + " The shop is the one in the path, whatever the "
+        "X-WC-Webhook-Source (a site behind a proxy, or one whose address changed).",
+        responses=_WOO_RESPONSES,
+    )
+    async def receive_woocommerce_webhook_for_shop(shop_id: str, request: Request) -> Response:
+        return _response(await deliver(request.headers, await request.body(), shop_id))
+
+    return router
+
+
+WooDelivery = Callable[[Mapping[str, str], bytes, str | None], Awaitable[Answer]]
+
+
+def woocommerce_delivery(shops: ShopDirectory, sink: EventSink, clock: Clock) -> WooDelivery:
+    """One delivery, from its headers, body and the shop id in the path (if any) to the answer."""
+
+    async def deliver(headers: Mapping[str, str], body: bytes, shop_id: str | None) -> Answer:
+        started = time.perf_counter()
+        try:
+            return await _woocommerce_delivery(headers, body, shop_id, shops, sink, clock)
+        finally:
+            _WOO_LATENCY.observe(time.perf_counter() - started)
+
+    return deliver
+
+
+async def _woocommerce_delivery(
+    headers: Mapping[str, str],
+    body: bytes,
+    shop_id: str | None,
+    shops: ShopDirectory,
+    sink: EventSink,
+    clock: Clock,
+) -> Answer:
+    topic = headers.get("x-wc-webhook-topic")
+    shop = shops.by_id(shop_id) if shop_id else None
+    if shop_id is not None and shop is None:
+        # Tells the shop owner at once, when saving the webhook, that the address is wrong.
+        return _problem(404, f"no shop {shop_id!r} is configured")
+    if woocommerce.is_ping(topic, body):
+        _WOO_PINGS.inc()  # unsigned and carries nothing: produces nothing
+        return _json({"status": "ignored", "reason": "ping"}, 200)
+    if shop is None:
+        shop = shops.by_woocommerce_site(headers.get("x-wc-webhook-source"))
+    if shop is None or not woocommerce_signature_valid(
+        body, shop.woocommerce_secret, headers.get("x-wc-webhook-signature")
+    ):
+        metrics.ERRORS.labels(SERVICE, "webhook_unauthenticated").inc()
+        return _problem(401, "unknown shop or invalid X-WC-Webhook-Signature signature")
+    _WOO_IN.inc()
+    if not woocommerce.handles(topic):
+        _WOO_IGNORED.inc()
+        return _json({"status": "ignored", "topic": topic}, 200)
+    assert topic is not None
+    delivery_id = headers.get("x-wc-webhook-delivery-id", "").strip()
+    if not delivery_id:
+        return _problem(400, "X-WC-Webhook-Delivery-ID is missing")
+    try:
+        event = _woocommerce_event(shop, topic, delivery_id, body, clock)
+    except (woocommerce.MappingError, InvalidEvent) as exc:
+        metrics.ERRORS.labels(SERVICE, "webhook_invalid").inc()
+        return _problem(400, str(exc))
+    if event is None:
+        _WOO_IGNORED.inc()
+        return _json({"status": "ignored", "topic": topic}, 200)
+    return await _emit(sink, event, 200)
+
+
+def _woocommerce_event(
+    shop: Shop, topic: str, delivery_id: str, body: bytes, clock: Clock
+) -> ShopEvent | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise woocommerce.MappingError(f"{topic}: body is not JSON ({exc})") from exc
+    mapped = woocommerce.to_canonical(topic, parsed)
+    if mapped is None:
+        return None
+    event_type, data = mapped
+    # WooCommerce's delivery id is a hash of the webhook id and the current second, so two
+    # different deliveries of one webhook within a second share it (a bulk status change):
+    # the body's digest keeps them apart, and a true redelivery is still the same event.
+    digest = hashlib.sha256(body).hexdigest()
+    return shop_event(
+        type=event_type,
+        source=SOURCE_WOOCOMMERCE,
+        event_id=stable_event_id("woocommerce", shop.shop_id, delivery_id, digest),
         shop_id=shop.shop_id,
         data=data,
         now=clock.now(),

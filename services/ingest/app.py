@@ -21,6 +21,7 @@ from services.ingest.api import (
     install_error_handlers,
     shopify_delivery,
     shopify_router,
+    woocommerce_router,
 )
 from services.ingest.attribution import AttributionConsumer, CouponsConsumer
 from services.ingest.attribution import Topics as AttributionTopics
@@ -62,6 +63,10 @@ def shop_directory(shops: list[ShopConfig]) -> ShopDirectory:
             if s.shopify_secret
             else None,
             api_token=s.api_token.get_secret_value() if s.api_token else None,
+            woocommerce_url=s.woocommerce_url,
+            woocommerce_secret=s.woocommerce_secret.get_secret_value().encode()
+            if s.woocommerce_secret
+            else None,
         )
         for s in shops
     )
@@ -98,7 +103,7 @@ class IngestService:
     def _build_app(self) -> IngestApp:
         app = IngestApp(
             title="Rebound ingest",
-            description="Shop events in: Shopify webhooks and the /events API.",
+            description="Shop events in: Shopify and WooCommerce webhooks and the /events API.",
         )
         checks: dict[str, ReadinessCheck] = {"broker": self._broker_ready}
         if self.runs_consumer:
@@ -106,8 +111,12 @@ class IngestService:
         app.include_router(ops_router(checks))
         if self.serves_api:
             shops = shop_directory(self.settings.shops)
-            app.include_router(shopify_router(shops, self._sink, self._clock))
-            app.lean_posts["/webhooks/shopify"] = shopify_delivery(shops, self._sink, self._clock)
+            max_age = timedelta(seconds=self.settings.shopify_max_delivery_age_s) or None
+            app.include_router(shopify_router(shops, self._sink, self._clock, max_age))
+            app.lean_posts["/webhooks/shopify"] = shopify_delivery(
+                shops, self._sink, self._clock, max_age
+            )
+            app.include_router(woocommerce_router(shops, self._sink, self._clock))
             app.include_router(events_router(shops, self._sink, self._clock))
             if self.settings.tracking_keys:
                 app.include_router(self._tracking_router())

@@ -32,6 +32,14 @@ class ShopConfig(BaseModel):
     api_token: SecretStr | None = Field(
         default=None, description="Bearer token for POST /events (shops on other platforms)."
     )
+    woocommerce_url: str | None = Field(
+        default=None,
+        description="The WooCommerce site's address as X-WC-Webhook-Source sends it (the "
+        "site's home URL, e.g. https://shop.example/); a trailing slash does not matter.",
+    )
+    woocommerce_secret: SecretStr | None = Field(
+        default=None, description="The secret set on the shop's WooCommerce webhooks."
+    )
     attribution_click_window: str = Field(
         default="5d",
         pattern=r"^(\d+[smhdw])+$",
@@ -105,6 +113,13 @@ class IngestSettings(ServiceSettings):
     )
     prune_interval_s: float = Field(
         default=3600, gt=0, description="How often old processed event ids are deleted."
+    )
+    shopify_max_delivery_age_s: float = Field(
+        default=86400,
+        ge=0,
+        description="A Shopify delivery whose X-Shopify-Triggered-At is older than this is "
+        "stale: answered 200, nothing produced, counted. Shopify retries for 4 hours; the "
+        "default (a day) keeps every retry and drops replays of old deliveries. 0: no check.",
     )
     tracking_keys: list[TrackingKey] = Field(
         default_factory=list,

@@ -21,6 +21,7 @@ from shared.events import (
 
 SOURCE_SHOPIFY = "rebound/ingest/shopify"
 SOURCE_API = "rebound/ingest/api"
+SOURCE_WOOCOMMERCE = "rebound/ingest/woocommerce"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Which shop a request belongs to: by Shopify domain (webhooks) or by API token (/events)."""
+"""Which shop a request belongs to: by Shopify domain or WooCommerce site (webhooks), by id
+(WooCommerce's per-shop path) or by API token (/events)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ class Shop:
     shopify_domain: str | None = None
     shopify_secret: bytes | None = None
     api_token: str | None = None
+    woocommerce_url: str | None = None
+    woocommerce_secret: bytes | None = None
+
+
+def woocommerce_site(url: str | None) -> str | None:
+    """A site address compared without case, surrounding space or trailing slashes:
+    WooCommerce sends its home URL with a trailing slash, shops configure it either way."""
+    site = (url or "").strip().rstrip("/").lower()
+    return site or None
 
 
 def _token_digest(token: str) -> bytes:
@@ -26,7 +36,13 @@ class ShopDirectory:
     def __init__(self, shops: Iterable[Shop]) -> None:
         self._by_domain: dict[str, Shop] = {}
         self._by_token: dict[bytes, Shop] = {}
+        self._by_site: dict[str, Shop] = {}
+        self._by_id: dict[str, Shop] = {}
         for shop in shops:
+            self._by_id[shop.shop_id] = shop
+            site = woocommerce_site(shop.woocommerce_url)
+            if site:
+                self._by_site[site] = shop
             if shop.shopify_domain:
                 self._by_domain[shop.shopify_domain.strip().lower()] = shop
             if shop.api_token:
@@ -36,6 +52,13 @@ class ShopDirectory:
         if not domain:
             return None
         return self._by_domain.get(domain.strip().lower())
+
+    def by_woocommerce_site(self, url: str | None) -> Shop | None:
+        site = woocommerce_site(url)
+        return self._by_site.get(site) if site else None
+
+    def by_id(self, shop_id: str) -> Shop | None:
+        return self._by_id.get(shop_id)
 
     def by_api_token(self, token: str | None) -> Shop | None:
         if not token:
@@ -53,3 +76,9 @@ def shopify_signature_valid(body: bytes, secret: bytes | None, signature: str | 
         return False
     expected = shopify_signature(body, secret).encode()
     return hmac.compare_digest(expected, signature.strip().encode())
+
+
+def woocommerce_signature_valid(body: bytes, secret: bytes | None, signature: str | None) -> bool:
+    """X-WC-Webhook-Signature is computed exactly as Shopify's: base64(HMAC-SHA256(raw body,
+    the webhook's secret)), compared in constant time."""
+    return shopify_signature_valid(body, secret, signature)
