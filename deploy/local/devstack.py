@@ -354,7 +354,8 @@ RUN_SMTP_PORT = 1025
 RUN_PORTS = {"ingest": 8001, "scheduler": 8002, "dispatcher": 8003}
 DEV_SHOPS = (
     '[{"shop_id": "demo", "shopify_domain": "shop.myshopify.com", '
-    '"shopify_secret": "dev-shopify-secret", "api_token": "dev-api-token"}]'
+    '"shopify_secret": "dev-shopify-secret", "api_token": "dev-api-token", '
+    '"woocommerce_url": "http://localhost:8080", "woocommerce_secret": "dev-woocommerce-secret"}]'
 )
 PARTITIONS = 3
 DEV_ADMIN_TOKEN = "dev-admin-token"  # the control plane's bearer token under `make run`
@@ -462,6 +463,8 @@ Rebound is running. Ctrl-C stops everything.
 
   Shopify webhooks   POST http://127.0.0.1:{RUN_PORTS["ingest"]}/webhooks/shopify
                      (shop domain shop.myshopify.com, secret dev-shopify-secret)
+  WooCommerce        POST http://127.0.0.1:{RUN_PORTS["ingest"]}/webhooks/woocommerce/demo
+                     (secret dev-woocommerce-secret; see docs/woocommerce.md)
   Events API         POST http://127.0.0.1:{RUN_PORTS["ingest"]}/events  (Bearer dev-api-token)
                      docs at http://127.0.0.1:{RUN_PORTS["ingest"]}/docs
   Control-plane API  http://127.0.0.1:{RUN_PORTS["scheduler"]}/journeys  (docs at /docs)

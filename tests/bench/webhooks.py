@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -52,6 +53,8 @@ def checkout_request(port: int) -> RequestTemplate:
     body = json.dumps(captured["body"]).encode()
     headers = {k: v for k, v in captured["headers"].items() if k.startswith("x-shopify-")}
     headers.pop("x-shopify-webhook-id", None)
+    # The captured time is months old: a delivery that old is stale and produces nothing.
+    headers["x-shopify-triggered-at"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     headers["x-shopify-shop-domain"] = SHOP_DOMAIN
     headers["x-shopify-hmac-sha256"] = shopify_signature(body, SHOP_SECRET.encode())
     lines = [
