@@ -122,7 +122,7 @@ class Script:
             customer_key=request.customer_key,
             journey_id=request.journey_id,
             step_id=request.step_id,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             reason=reason,
             occurred_at=self.clock.now(),
         )

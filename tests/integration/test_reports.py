@@ -20,7 +20,7 @@ from shared.clock import ManualClock
 from shared.topics import Topics
 from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
 from tests.integration import reports_scenario as scenario
-from tests.integration.test_scheduler_sets import producer  # noqa: F401  (fixture)
+from tests.integration.test_scheduler_sets import producer, sql  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ async def test_retention_cohorts_share_of_each_first_order_month_that_came_back(
             )
 
     async def stored() -> bool:
-        rows = await scenario.sql(database_url, "SELECT count(*) FROM scheduler.customer_orders")
+        rows = await sql(database_url, "SELECT count(*) FROM scheduler.customer_orders")
         return bool(rows[0][0] == sum(len(m) for m in orders.values()))
 
     await eventually(stored, what="orders stored")

@@ -38,18 +38,22 @@ def lift_chart(lift: HoldoutLift) -> Markup:
     if interval is not None:
         values += [interval.low, interval.high, interval.estimate]
     low, high = min(0.0, *values), max(0.0, *values)
-    scale = (WIDTH - LABEL_W - 60) / ((high - low) or 1)
+    scale = (WIDTH - LABEL_W - 70) / ((high - low) or 1)
 
     def x(value: float) -> float:
         return LABEL_W + (value - low) * scale
 
+    rates = (lift.treatment.conversion_rate, lift.holdout.conversion_rate)
     rows = [
-        _bar(0, "treatment", x(0), x(lift.treatment.conversion_rate), BAR),
-        _bar(1, "holdout", x(0), x(lift.holdout.conversion_rate), HOLDOUT),
+        _bar(0, "treatment", x(0), x(rates[0]), BAR),
+        _bar(1, "holdout", x(0), x(rates[1]), HOLDOUT),
+        _value(0, x(max(0.0, rates[0])), f"{rates[0] * 100:.1f}%"),
+        _value(1, x(max(0.0, rates[1])), f"{rates[1] * 100:.1f}%"),
     ]
     if interval is not None:
         rows.append(_bar(2, "lift", x(0), x(interval.estimate), "#16a34a"))
         rows.append(_error_bar(2, x(interval.low), x(interval.high)))
+        rows.append(_value(2, x(max(0.0, interval.high)), f"{interval.estimate * 100:+.1f} pts"))
     zero = x(0)
     axis = f'<line x1="{zero:.1f}" y1="0" x2="{zero:.1f}" y2="{3 * 34}" stroke="{INK}"/>'
     return _svg(3 * 34 + 4, axis + "".join(rows), "holdout lift with its 95% interval")
@@ -62,6 +66,13 @@ def _bar(row: int, label: str, x0: float, x1: float, colour: str) -> str:
         f'<text x="0" y="{y + 15}" fill="{INK}" font-size="12">{escape(label)}</text>'
         f'<rect x="{left:.1f}" y="{y}" width="{max(width, 1):.1f}" height="{BAR_H}" '
         f'fill="{colour}" rx="2"/>'
+    )
+
+
+def _value(row: int, x: float, text: str) -> str:
+    return (
+        f'<text x="{x + 4:.1f}" y="{row * 34 + 21}" fill="{INK}" font-size="11">'
+        f"{escape(text)}</text>"
     )
 
 
