@@ -19,7 +19,7 @@ from services.scheduler.settings import SchedulerSettings
 from shared import db
 from shared.admin_auth import admin_guard
 from shared.clock import Clock
-from shared.http import ops_router
+from shared.http import ReadinessCheck, ops_router
 from shared.kafka import (
     Assignment,
     ConsumerLoop,
@@ -126,14 +126,10 @@ class SchedulerService:
             )
             reports = reports_router(ReportsService(self.reports_engine), clock, dashboard)
             self.app.include_router(reports, dependencies=[Depends(guard)])
-        self.app.include_router(
-            ops_router(
-                {
-                    "database": lambda: db.ping(self.engine),
-                    "broker": self.publisher.ready,
-                }
-            )
-        )
+        checks: dict[str, ReadinessCheck] = {"database": lambda: db.ping(self.engine)}
+        if settings.role != "api":  # the control plane alone starts no producer
+            checks["broker"] = self.publisher.ready
+        self.app.include_router(ops_router(checks))
 
     async def start(self) -> None:
         if self.settings.role == "api":

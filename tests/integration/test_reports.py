@@ -162,3 +162,23 @@ async def test_the_reports_need_the_admin_token_and_refuse_a_backwards_range(
     assert backwards.status_code == 422 and "after" in backwards.json()["detail"]
     schema = (await api.get("/openapi.json")).json()
     assert "/reports/journeys" in schema["paths"] and "/reports/cohorts" in schema["paths"]
+
+
+async def test_the_api_role_serves_reports_without_running_the_engine(
+    infra: Infra, database_url: str, clock: ManualClock
+) -> None:
+    settings = SchedulerSettings(
+        database_url=database_url,
+        kafka_bootstrap_servers=infra.bootstrap,
+        admin_token=ADMIN_TOKEN,
+        role="api",
+    )
+    alone = SchedulerService(settings, clock)
+    await alone.start()
+    transport = httpx.ASGITransport(app=alone.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://s", headers=ADMIN) as c:
+        assert (await c.get("/readyz")).status_code == 200
+        assert (await c.get("/reports/journeys")).status_code == 200
+        assert "Journeys" in (await c.get("/dashboard")).text
+    assert not alone.assignment.partitions  # no consumer joined, no timer fires here
+    await alone.stop()
