@@ -10,12 +10,12 @@ PYTEST_ARGS ?=
 # worker starts its own PostgreSQL cluster and broker.
 TEST_WORKERS ?= 4
 
-.PHONY: run test lint format bench drill demo dlq import deps venv postgres tansu smtp-sink schemas clean
+.PHONY: run test lint format bench drill demo dlq import deps venv postgres tansu chromium smtp-sink schemas clean
 
 run: deps ## Start PostgreSQL, Tansu, the mail catcher and the three services (Ctrl-C stops)
 	$(PY) deploy/local/devstack.py run
 
-test: deps ## The whole suite against real PostgreSQL, broker and SMTP server
+test: deps chromium ## The whole suite against real PostgreSQL, broker, SMTP server and browser
 	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: venv ## ruff (lint + format check) and mypy --strict
@@ -61,6 +61,11 @@ postgres: ## The PostgreSQL server binaries (installed from the system's package
 	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null)
 
 tansu: $(TANSU)
+
+chromium: ## Headless Chromium for the dashboard's browser test (from the system's packages if absent)
+	@command -v chromium >/dev/null || \
+	  (echo "installing chromium" && apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null)
 
 smtp-sink: ## Postfix's smtp-sink for the mail bench (installed from the system's packages if absent)
 	@command -v smtp-sink >/dev/null || ls /usr/sbin/smtp-sink >/dev/null 2>&1 || \

@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import HTTPException, Request
 from pydantic import SecretStr
 
-CHALLENGE = {"WWW-Authenticate": 'Bearer, Basic realm="rebound"'}
+# Basic only: browsers read one challenge per header, and "Bearer, Basic ..." makes Chromium
+# skip its login prompt (tests/e2e/test_dashboard_browser.py). Bearer still works unasked.
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="rebound", charset="UTF-8"'}
 
 
 def presented_secret(header: str | None) -> str | None:

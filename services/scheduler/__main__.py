@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Annotated
 
 import typer
 import uvloop
@@ -18,13 +19,22 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 @cli.command()
-def run() -> None:
+def run(
+    role: Annotated[
+        str | None,
+        typer.Option(help="api (control plane), engine (consumers, timers) or all (default)."),
+    ] = None,
+) -> None:
     """Serve the control-plane API and run the activity consumer, timers and outbox relay."""
     from services.scheduler.app import SchedulerService
     from services.scheduler.settings import SchedulerSettings
     from shared.http import serve
 
+    if role is not None and role not in ("api", "engine", "all"):
+        raise typer.BadParameter("use api, engine or all", param_hint="--role")
     settings = SchedulerSettings()
+    if role is not None:
+        settings = settings.model_copy(update={"role": role})
     configure_logging("scheduler", settings.log_level, settings.log_json)
 
     clock = OffsetClock(settings.clock_offset_s) if settings.clock_offset_s else SystemClock()

@@ -11,12 +11,15 @@ from services.scheduler.adapters.tables import processed_activities
 from services.scheduler.api import control_router
 from services.scheduler.consumer import ActivityHandler
 from services.scheduler.loops import OutboxPublisher, OutboxRelay, TimerLoop
+from services.scheduler.reports.api import DashboardSources, reports_router
+from services.scheduler.reports.consumer import ResultsHandler
+from services.scheduler.reports.service import ReportsService
 from services.scheduler.runner import JourneyCatalog, Runner
 from services.scheduler.settings import SchedulerSettings
 from shared import db
 from shared.admin_auth import admin_guard
 from shared.clock import Clock
-from shared.http import ops_router
+from shared.http import ReadinessCheck, ops_router
 from shared.kafka import (
     Assignment,
     ConsumerLoop,
@@ -28,13 +31,18 @@ from shared.kafka import (
 )
 from shared.pruning import Pruner
 from shared.runtime import Loops
-from shared.topics import CUSTOMER_ACTIVITY, Topics
+from shared.topics import CUSTOMER_ACTIVITY, ENGAGEMENT_RESULTS, Topics
 
 SERVICE = "scheduler"
 
 
 class SchedulerService:
-    def __init__(self, settings: SchedulerSettings, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        clock: Clock,
+        dashboard: DashboardSources | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         topics = Topics(settings.topic_prefix)
@@ -81,6 +89,21 @@ class SchedulerService:
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
         )
+        self.results_consumer = make_consumer(
+            settings.kafka_bootstrap_servers,
+            settings.topic_prefix + SERVICE + "-results",
+            settings.kafka_client_id,
+            topics.name(ENGAGEMENT_RESULTS),
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+        )
+        self.results_loop = ConsumerLoop(
+            self.results_consumer,
+            ResultsHandler(self.engine, self.publisher),
+            SERVICE,
+            self.publisher,
+            retry_initial_s=settings.retry_initial_s,
+            retry_max_s=settings.retry_max_s,
+        )
         self.pruner = Pruner(  # forgets activity ids the broker can no longer redeliver
             self.engine,
             processed_activities,
@@ -93,20 +116,27 @@ class SchedulerService:
         self.app = FastAPI(
             title="Rebound scheduler", description="Journeys, enrolments and durable timers."
         )
-        guard = admin_guard(settings.admin_token, "REBOUND_SCHEDULER_ADMIN_TOKEN")
-        self.app.include_router(control_router(self.engine, clock), dependencies=[Depends(guard)])
-        self.app.include_router(
-            ops_router(
-                {
-                    "database": lambda: db.ping(self.engine),
-                    "broker": self.publisher.ready,
-                }
+        # The control plane reads on its own pool: a report never waits on, or holds, a
+        # connection of the timer loop or the consumers.
+        self.reports_engine = db.make_engine(settings.database_url, settings.reports_pool_size)
+        if settings.role != "engine":
+            guard = admin_guard(settings.admin_token, "REBOUND_SCHEDULER_ADMIN_TOKEN")
+            self.app.include_router(
+                control_router(self.engine, clock), dependencies=[Depends(guard)]
             )
-        )
+            reports = reports_router(ReportsService(self.reports_engine), clock, dashboard)
+            self.app.include_router(reports, dependencies=[Depends(guard)])
+        checks: dict[str, ReadinessCheck] = {"database": lambda: db.ping(self.engine)}
+        if settings.role != "api":  # the control plane alone starts no producer
+            checks["broker"] = self.publisher.ready
+        self.app.include_router(ops_router(checks))
 
     async def start(self) -> None:
+        if self.settings.role == "api":
+            return  # the control plane only: the engine runs in another process
         self._loops.spawn("producer", self._start_producer)
         self._loops.spawn("activities", self.consumer_loop.run)
+        self._loops.spawn("results", self.results_loop.run)
         self._loops.spawn("prune", self.pruner.run)
 
     async def _start_producer(self) -> None:
@@ -118,5 +148,7 @@ class SchedulerService:
     async def stop(self) -> None:
         await self._loops.stop()
         await stop_consumer(self.consumer)
+        await stop_consumer(self.results_consumer)
         await self.producer.stop()
         await self.engine.dispose()
+        await self.reports_engine.dispose()

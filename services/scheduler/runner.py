@@ -38,6 +38,7 @@ from services.scheduler.domain.facts import (
     for_enrollment,
 )
 from services.scheduler.domain.journey import Journey
+from services.scheduler.reports.repository import ReportFactsRepository
 from shared import events
 from shared.events import Activity, MessageRequest, Recipient
 from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
@@ -192,6 +193,10 @@ class Runner:
         for activity, _ in batch:  # e-mail events: what the recipient did with a message
             if activity.message is not None:
                 await self.engagement.record(conn, activity.message)
+        # Orders placed: the reports' holdout conversions and retention cohorts.
+        await ReportFactsRepository(conn).record_orders(
+            [a for a, _ in batch if a.kind == events.ORDER_PLACED]
+        )
         plan = _Plan()
         by_customer: dict[str, list[_Tracked]] = {key: [] for key in latest}
         for enrollment in await repo.active_for_update(list(latest)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -16,6 +17,17 @@ class SchedulerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="REBOUND_SCHEDULER_", extra="ignore")
 
     http_port: int = 8002
+    role: Literal["all", "api", "engine"] = Field(
+        default="all",
+        description="api: the control plane, reports and dashboard only; engine: the consumers, "
+        "timers and outbox only (HTTP serves health and metrics); all: both in one process.",
+    )
+    reports_pool_size: int = Field(
+        default=3,
+        gt=0,
+        description="Connections of the control plane's own pool (reports, dashboard), apart "
+        "from the engine's, so a long report never holds one the timer loop needs.",
+    )
     journeys_dir: Path = DEFAULT_JOURNEYS_DIR
     poll_interval_s: float = Field(default=1.0, description="How often due timers are looked for.")
     clock_offset_s: float = Field(

@@ -13,15 +13,17 @@ from shared.events import MessageEngagement
 
 _UPSERT = text("""
     INSERT INTO scheduler.message_engagement AS old (request_key, sent_at, human_opened_at,
-        machine_opened_at, clicked_at, converted_at, revenue)
+        machine_opened_at, clicked_at, converted_at, revenue, unsubscribed_at, bounced_at)
     VALUES (:request_key, :sent_at, :human_opened_at, :machine_opened_at, :clicked_at,
-        :converted_at, :revenue)
+        :converted_at, :revenue, :unsubscribed_at, :bounced_at)
     ON CONFLICT (request_key) DO UPDATE SET
         human_opened_at = least(old.human_opened_at, excluded.human_opened_at),
         machine_opened_at = least(old.machine_opened_at, excluded.machine_opened_at),
         clicked_at = least(old.clicked_at, excluded.clicked_at),
         converted_at = coalesce(old.converted_at, excluded.converted_at),
-        revenue = coalesce(old.revenue, excluded.revenue)
+        revenue = coalesce(old.revenue, excluded.revenue),
+        unsubscribed_at = least(old.unsubscribed_at, excluded.unsubscribed_at),
+        bounced_at = least(old.bounced_at, excluded.bounced_at)
 """)
 
 # The latest request of each enrolment, with what is known of it (nothing yet: all null).
@@ -49,6 +51,8 @@ class EngagementRepository:
                 "clicked_at": message.first_click_at,
                 "converted_at": message.converted_at,
                 "revenue": message.revenue,
+                "unsubscribed_at": message.unsubscribed_at,
+                "bounced_at": message.bounced_at,
             },
         )
 

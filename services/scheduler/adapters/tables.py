@@ -67,6 +67,39 @@ message_requests = sa.Table(
     sa.Column("variant", sa.Text),
     sa.Column("requested_at", TS, nullable=False),
 )
+message_engagement = sa.Table(
+    "message_engagement",
+    metadata,
+    sa.Column("request_key", sa.Text, primary_key=True),
+    sa.Column("sent_at", TS, nullable=False),
+    sa.Column("human_opened_at", TS),
+    sa.Column("machine_opened_at", TS),
+    sa.Column("clicked_at", TS),
+    sa.Column("converted_at", TS),
+    sa.Column("revenue", sa.Numeric),
+    sa.Column("unsubscribed_at", TS),
+    sa.Column("bounced_at", TS),
+)
+# The dispatcher's last word on each request (engagement.results), for the reports.
+message_results = sa.Table(
+    "message_results",
+    metadata,
+    sa.Column("request_key", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("occurred_at", TS, nullable=False),
+)
+# Orders placed (customer.activity): holdout conversions and retention cohorts.
+customer_orders = sa.Table(
+    "customer_orders",
+    metadata,
+    sa.Column("shop_id", sa.Text, primary_key=True),
+    sa.Column("order_id", sa.Text, primary_key=True),
+    sa.Column("customer_key", sa.Text, nullable=False),
+    sa.Column("total", sa.Numeric, nullable=False),
+    sa.Column("placed_at", TS, nullable=False),
+    sa.Index("customer_orders_by_customer", "customer_key", "placed_at"),
+)
 outbox = sa.Table(
     "outbox",
     metadata,

@@ -130,12 +130,26 @@ class Send(Model):
     subject: str
     offer: Offer | None = None
     variants: list[Variant] = Field(default_factory=list)  # A/B: split at random by weight
+    # The A/B metric the reports judge the variants by (reports/statistics.py: mSPRT).
+    winner_by: Literal["click", "conversion", "revenue"] | None = None
+    send_winner: bool = False  # refused until the engine sends a declared winner to all
     # due: as soon as the shop's contact policy allows; best_hour: at the hour this customer
     # usually opens mail (else the shop's), within the allowed window
     send_at: Literal["due", "best_hour"] = "due"
     # A message the contact policy deferred longer than this after it fell due is no longer
     # relevant: recorded suppressed / frequency_cap_expired instead of sent.
     expires_after: Duration | None = None
+
+    @model_validator(mode="after")
+    def _ab_test_runs(self) -> Send:
+        if self.winner_by is not None and len(self.variants) < 2:
+            raise ValueError("winner_by needs at least two variants to compare")
+        if self.send_winner:
+            raise ValueError(
+                "send_winner: sending the declared winner to later entrants is not run by "
+                "this scheduler yet (the reports name the winner; pick it by editing weights)"
+            )
+        return self
 
     @property
     def expiry(self) -> timedelta | None:

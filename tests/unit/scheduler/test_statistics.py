@@ -102,3 +102,22 @@ def test_welch_interval_for_revenue_per_customer() -> None:
         assert interval is not None
         covered += interval.covers(2.0)
     assert 0.93 <= covered / SHOPS <= 0.97
+
+
+def test_the_revenue_interval_covers_the_true_difference_in_about_95_percent_of_shops() -> None:
+    """Revenue per customer: 5% buy, order values lognormal (mean about 60), and the journey
+    adds 3 points of buyers: Welch's interval must still cover the true difference."""
+    rng = np.random.default_rng(20261128)
+    half = CUSTOMERS_PER_SHOP // 2
+    mean_order = float(np.exp(4.0 + 0.5**2 / 2))
+    true_difference = TRUE_LIFT * mean_order
+    covered = 0
+    for _ in range(SHOPS):
+        groups = [
+            rng.binomial(1, rate, half) * rng.lognormal(4.0, 0.5, half)
+            for rate in (BASE_RATE + TRUE_LIFT, BASE_RATE)
+        ]
+        treated, held = (Moments.of([float(v) for v in g]) for g in groups)
+        interval = welch_difference(treated, held)
+        covered += interval is not None and interval.covers(true_difference)
+    assert 0.93 <= covered / SHOPS <= 0.97
