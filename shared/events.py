@@ -235,6 +235,14 @@ class Profile(Contract):
         "high_value (the shop's thresholds)",
     )
     high_value: bool = False
+    purchase_days: int = Field(
+        default=0,
+        description="Distinct UTC days with a counted order: the first purchase and the repeat "
+        "purchases of the purchase predictions (several orders on one day count once)",
+    )
+    first_day_spent: Decimal = Field(
+        default=Decimal(0), description="Spend of the first purchase day (repeat spend: the rest)"
+    )
 
 
 class CartSnapshot(Contract):

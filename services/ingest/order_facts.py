@@ -67,13 +67,21 @@ async def apply_orders(
     if not keys:
         return []
     stored = await repo.load(keys)
-    history = await repo.counted_orders(rebuild & stored.keys())
-    await repo.forget_categories(rebuild & stored.keys())
     by_key: dict[str, list[cf.PlacedOrder]] = {}
     for o in counted:
         by_key.setdefault(o.customer_key, []).append(
             cf.placed(o.customer_key, o.placed_at, o.total_price, o.lines)
         )
+    grown = {
+        key: cf.with_orders(old.facts, by_key.get(key, []), settings_for(old.shop_id).keep)
+        for key, old in stored.items()
+        if key not in rebuild
+    }
+    # Purchase days only the full history can count (an old order arrived late): rare, so
+    # those customers take the cancellation's rebuild path.
+    rebuild |= {key for key, facts in grown.items() if facts.purchase_days is None}
+    history = await repo.counted_orders(rebuild & stored.keys())
+    await repo.forget_categories(rebuild & stored.keys())
     writes: list[FactsWrite] = []
     changes: list[StageChange] = []
     for key, old in stored.items():
@@ -82,9 +90,8 @@ async def apply_orders(
             facts = cf.rebuild(history.get(key, ()), settings.keep)
             touched = frozenset(facts.categories)
         else:
-            orders = by_key.get(key, [])
-            facts = cf.with_orders(old.facts, orders, settings.keep)
-            touched = frozenset(c for o in orders for c in o.category_spend)
+            facts = grown[key]
+            touched = frozenset(c for o in by_key.get(key, []) for c in o.category_spend)
         write, change = _staged(key, old, facts, touched, settings, now)
         writes.append(write)
         if change:

@@ -196,6 +196,8 @@ def _order_facts(row: Any, categories: dict[str, CategoryFacts]) -> OrderFacts:
         recent=tuple(zip(row["recent_order_at"], row["recent_order_total"], strict=True)),
         last_categories=tuple(row["last_order_categories"]),
         categories=categories,
+        purchase_days=row["purchase_days"],
+        first_day_spent=row["first_day_spent"],
     )
 
 
@@ -212,6 +214,8 @@ def _facts_columns(writes: Sequence[FactsWrite]) -> list[list[Any]]:
         [_array(w.facts.last_categories) for w in writes],
         [w.stage for w in writes],
         [w.stage_due_at for w in writes],
+        [w.facts.purchase_days for w in writes],
+        [w.facts.first_day_spent for w in writes],
     ]
 
 
@@ -311,10 +315,13 @@ _SAVE_FACTS = """
         first_order_at = t.first_at, last_order_at = t.last_at,
         recent_order_at = t.recent_at::timestamptz[],
         recent_order_total = t.recent_total::numeric[],
-        last_order_categories = t.last_cats::text[], stage = t.stage, stage_due_at = t.due
+        last_order_categories = t.last_cats::text[], stage = t.stage, stage_due_at = t.due,
+        purchase_days = t.days, first_day_spent = t.first_day_spent
     FROM unnest($1::text[], $2::int[], $3::numeric[], $4::timestamptz[], $5::timestamptz[],
-        $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-        AS t(key, orders, spent, first_at, last_at, recent_at, recent_total, last_cats, stage, due)
+        $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[],
+        $12::numeric[])
+        AS t(key, orders, spent, first_at, last_at, recent_at, recent_total, last_cats, stage, due,
+            days, first_day_spent)
     WHERE c.customer_key = t.key
 """
 

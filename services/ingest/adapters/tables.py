@@ -53,6 +53,8 @@ customers = Table(
     Column("last_order_categories", ARRAY(Text), nullable=False),
     Column("stage", Text),
     Column("stage_due_at", DateTime(timezone=True)),
+    Column("purchase_days", Integer, nullable=False, server_default=text("0")),
+    Column("first_day_spent", Numeric, nullable=False, server_default=text("0")),
 )
 
 orders = Table(

@@ -2,8 +2,9 @@
 order (flat cost per order), and the figures that depend on "now", derived when read.
 
 Stored (OrderFacts): counts, spend, first and last order, the orders of the last two periods
-(`recent`, pruned to two periods before the newest order), per-category aggregates and the
-categories of the last order. Derived (derive()): average order value, rhythm, expected next
+(`recent`, pruned to two periods before the newest order), per-category aggregates, the
+categories of the last order, and the purchase days (distinct UTC days with an order, and the
+spend of the first one) that the scheduler's purchase predictions count as repeat purchases. Derived (derive()): average order value, rhythm, expected next
 order, the last and previous period, days since the last order, the lifecycle stage.
 See docs/adr/0002-customer-facts.md.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -74,6 +75,11 @@ class OrderFacts:
     recent: tuple[tuple[datetime, Decimal], ...] = ()  # (placed_at, total), oldest first
     last_categories: tuple[str, ...] = ()
     categories: Mapping[str, CategoryFacts] = field(default_factory=dict)
+    # Distinct UTC days with an order (the literature's "transactions": Fader, Hardie & Lee
+    # count several orders on one day once); None: unknown after an out-of-order order that
+    # only the full history can place, so the caller recounts (apply_orders rebuilds).
+    purchase_days: int | None = 0
+    first_day_spent: Decimal = Decimal(0)  # spend of the first purchase day
 
 
 # --- stored: one order at a time ------------------------------------------------------------
@@ -92,7 +98,39 @@ def add_order(facts: OrderFacts, order: PlacedOrder, keep: timedelta) -> OrderFa
         recent=_recent(facts.recent, order, keep),
         last_categories=_last_categories(facts, order, newest),
         categories=_add_categories(facts.categories, order),
+        purchase_days=_purchase_days(facts, order, keep),
+        first_day_spent=_first_day_spent(facts, order),
     )
+
+
+def _purchase_days(facts: OrderFacts, order: PlacedOrder, keep: timedelta) -> int | None:
+    """One more day unless the order's day already had one. Known days: the first, the last
+    and those of `recent` (every order within `keep` before the last); an earlier day after
+    the first cannot be told from the aggregates: None."""
+    if facts.first_order_at is None or facts.last_order_at is None:
+        return 1
+    if facts.purchase_days is None:
+        return None
+    day = _day(order.placed_at)
+    first, last = _day(facts.first_order_at), _day(facts.last_order_at)
+    if day in {first, last} or day in {_day(at) for at, _ in facts.recent}:
+        return facts.purchase_days
+    if day < first or day > _day(facts.last_order_at - keep):
+        return facts.purchase_days + 1
+    return None
+
+
+def _first_day_spent(facts: OrderFacts, order: PlacedOrder) -> Decimal:
+    if facts.first_order_at is None:
+        return order.total
+    day, first = _day(order.placed_at), _day(facts.first_order_at)
+    if day == first:
+        return facts.first_day_spent + order.total
+    return order.total if day < first else facts.first_day_spent
+
+
+def _day(moment: datetime) -> date:
+    return moment.astimezone(UTC).date()
 
 
 def rebuild(orders: Iterable[PlacedOrder], keep: timedelta) -> OrderFacts:

@@ -61,6 +61,9 @@ def with_order_facts(
             "usual_open_hour": cf.usual_hour(_local_hours(engagement.open_times, zone)),
             "stage": derived.stage,
             "high_value": derived.high_value,
+            # None (recounted in the same transaction) never reaches a profile; 0 is safe.
+            "purchase_days": facts.purchase_days or 0,
+            "first_day_spent": facts.first_day_spent,
         }
     )
 

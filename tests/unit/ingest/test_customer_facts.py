@@ -81,6 +81,34 @@ def test_orders_in_any_order_give_the_same_facts() -> None:
     assert (tea.orders, tea.spent, tea.average_days_between) == (2, Decimal(17), 30)
 
 
+def test_purchase_days_count_orders_on_one_day_once_in_any_order() -> None:
+    # Two orders on the same day (10:00 and 23:00 UTC), then two later days: 3 purchase days;
+    # the first day's spend is what Gamma-Gamma leaves out of the repeat orders' average.
+    morning = NOW.replace(hour=10) - 200 * DAY
+    orders = [
+        cf.PlacedOrder("k", morning, Decimal(10)),
+        cf.PlacedOrder("k", morning.replace(hour=23), Decimal(5)),
+        order(100, "20"),
+        order(20, "30"),
+    ]
+    for permutation in itertools.permutations(orders):
+        f = facts(*permutation)
+        if f.purchase_days is None:  # an old day arrived after `recent` moved past it
+            f = cf.rebuild(permutation, SETTINGS.keep)
+        assert (f.purchase_days, f.first_day_spent) == (3, Decimal(15))
+
+
+def test_a_late_order_before_the_recent_window_asks_for_a_recount() -> None:
+    f = facts(order(400, "10"), order(10, "10"))
+    assert f.purchase_days == 2
+    assert cf.add_order(f, order(300, "5"), SETTINGS.keep).purchase_days is None
+    assert cf.add_order(f, order(500, "5"), SETTINGS.keep).purchase_days == 3  # a new first
+    assert cf.add_order(f, order(100, "5"), SETTINGS.keep).purchase_days == 3  # within recent
+    assert cf.rebuild([order(400, "10"), order(300, "5"), order(10, "1")], SETTINGS.keep) == (
+        cf.rebuild([order(10, "1"), order(300, "5"), order(400, "10")], SETTINGS.keep)
+    )
+
+
 @pytest.mark.parametrize(
     ("orders", "days_later", "stage"),
     [
