@@ -11,6 +11,8 @@ from services.scheduler.adapters.tables import processed_activities
 from services.scheduler.api import control_router
 from services.scheduler.consumer import ActivityHandler
 from services.scheduler.loops import OutboxPublisher, OutboxRelay, TimerLoop
+from services.scheduler.predictions.api import predictions_router
+from services.scheduler.predictions.service import PredictionRefresher
 from services.scheduler.reports.api import DashboardSources, reports_router
 from services.scheduler.reports.consumer import ResultsHandler
 from services.scheduler.reports.service import ReportsService
@@ -112,6 +114,9 @@ class SchedulerService:
             timedelta(days=settings.processed_retention_days),
             settings.prune_interval_s,
         )
+        self.predictions = PredictionRefresher(
+            settings.database_url, clock, settings.predictions_refresh_s
+        )
         self._loops = Loops(SERVICE)
         self.app = FastAPI(
             title="Rebound scheduler", description="Journeys, enrolments and durable timers."
@@ -126,6 +131,10 @@ class SchedulerService:
             )
             reports = reports_router(ReportsService(self.reports_engine), clock, dashboard)
             self.app.include_router(reports, dependencies=[Depends(guard)])
+            self.app.include_router(
+                predictions_router(self.reports_engine, self.predictions),
+                dependencies=[Depends(guard)],
+            )
         checks: dict[str, ReadinessCheck] = {"database": lambda: db.ping(self.engine)}
         if settings.role != "api":  # the control plane alone starts no producer
             checks["broker"] = self.publisher.ready
@@ -138,6 +147,8 @@ class SchedulerService:
         self._loops.spawn("activities", self.consumer_loop.run)
         self._loops.spawn("results", self.results_loop.run)
         self._loops.spawn("prune", self.pruner.run)
+        if self.settings.predictions_refresh_s > 0:
+            self._loops.spawn("predictions", self.predictions.run)
 
     async def _start_producer(self) -> None:
         """The producer first: the relay and the timers need it; then they run forever."""
@@ -147,6 +158,7 @@ class SchedulerService:
 
     async def stop(self) -> None:
         await self._loops.stop()
+        self.predictions.close()
         await stop_consumer(self.consumer)
         await stop_consumer(self.results_consumer)
         await self.producer.stop()

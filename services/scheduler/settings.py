@@ -47,6 +47,12 @@ class SchedulerSettings(ServiceSettings):
     prune_interval_s: float = Field(
         default=3600, gt=0, description="How often old processed event ids are deleted."
     )
+    predictions_refresh_s: float = Field(
+        default=86_400,
+        ge=0,
+        description="How often each shop's purchase predictions (BG/NBD, Gamma-Gamma) are "
+        "fitted again, in a worker process; 0: only on demand (POST /predictions/{shop}/refresh).",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token (or HTTP basic password, any user) of the control plane: "

@@ -4,8 +4,9 @@ order (flat cost per order), and the figures that depend on "now", derived when 
 Stored (OrderFacts): counts, spend, first and last order, the orders of the last two periods
 (`recent`, pruned to two periods before the newest order), per-category aggregates, the
 categories of the last order, and the purchase days (distinct UTC days with an order, and the
-spend of the first one) that the scheduler's purchase predictions count as repeat purchases. Derived (derive()): average order value, rhythm, expected next
-order, the last and previous period, days since the last order, the lifecycle stage.
+spend of the first one) that the scheduler's purchase predictions count as repeat purchases.
+Derived (derive()): average order value, rhythm, expected next order, the last and previous
+period, days since the last order, the lifecycle stage.
 See docs/adr/0002-customer-facts.md.
 """
 

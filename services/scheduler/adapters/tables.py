@@ -109,3 +109,32 @@ outbox = sa.Table(
     sa.Column("value", sa.LargeBinary, nullable=False),
     sa.Column("created_at", TS, nullable=False),
 )
+_F = sa.Float(53)
+prediction_fits = sa.Table(
+    "prediction_fits",
+    metadata,
+    sa.Column("shop_id", sa.Text, primary_key=True),
+    sa.Column("as_of", TS, nullable=False),
+    sa.Column("fitted_at", TS, nullable=False),
+    sa.Column("fit_seconds", _F, nullable=False),
+    sa.Column("customers", sa.Integer, nullable=False),
+    sa.Column("repeat_buyers", sa.Integer, nullable=False),
+    sa.Column("repeat_purchases", sa.Integer, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    *(sa.Column(name, _F) for name in ("r", "alpha", "a", "b", "p", "q", "gamma")),
+)
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("customer_key", sa.Text, primary_key=True),
+    sa.Column("shop_id", sa.Text, nullable=False),
+    sa.Column("as_of", TS, nullable=False),
+    sa.Column("p_alive", _F, nullable=False),
+    sa.Column("orders_30d", _F, nullable=False),
+    sa.Column("orders_90d", _F, nullable=False),
+    sa.Column("next_order_at", TS),
+    sa.Column("order_value", _F),
+    sa.Column("changed_at", TS, nullable=False),
+    sa.Index("predictions_by_shop", "shop_id", "changed_at"),
+)

@@ -11,6 +11,15 @@ from typing import Any
 from shared.events import CartSnapshot, MessageEngagement, Profile
 
 SECONDS_PER_DAY = 86_400
+# Before a shop's first fit (or for a customer it did not cover) a condition on these is false.
+NO_PREDICTIONS: Mapping[str, Any] = {
+    "p_alive": None,
+    "expected_orders_30d": None,
+    "expected_orders_90d": None,
+    "predicted_next_order_at": None,
+    "expected_order_value": None,
+    "predictions_as_of": None,
+}
 
 
 def build_facts(
@@ -20,9 +29,12 @@ def build_facts(
     cart: CartSnapshot | None,
     now: datetime,
     about_message: str | None = None,
+    predictions: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`about_message` is the request key an e-mail event or a conversion concerns."""
+    """`about_message` is the request key an e-mail event or a conversion concerns;
+    `predictions` the customer's purchase predictions (PredictionRepository.facts_for)."""
     profile_facts = profile.model_dump()
+    profile_facts.update(predictions or NO_PREDICTIONS)
     profile_facts["days_since_last_order"] = _days_since(profile.last_order_at, now)
     profile_facts["days_since_registration"] = _days_since(profile.registered_at, now)
     cart_facts: dict[str, Any] | None = None

@@ -21,6 +21,7 @@ from scipy import optimize, special
 
 Floats = NDArray[np.float64]
 DAYS_PER_WEEK = 7.0
+SECONDS_PER_WEEK = 7 * 86_400.0
 
 
 class FitFailed(RuntimeError):
@@ -108,11 +109,26 @@ class BgNbd:
         result: Floats = head / (1.0 + np.where(x > 0, odds, 0.0))
         return result
 
+    def median_time_to_next_purchase(self, p_alive: Floats, x: Floats, T: Floats) -> Floats:
+        """The t by which another purchase is as likely as not: P(one by T + t) =
+        p_alive * (1 - ((alpha + T) / (alpha + T + t)) ** (r + x)), since an alive customer's
+        purchase rate is Gamma(r + x, alpha + T) given the history, and BG dropout happens only
+        right after a purchase. NaN when p_alive <= 1/2 (never more likely than not)."""
+        alive = np.maximum(p_alive, 0.5 + 1e-12)
+        t = (self.alpha + T) * ((1.0 - 0.5 / alive) ** (-1.0 / (self.r + x)) - 1.0)
+        result: Floats = np.where(p_alive > 0.5, t, np.nan)
+        return result
+
     def expected_purchases_new(self, t: float) -> float:
         """E[X(t)] for a customer just acquired: eq. (9)."""
+        return float(self.expected_purchases_at(np.asarray([t], dtype=np.float64))[0])
+
+    def expected_purchases_at(self, t: Floats) -> Floats:
+        """E[X(t)] of eq. (9) for each age in `t`."""
         r, alpha, a, b = self.r, self.alpha, self.a, self.b
         hyper = special.hyp2f1(r, b, a + b - 1.0, t / (alpha + t))
-        return float((a + b - 1.0) / (a - 1.0) * (1.0 - (alpha / (alpha + t)) ** r * hyper))
+        result: Floats = (a + b - 1.0) / (a - 1.0) * (1.0 - (alpha / (alpha + t)) ** r * hyper)
+        return result
 
 
 def bgnbd_log_likelihood(params: Floats, x: Floats, t_x: Floats, T: Floats) -> Floats:
@@ -205,6 +221,61 @@ def _minimise(loss: object, start: Floats) -> Floats:
 
 
 _NELDER_MEAD = {"maxiter": 20_000, "maxfev": 20_000, "xatol": 1e-8, "fatol": 1e-10}
+
+
+def summarise_facts(
+    customers: Sequence[str],
+    first_order_s: Floats,
+    last_order_s: Floats,
+    purchase_days: Floats,
+    spent: Floats,
+    first_day_spent: Floats,
+    as_of_s: float,
+    seconds_per_unit: float = SECONDS_PER_WEEK,
+) -> Summary:
+    """The same summary from the per-customer facts ingest keeps (times in epoch seconds):
+    x = purchase days - 1, t_x = last - first order, T = as_of - first order, and the mean
+    repeat value = (spend - the first day's spend) / x. Customers without an order, or whose
+    first order is after `as_of`, are left out."""
+    keep = (purchase_days >= 1) & (first_order_s <= as_of_s)
+    first, last = first_order_s[keep], last_order_s[keep]
+    x = purchase_days[keep] - 1.0
+    age = (as_of_s - first) / seconds_per_unit
+    recency = np.clip((last - first) / seconds_per_unit, 0.0, age)
+    repeat_spend = spent[keep] - first_day_spent[keep]
+    monetary = np.where(x > 0, repeat_spend / np.maximum(x, 1.0), 0.0)
+    names = tuple(c for c, k in zip(customers, keep, strict=True) if k)
+    return Summary(names, x, recency, age, monetary)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per customer of a Summary, aligned; NaN where a figure does not exist."""
+
+    p_alive: Floats
+    orders_30d: Floats
+    orders_90d: Floats
+    next_order_units: Floats  # from as_of; NaN: less than an even chance of another order
+    order_value: Floats  # Gamma-Gamma's expected order value; NaN without a spend model
+
+
+def score(
+    model: BgNbd, spend: GammaGamma | None, summary: Summary, days_per_unit: float = DAYS_PER_WEEK
+) -> Scores:
+    x, t_x, T = summary.x, summary.t_x, summary.T
+    alive = model.p_alive(x, t_x, T)
+    value = (
+        spend.expected_value(x, summary.monetary)
+        if spend is not None
+        else np.full(summary.size, np.nan)
+    )
+    return Scores(
+        p_alive=alive,
+        orders_30d=model.expected_purchases(30.0 / days_per_unit, x, t_x, T),
+        orders_90d=model.expected_purchases(90.0 / days_per_unit, x, t_x, T),
+        next_order_units=model.median_time_to_next_purchase(alive, x, T),
+        order_value=value,
+    )
 
 
 def purchases_from_rows(
