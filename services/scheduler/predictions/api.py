@@ -28,13 +28,14 @@ def predictions_router(engine: AsyncEngine, refresher: PredictionRefresher) -> A
         return schemas.ShopPredictions(fit=_fit(fit), summary=_summary(totals, buckets))
 
     @router.post("/{shop_id}/refresh", summary="Fit the shop now (in a worker process)")
-    async def refresh(shop_id: str) -> schemas.Fit:
-        if await refresher.refresh(shop_id) is None:
+    async def refresh(shop_id: str) -> schemas.Refreshed:
+        done = await refresher.refresh(shop_id)
+        if done is None:
             raise HTTPException(409, f"shop {shop_id!r} is being fitted by another instance")
         async with engine.connect() as conn:
             fit = await PredictionRepository(conn).fit(shop_id)
         assert fit is not None
-        return _fit(fit)
+        return schemas.Refreshed(fit=_fit(fit), changed=done.changed)
 
     @router.get("/{shop_id}/customers", summary="Customers' predictions, by P(alive)")
     async def customers(

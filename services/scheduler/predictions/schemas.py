@@ -42,6 +42,13 @@ class Fit(BaseModel):
     )
 
 
+class Refreshed(BaseModel):
+    fit: Fit
+    changed: int = Field(
+        description="Customers whose stored predictions this refresh changed (or removed)"
+    )
+
+
 class Bucket(BaseModel):
     p_alive_from: float
     p_alive_to: float
