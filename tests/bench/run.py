@@ -29,6 +29,7 @@ from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics, dlq
 from tests.bench import consumer as cbench
 from tests.bench import importer as ibench
 from tests.bench import mail as mbench
+from tests.bench import predictions as pbench
 from tests.bench import timers as tbench
 from tests.bench.webhooks import SHOPS_JSON
 
@@ -396,6 +397,8 @@ def table(results: dict[str, Any]) -> str:
         lines.extend(tbench.table(results["timers"]))
     if "import" in results:
         lines += ibench.table_lines(results["import"])
+    if "predictions" in results:
+        lines += pbench.table_lines(results["predictions"])
     return "\n".join(lines)
 
 
@@ -427,7 +430,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--import-orders", type=int, default=1_000_000, help="orders in the generated file"
     )
-    parser.add_argument("--only", choices=["webhooks", "consumer", "mail", "timers", "import"])
+    parser.add_argument(
+        "--prediction-customers", type=int, default=1_000_000, help="synthetic shop's customers"
+    )
+    parser.add_argument(
+        "--only", choices=["webhooks", "consumer", "mail", "timers", "import", "predictions"]
+    )
     return parser.parse_args(argv)
 
 
@@ -451,6 +459,8 @@ def main(argv: list[str] | None = None) -> None:
             results["timers"] = tbench.bench_timers(where, args)
         if args.only in (None, "import"):
             results["import"] = ibench.bench_import(s.database_url, args.import_orders, BENCH_DIR)
+        if args.only in (None, "predictions"):
+            results["predictions"] = pbench.bench_predictions(args.prediction_customers)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results), flush=True)
     log(f"written to {BENCH_DIR / 'results.json'}")

@@ -1,21 +1,28 @@
-"""BG/NBD and Gamma-Gamma reproduce the published CDNOW results (Fader, Hardie & Lee 2005)."""
+"""BG/NBD and Gamma-Gamma reproduce the published CDNOW results (Fader, Hardie & Lee 2005);
+the facts the scheduler receives summarise the same way; scores, verdicts and the facts hook."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from services.scheduler.domain.conditions import Leaf
+from services.scheduler.domain.facts import build_facts
+from services.scheduler.predictions import quality
 from services.scheduler.predictions.model import (
     BgNbd,
     Summary,
     fit_bgnbd,
     fit_gamma_gamma,
     purchases_from_rows,
+    score,
     summarise,
+    summarise_facts,
 )
+from shared.events import Profile
 
 SAMPLE = Path(__file__).resolve().parents[2] / "fixtures" / "cdnow" / "CDNOW_sample.txt"
 CALIBRATION_END = date(1997, 9, 30)  # weeks 1-39 of 1997
@@ -85,3 +92,75 @@ def test_p_alive_is_one_without_repeats_and_falls_with_silence() -> None:
     alive = model.p_alive(x, recency, age)
     assert alive[0] == 1.0
     assert alive[1] > alive[2]  # the same buyer, silent for 34 weeks instead of 9
+
+
+def test_the_facts_ingest_keeps_summarise_like_the_purchase_list(
+    purchases: dict[str, list[tuple[date, float]]], calibration: Summary
+) -> None:
+    # What the scheduler receives per customer: first and last order, purchase days, spend.
+    names, first, last, days, spent, first_day = [], [], [], [], [], []
+    for customer, rows in purchases.items():
+        by_day: dict[date, float] = {}
+        for day, value in rows:
+            if day <= CALIBRATION_END:
+                by_day[day] = by_day.get(day, 0.0) + value
+        ordered = sorted(by_day)
+        names.append(customer)
+        first.append(_epoch(ordered[0]))
+        last.append(_epoch(ordered[-1]))
+        days.append(len(ordered))
+        spent.append(sum(by_day.values()))
+        first_day.append(by_day[ordered[0]])
+    facts = summarise_facts(
+        names, *(np.asarray(c, dtype=float) for c in (first, last, days, spent, first_day)),
+        _epoch(CALIBRATION_END),
+    )  # fmt: skip
+    assert facts.customers == calibration.customers
+    for column in ("x", "t_x", "T", "monetary"):
+        np.testing.assert_allclose(getattr(facts, column), getattr(calibration, column))
+
+
+def _epoch(day: date) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+
+
+def test_next_order_is_as_likely_as_not_by_the_median_time() -> None:
+    model = BgNbd(r=0.243, alpha=4.414, a=0.793, b=2.426)
+    x, t_x, T = np.array([5.0, 5.0]), np.array([38.0, 10.0]), np.array([39.0, 39.0])
+    alive = model.p_alive(x, t_x, T)
+    t = model.median_time_to_next_purchase(alive, x, T)
+    assert alive[0] > 0.5 and np.isfinite(t[0])
+    # P(an order by T + t) = p_alive * (1 - ((alpha + T) / (alpha + T + t)) ** (r + x)) = 1/2
+    by_then = alive[0] * (1 - ((4.414 + 39) / (4.414 + 39 + t[0])) ** (0.243 + 5))
+    assert by_then == pytest.approx(0.5)
+    assert alive[1] < 0.5 and np.isnan(t[1])  # silent for 29 weeks: no even chance
+
+
+def test_scores_for_a_shop_and_the_quality_verdicts(calibration: Summary) -> None:
+    fitted = fit_bgnbd(calibration)
+    scores = score(fitted, fit_gamma_gamma(calibration), calibration)
+    assert (scores.orders_30d < scores.orders_90d).all()
+    assert float(scores.order_value.min()) > 0
+    verdict = quality.after_fit(calibration, fitted, None, "No spend model: test.")
+    assert verdict.status == "ok" and "946 repeat buyers" in verdict.note
+    assert quality.before_fit(calibration) is None
+
+    few = Summary(
+        calibration.customers[:150],
+        calibration.x[:150],
+        calibration.t_x[:150],
+        calibration.T[:150],
+        calibration.monetary[:150],
+    )
+    refused = quality.before_fit(few)
+    assert refused is not None and refused.status == "too_little_data" and "100" in refused.note
+
+
+def test_segment_conditions_see_the_predictions_on_the_profile() -> None:
+    profile = Profile(key="s:c:1", shop_id="s", email=None)
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    lapsing = Leaf(field="profile.p_alive", op="lt", value=0.3)
+    predicted = {"p_alive": 0.2, "expected_orders_90d": 0.1}
+    assert lapsing.holds(build_facts("timer", now, profile, None, now, predictions=predicted), now)
+    # before any fit the figure is unknown, and a comparison with it does not hold
+    assert not lapsing.holds(build_facts("timer", now, profile, None, now), now)
