@@ -111,10 +111,12 @@ def test_the_facts_ingest_keeps_summarise_like_the_purchase_list(
         days.append(len(ordered))
         spent.append(sum(by_day.values()))
         first_day.append(by_day[ordered[0]])
+    first_s, last_s, days_n, spent_v, first_day_v = (
+        np.asarray(c, dtype=float) for c in (first, last, days, spent, first_day)
+    )
     facts = summarise_facts(
-        names, *(np.asarray(c, dtype=float) for c in (first, last, days, spent, first_day)),
-        _epoch(CALIBRATION_END),
-    )  # fmt: skip
+        names, first_s, last_s, days_n, spent_v, first_day_v, _epoch(CALIBRATION_END)
+    )
     assert facts.customers == calibration.customers
     for column in ("x", "t_x", "T", "monetary"):
         np.testing.assert_allclose(getattr(facts, column), getattr(calibration, column))
