@@ -2,9 +2,10 @@
 to trust them. Pure: decided from the summary and the fitted models.
 
 The thresholds come from fitting BG/NBD on random CDNOW cohorts (docs/predictions.md): with
-~40 repeat buyers one fit in ten did not converge and the 39-week forecast of the others
-missed the real total by up to 41%; from ~100 repeat buyers every fit converged; from ~400
-the worst miss was 24% (the full 946 miss by 12%: the model's known under-forecast on CDNOW).
+~40 or ~100 repeat buyers one fit in ten did not converge (reported as fit_failed) and the
+39-week forecast of the others missed the real total by up to 41%; with ~200 every fit
+converged (worst miss 32%); ~400: 24%; ~800: 22% (the full 946 miss by 12%: the model's own
+under-forecast on CDNOW). Below 100 Rebound does not fit; below 400 it calls the fit rough.
 """
 
 from __future__ import annotations
