@@ -1,8 +1,8 @@
 """purchase predictions: per shop the last fit (BG/NBD and Gamma-Gamma parameters, how much
 history it saw, a note on how far to trust it), per customer what it predicts
 
-Revision ID: 0005_predictions
-Revises: 0004_contact_queue
+Revision ID: 0006_predictions
+Revises: 0005_reports
 Create Date: 2026-11-28
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_predictions"
-down_revision = "0004_contact_queue"
+revision = "0006_predictions"
+down_revision = "0005_reports"
 branch_labels = None
 depends_on = None
 
