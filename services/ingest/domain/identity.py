@@ -76,8 +76,8 @@ def identity_keys(events: Iterable[ShopEventIn], found: Iterable[Link]) -> list[
 def resolve(events: Sequence[ShopEventIn], aliases: Mapping[str, Alias]) -> list[ShopEventIn]:
     """The events with every aliased guest key replaced by its account's key."""
     return [
-        replace(e, customer_key=aliases[e.customer_key].canonical_key)
-        if e.customer_key in aliases
+        replace(e, customer_key=alias.canonical_key)
+        if e.customer_key and (alias := aliases.get(e.customer_key))
         else e
         for e in events
     ]

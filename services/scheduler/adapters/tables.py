@@ -109,3 +109,11 @@ outbox = sa.Table(
     sa.Column("value", sa.LargeBinary, nullable=False),
     sa.Column("created_at", TS, nullable=False),
 )
+customer_aliases = sa.Table(
+    "customer_aliases",
+    metadata,
+    sa.Column("alias_key", sa.Text, primary_key=True),
+    sa.Column("canonical_key", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("merged_at", TS, nullable=False),
+)
