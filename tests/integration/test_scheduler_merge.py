@@ -7,7 +7,7 @@ still travelling under the guest key lands on the account (docs/adr/0004-one-cus
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -105,9 +105,9 @@ async def _enrollments(database_url: str) -> list[tuple[str, str, str | None]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def _become(database_url: str, expected: list[tuple[str, str, str | None]]) -> Any:
+def _become(database_url: str, expected: Sequence[tuple[str, str, str | None]]) -> Any:
     async def check() -> bool:
-        return await _enrollments(database_url) == expected
+        return await _enrollments(database_url) == list(expected)
 
     return check
 

@@ -1,8 +1,8 @@
 """identity: a guest key merged into an account (customer.merged.v1), so activity published
 under the guest key before the merge is applied to the account
 
-Revision ID: 0005_identity
-Revises: 0004_contact_queue
+Revision ID: 0006_identity
+Revises: 0005_reports
 Create Date: 2026-11-28
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_identity"
-down_revision = "0004_contact_queue"
+revision = "0006_identity"
+down_revision = "0005_reports"
 branch_labels = None
 depends_on = None
 
