@@ -34,6 +34,8 @@ PRODUCT_DELETED = "shop.product.deleted.v1"
 CUSTOMER_ACTIVITY = "customer.activity.recorded.v1"
 # Activity.kind of a lifecycle stage change (by an order, or by time passing)
 STAGE_CHANGED_KIND = "customer.stage.changed.v1"
+# Activity.kind of a guest merged into an account (docs/adr/0004-one-customer.md)
+CUSTOMER_MERGED_KIND = "customer.merged.v1"
 MESSAGE_REQUESTED = "message.requested.v1"
 MESSAGE_SENT = "message.sent.v1"
 MESSAGE_FAILED = "message.failed.v1"
@@ -274,6 +276,20 @@ class MessageEngagement(Contract):
     bounced_at: Instant | None = None
 
 
+class CustomerMerged(Contract):
+    """A guest (keyed by e-mail) merged into the account with the same e-mail in the same shop.
+
+    From then on everything about the person travels under `surviving_key`; `merged_key` is an
+    alias of it. Carried by the activity of kind customer.merged.v1, keyed by `surviving_key`.
+    """
+
+    shop_id: str
+    email: str
+    surviving_key: str
+    merged_key: str
+    merged_at: Instant
+
+
 class Activity(Contract):
     """customer.activity: one canonical event applied to the customer facts."""
 
@@ -287,6 +303,7 @@ class Activity(Contract):
     discount_codes: list[str] = Field(default_factory=list)  # entered in the order
     message: MessageEngagement | None = None  # for e-mail events and attributed orders
     previous_stage: str | None = None  # for customer.stage.changed.v1: the stage it left
+    merged: CustomerMerged | None = None  # for customer.merged.v1: which keys became one
 
 
 class Recipient(Contract):

@@ -37,6 +37,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "product_updated": events.ProductUpdated,
     "product_deleted": events.ProductDeleted,
     "activity": events.Activity,
+    "customer_merged": events.CustomerMerged,
     "message_request": events.MessageRequest,
     "message_result": events.MessageResult,
     "message_converted": events.MessageConverted,

@@ -31,12 +31,19 @@ class SuppressionEvents:
 
     async def __call__(self, batch: list[Record]) -> None:
         rows = []
+        unsubscribed: list[tuple[str, datetime]] = []
         for record in batch:
             try:
-                found = suppression(ev.decode(record.value))
+                event = ev.decode(record.value)
+                found = suppression(event)
             except ev.InvalidEvent as exc:
                 await self._publisher.dead_letter(record, str(exc))
                 continue
             if found is not None:
                 rows.append(found)
+            if found is not None and found[3] == UNSUBSCRIBED:
+                unsubscribed.append((ev.payload(event, ev.EmailUnsubscribed).request_key, found[4]))
         await self._repository.add(rows)
+        # The address too, so the unsubscribe follows the person whichever key they are known
+        # by later (a guest merged into an account: docs/adr/0004-one-customer.md).
+        await self._repository.add_unsubscribed_addresses(unsubscribed)

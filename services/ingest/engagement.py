@@ -13,12 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.engagement_repository import EngagementRepository
 from services.ingest.adapters.facts_repository import FactsRepository
+from services.ingest.adapters.identity_repository import IdentityRepository
 from services.ingest.domain.engagement import (
     EmailEventIn,
     activity,
     fold,
     with_touches,
 )
+from services.ingest.identity import resolve_email_events
 from shared import events as ev
 from shared.kafka import Publisher, Record
 
@@ -50,8 +52,9 @@ class EmailEventsConsumer:
         unique = list({e.event_id: e for e in events}.values())
         if not unique:
             return
-        keys = {e.data.customer_key for e in unique}
         async with self._engine.begin() as conn:
+            unique = await resolve_email_events(IdentityRepository(conn), unique)
+            keys = {e.data.customer_key for e in unique}
             repo = EngagementRepository(conn)
             new_ids = await repo.claim_new([e.event_id for e in unique])
             changes = fold(e for e in unique if e.event_id in new_ids)

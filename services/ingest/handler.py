@@ -16,11 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.catalog_repository import CatalogRepository
 from services.ingest.adapters.facts_repository import FactsRepository
+from services.ingest.adapters.identity_repository import IdentityRepository
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
 from services.ingest.domain.activity import activity_events, stage_events
 from services.ingest.domain.catalog import fold_products
 from services.ingest.domain.customer_facts import FactsSettings
 from services.ingest.domain.facts import FactChanges, ShopEventIn, fold
+from services.ingest.domain.identity import merged_activities
+from services.ingest.identity import join_identities, lock_identities
 from services.ingest.order_facts import SettingsFor, StageChange, apply_orders, with_categories
 from services.ingest.profiles import grown_profiles
 from shared import events as ev
@@ -51,16 +54,24 @@ class FactsHandler:
         async with self._engine.begin() as conn:
             repo = FactsRepository(conn)
             order_repo = OrderFactsRepository(conn)
+            identities = IdentityRepository(conn)
+            await lock_identities(identities, unique)
             new_ids = await repo.claim_new([e.event_id for e in unique])
+            joined = await join_identities(identities, unique, now)
+            unique = joined.events  # one key per person (docs/adr/0004-one-customer.md)
             fresh = [e for e in unique if e.event_id in new_ids]
             await _store_catalog(CatalogRepository(conn), fresh)
-            changes = await _store(repo, order_repo, fold(fresh), self._settings_for, now)
+            changes = await _store(
+                repo, order_repo, fold(fresh), self._settings_for, now, joined.merged_accounts
+            )
             owners = await repo.cart_owners(_unclaimed_carts(unique))
             keys = {e.customer_key for e in unique if e.customer_key} | set(owners.values())
             profiles = await grown_profiles(order_repo, keys, self._settings_for, now)
             open_carts = await repo.stored_open_carts(keys)
         topic = self._activity_topic
-        out = [
+        merged = merged_activities(joined.announce, joined.aliases, profiles, open_carts, now)
+        out = [(topic, key, ev.encode(event)) for key, event in merged]
+        out += [
             (topic, key, value)
             for key, value in activity_events(unique, owners, profiles, open_carts)
         ]
@@ -74,6 +85,7 @@ async def _store(
     changes: FactChanges,
     settings_for: SettingsFor,
     now: datetime,
+    merged_accounts: set[str],
 ) -> list[StageChange]:
     # Rows go in key order, so two consumers touching the same rows lock them in the same order.
     orders = await with_categories(order_repo, [changes.orders[k] for k in sorted(changes.orders)])
@@ -81,8 +93,9 @@ async def _store(
     new_orders = await repo.add_orders(orders)
     new_keys = {(o.shop_id, o.order_id) for o in new_orders}
     # A known order cancelled now: its customer's facts are recomputed from the orders that
-    # still count (rare, one indexed read of that customer's orders).
-    rebuild = {
+    # still count (rare, one indexed read of that customer's orders). So are the facts of an
+    # account a guest was merged into: its orders are now both people's.
+    rebuild = merged_accounts | {
         o.customer_key
         for o in orders
         if o.status == "cancelled" and (o.shop_id, o.order_id) not in new_keys

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.repository import BatchRepository
 from services.scheduler.loops import OutboxPublisher
+from services.scheduler.merge import join_customers
 from services.scheduler.runner import Published, Runner
 from shared import events
 from shared.clock import Clock
@@ -51,6 +52,7 @@ class ActivityHandler:
                 if event_id in new_ids:
                     new_ids.discard(event_id)  # the same event twice in one batch counts once
                     fresh.append((activity, partition))
+            fresh = await join_customers(conn, fresh, now)  # one key per person
             published = await self.runner.apply_activities(conn, fresh, now)
         soon = now + timedelta(seconds=self.poll_interval_s)
         if published.earliest_timer is not None and published.earliest_timer <= soon:

@@ -22,6 +22,13 @@ _ADD = text("""
         CAST(:values AS text[]), CAST(:reasons AS text[]), CAST(:sinces AS timestamptz[]))
     ON CONFLICT DO NOTHING
 """)
+_ADD_ADDRESSES_OF = text("""
+    INSERT INTO dispatcher.suppressions (shop_id, kind, value, reason, since)
+    SELECT m.shop_id, 'address', lower(m.email), 'unsubscribed', t.since
+    FROM unnest(CAST(:keys AS text[]), CAST(:sinces AS timestamptz[])) AS t(request_key, since)
+    JOIN dispatcher.messages m ON m.request_key = t.request_key
+    ON CONFLICT DO NOTHING
+""")
 _REASON = text("""
     SELECT reason FROM dispatcher.suppressions
     WHERE shop_id = :shop AND ((kind = 'customer' AND value = :customer)
@@ -60,6 +67,16 @@ class SuppressionRepository:
                     "reasons": reasons,
                     "sinces": sinces,
                 },
+            )
+
+    async def add_unsubscribed_addresses(self, sent: Sequence[tuple[str, datetime]]) -> None:
+        """(request_key, since) of unsubscribes: the address each message went to is
+        suppressed for marketing as well, in its shop."""
+        if not sent:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                _ADD_ADDRESSES_OF, {"keys": [k for k, _ in sent], "sinces": [s for _, s in sent]}
             )
 
     async def reason(self, shop_id: str, customer_key: str, email: str) -> str | None:

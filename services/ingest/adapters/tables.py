@@ -146,3 +146,16 @@ product_sales = Table(
     Column("day", Date, primary_key=True),
     Column("units", BigInteger, nullable=False),
 )
+
+customer_aliases = Table(
+    "customer_aliases",
+    metadata,
+    Column("alias_key", Text, primary_key=True),
+    Column("shop_id", Text, nullable=False),
+    Column("email", Text, nullable=False),
+    Column("canonical_key", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("merged_at", DateTime(timezone=True)),
+    Column("merged_by", Text),
+    Index("customer_aliases_canonical", "canonical_key"),
+)

@@ -138,3 +138,11 @@ predictions = sa.Table(
     sa.Column("changed_at", TS, nullable=False),
     sa.Index("predictions_by_shop", "shop_id", "changed_at"),
 )
+customer_aliases = sa.Table(
+    "customer_aliases",
+    metadata,
+    sa.Column("alias_key", sa.Text, primary_key=True),
+    sa.Column("canonical_key", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("merged_at", TS, nullable=False),
+)
