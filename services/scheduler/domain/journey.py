@@ -1,7 +1,7 @@
 """The journey format: a trigger, steps (wait, send, branch, publish, end) and exit rules, as data.
 
 Definitions are YAML files validated by these models and stored per version in the database.
-Every scenario in SCENARIOS.md is expressible (see journeys/examples/); what runs is decided
+Every scenario in SCENARIOS.md is shipped in this format (journeys/*.yaml); what runs is decided
 by the engine in engine.py.
 """
 
