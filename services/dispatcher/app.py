@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.dispatcher.adapters.coupons import CouponRepository
 from services.dispatcher.adapters.mailer import SmtpConfig, SmtpPool
+from services.dispatcher.adapters.recommendations import IngestRecommendations
 from services.dispatcher.adapters.repository import SCHEMA, MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
 from services.dispatcher.adapters.shopify_discounts import ShopifyDiscounts
@@ -21,6 +22,7 @@ from services.dispatcher.coupon_api import coupon_router
 from services.dispatcher.coupons import CouponDesk
 from services.dispatcher.dispatch import (
     SERVICE,
+    Content,
     Dispatcher,
     Engagement,
     SendPolicy,
@@ -170,8 +172,19 @@ class DispatcherService:
             ),
             engagement=self._engagement(publisher),
             coupons=self._coupon_desk(publisher),
+            content=self._content(),
         )
         return RequestHandler(dispatcher, publisher)
+
+    def _content(self) -> Content:
+        s = self.settings
+        shops = {c.shop_id: c.view() for c in s.shops}
+        if s.ingest_url is None:
+            return Content(shops)
+        products = IngestRecommendations(
+            self._http, s.ingest_url, s.ingest_token, s.products_per_mail
+        )
+        return Content(shops, products)
 
     def _coupon_desk(self, publisher: Publisher | None) -> CouponDesk:
         connectors = {

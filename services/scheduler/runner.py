@@ -367,7 +367,6 @@ class Runner:
             self.topics.name(ENGAGEMENT_RESULTS), customer.key, events.encode(event)
         )
 
-
     def _sunset(
         self,
         journey: Journey,

@@ -59,7 +59,6 @@ class CatalogRepository:
         )
         return [Recommendation(*r) for r in rows]
 
-
     async def recommendations_for(
         self, customer_keys: Sequence[str], now: datetime, limit: int = 4
     ) -> dict[str, list[Recommendation]]:

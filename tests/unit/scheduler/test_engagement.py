@@ -117,7 +117,8 @@ def test_an_unopened_offer_gets_a_last_chance() -> None:
 
 
 @pytest.mark.parametrize(
-    ("opened", "clicked", "sunset"), [(False, False, True), (True, False, False), (False, True, False)]
+    ("opened", "clicked", "sunset"),
+    [(False, False, True), (True, False, False), (False, True, False)],
 )
 def test_only_who_never_reacts_to_the_last_chance_is_said_goodbye_and_sunset(
     opened: bool, clicked: bool, sunset: bool
