@@ -43,7 +43,13 @@ from shared.kafka import (
     stop_consumer,
 )
 from shared.runtime import Loops
-from shared.topics import EMAIL_EVENTS, ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
+from shared.topics import (
+    CUSTOMER_ACTIVITY,
+    EMAIL_EVENTS,
+    ENGAGEMENT_RESULTS,
+    MESSAGE_REQUESTS,
+    Topics,
+)
 from shared.tracking import TokenSigner
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -123,12 +129,15 @@ class DispatcherService:
             s.topic_prefix + SERVICE + "-suppressions",
             s.kafka_client_id + "-suppressions",
             self.topics.name(EMAIL_EVENTS),
+            self.topics.name(ENGAGEMENT_RESULTS),  # customer.sunset.v1
+            self.topics.name(CUSTOMER_ACTIVITY),  # orders and opt-ins lift a sunset
         )
         self._loops.spawn("requests", self._consume)
         self._loops.spawn("suppressions", self._consume_suppressions)
 
     async def _consume_suppressions(self) -> None:
-        """email.events -> dispatcher.suppressions (unsubscribes, hard bounces)."""
+        """email.events, engagement.results, customer.activity -> dispatcher.suppressions
+        (unsubscribes, hard bounces, sunsets and what lifts them)."""
         assert self._producer is not None and self._suppression_consumer is not None
         await start_with_retry(self._producer, f"{SERVICE} producer")
         publisher = Publisher(self._producer, SERVICE)

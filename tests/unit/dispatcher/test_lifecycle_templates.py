@@ -125,7 +125,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("journey", "step_id", "send"), CASES)
-def test_every_send_step_renders_a_complete_mail(journey: Journey, step_id: str, send: Send) -> None:
+def test_every_send_step_renders_a_complete_mail(
+    journey: Journey, step_id: str, send: Send
+) -> None:
     mail = dispatched(scheduler_request(journey, step_id, send), Extras(SHOP, PRODUCTS))
 
     assert mail.subject and "{{" not in mail.subject
