@@ -14,11 +14,13 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.dispatcher.adapters.recommendations import IngestRecommendations
 from services.ingest.adapters.catalog_repository import CatalogRepository
 from services.ingest.app import IngestService
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.db import make_engine
+from shared.errors import Transient
 from shared.topics import Topics
 from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
 from tests.integration.test_ingest_consumer import activities, rows
@@ -168,6 +170,26 @@ async def test_the_read_api_answers_recommendations_for_a_batch_of_customers(
         "image_url": None,
         "price": "10.00",
     }
+
+
+async def test_the_dispatchers_client_gets_the_products_through_the_read_api(
+    client: httpx.AsyncClient, db: AsyncEngine, clock: ManualClock
+) -> None:
+    now = clock.now()
+    for pid in ("A", "B"):
+        await submit(client, ev.PRODUCT_UPDATED, f"p-{pid}", product(pid, "tea", now))
+    await processed(db, "SELECT 1 FROM ingest.products", 2)
+    await submit(client, ev.ORDER_PLACED, "o1", order("o1", "ada", now, ("A", 1)))
+    await processed(db, "SELECT 1 FROM ingest.orders", 1)
+    ada = f"{SHOP_ID}:c:ada"
+
+    allowed = IngestRecommendations(client, "http://ingest", SecretStr(ADMIN_TOKEN))
+    found = await allowed.for_customers([ada])
+    refused = IngestRecommendations(client, "http://ingest", SecretStr("wrong"))
+
+    assert [p.title for p in found[ada]] == ["Product B"]
+    with pytest.raises(Transient, match="401"):
+        await refused.for_customers([ada])
 
 
 async def test_stage_changes_are_published_when_time_or_an_order_moves_them(
