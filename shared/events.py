@@ -42,6 +42,9 @@ MESSAGE_FAILED = "message.failed.v1"
 MESSAGE_SUPPRESSED = "message.suppressed.v1"
 MESSAGE_CONVERTED = "message.converted.v1"
 JOURNEY_DECISION = "journey.decision.v1"
+# A journey's `publish: customer.sunset` step: typed, so the dispatcher can act on it.
+SUNSET_DECISION = "customer.sunset"
+CUSTOMER_SUNSET = "customer.sunset.v1"
 # What recipients did with a message (email.events)
 EMAIL_OPENED = "email.opened.v1"
 EMAIL_CLICKED = "email.clicked.v1"
@@ -360,6 +363,19 @@ class JourneyDecision(Contract):
     journey_version: int | None = None
     step_id: str
     customer_key: str
+
+
+class CustomerSunset(Contract):
+    """customer.sunset.v1 on engagement.results: a journey ended a customer who never reacted
+    (the win-back's goodbye). The dispatcher refuses their marketing mail from `sunset_at`
+    until they order or opt in again; ads or SMS services may drop them too."""
+
+    shop_id: str
+    customer_key: str
+    journey_id: str
+    journey_version: int
+    step_id: str
+    sunset_at: Instant
 
 
 class MessageConverted(Contract):

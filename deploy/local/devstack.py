@@ -368,8 +368,11 @@ def service_env(service: str, pg: Postgres) -> dict[str, str]:
         prefix + "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{RUN_BROKER_PORT}",
         prefix + "HTTP_PORT": str(RUN_PORTS[service]),
     }
-    if service in ("scheduler", "dispatcher"):
+    if service in ("scheduler", "dispatcher", "ingest"):
         env[prefix + "ADMIN_TOKEN"] = os.environ.get(prefix + "ADMIN_TOKEN", DEV_ADMIN_TOKEN)
+    if service == "dispatcher":  # recommended products come from ingest's read API
+        env[prefix + "INGEST_URL"] = f"http://127.0.0.1:{RUN_PORTS['ingest']}"
+        env[prefix + "INGEST_TOKEN"] = os.environ.get("REBOUND_INGEST_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
     if service == "ingest":
         env[prefix + "SHOPS"] = os.environ.get("REBOUND_INGEST_SHOPS", DEV_SHOPS)
         # One ingest process per core (0), all on port 8001; each also runs a facts consumer.

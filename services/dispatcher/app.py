@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.dispatcher.adapters.coupons import CouponRepository
 from services.dispatcher.adapters.mailer import SmtpConfig, SmtpPool
+from services.dispatcher.adapters.recommendations import IngestRecommendations
 from services.dispatcher.adapters.repository import SCHEMA, MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
 from services.dispatcher.adapters.shopify_discounts import ShopifyDiscounts
@@ -21,6 +22,7 @@ from services.dispatcher.coupon_api import coupon_router
 from services.dispatcher.coupons import CouponDesk
 from services.dispatcher.dispatch import (
     SERVICE,
+    Content,
     Dispatcher,
     Engagement,
     SendPolicy,
@@ -41,7 +43,13 @@ from shared.kafka import (
     stop_consumer,
 )
 from shared.runtime import Loops
-from shared.topics import EMAIL_EVENTS, ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
+from shared.topics import (
+    CUSTOMER_ACTIVITY,
+    EMAIL_EVENTS,
+    ENGAGEMENT_RESULTS,
+    MESSAGE_REQUESTS,
+    Topics,
+)
 from shared.tracking import TokenSigner
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -121,12 +129,15 @@ class DispatcherService:
             s.topic_prefix + SERVICE + "-suppressions",
             s.kafka_client_id + "-suppressions",
             self.topics.name(EMAIL_EVENTS),
+            self.topics.name(ENGAGEMENT_RESULTS),  # customer.sunset.v1
+            self.topics.name(CUSTOMER_ACTIVITY),  # orders and opt-ins lift a sunset
         )
         self._loops.spawn("requests", self._consume)
         self._loops.spawn("suppressions", self._consume_suppressions)
 
     async def _consume_suppressions(self) -> None:
-        """email.events -> dispatcher.suppressions (unsubscribes, hard bounces)."""
+        """email.events, engagement.results, customer.activity -> dispatcher.suppressions
+        (unsubscribes, hard bounces, sunsets and what lifts them)."""
         assert self._producer is not None and self._suppression_consumer is not None
         await start_with_retry(self._producer, f"{SERVICE} producer")
         publisher = Publisher(self._producer, SERVICE)
@@ -170,8 +181,19 @@ class DispatcherService:
             ),
             engagement=self._engagement(publisher),
             coupons=self._coupon_desk(publisher),
+            content=self._content(),
         )
         return RequestHandler(dispatcher, publisher)
+
+    def _content(self) -> Content:
+        s = self.settings
+        shops = {c.shop_id: c.view() for c in s.shops}
+        if s.ingest_url is None:
+            return Content(shops)
+        products = IngestRecommendations(
+            self._http, s.ingest_url, s.ingest_token, s.products_per_mail
+        )
+        return Content(shops, products)
 
     def _coupon_desk(self, publisher: Publisher | None) -> CouponDesk:
         connectors = {

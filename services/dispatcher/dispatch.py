@@ -30,7 +30,13 @@ from services.dispatcher.adapters.results import ResultPublisher
 from services.dispatcher.adapters.suppressions import HARD_BOUNCE, SuppressionRepository
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.coupons import CouponDesk, Issued
-from services.dispatcher.domain.content import RenderedMessage, message_id, render_context
+from services.dispatcher.domain.content import (
+    Extras,
+    RenderedMessage,
+    ShopView,
+    message_id,
+    render_context,
+)
 from services.dispatcher.domain.decisions import (
     UNCERTAIN_REASON,
     Next,
@@ -43,6 +49,7 @@ from services.dispatcher.domain.decisions import (
     on_seen_before,
     suppression_reason,
 )
+from services.dispatcher.domain.offers import perk_terms, perk_view
 from services.dispatcher.domain.records import MessageRecord, Status
 from services.dispatcher.domain.tracking import ShopMail, prepare
 from shared import metrics
@@ -58,6 +65,7 @@ from shared.events import (
     stable_event_id,
 )
 from shared.logging import get_logger
+from shared.recommendations import RecommendedProduct
 from shared.retry import retry_forever
 from shared.tracking import MessageRef, TokenSigner
 
@@ -93,6 +101,31 @@ class Engagement:
     signer: TokenSigner | None
     suppressions: SuppressionRepository
     bounces: BouncePublisher
+
+
+class ProductSource(Protocol):
+    """Recommended products per customer key (ingest's read API); a key may be missing."""
+
+    async def for_customers(
+        self, customer_keys: list[str]
+    ) -> Mapping[str, list[RecommendedProduct]]: ...
+
+
+class NoProducts:
+    """No recommendation source configured: mail that shows products shows the shop link."""
+
+    async def for_customers(
+        self, customer_keys: list[str]
+    ) -> Mapping[str, list[RecommendedProduct]]:
+        return {}
+
+
+@dataclass(frozen=True)
+class Content:
+    """What mail shows beyond the request: each shop's name, link and currency; products."""
+
+    shops: Mapping[str, ShopView] = field(default_factory=dict)
+    products: ProductSource = field(default_factory=NoProducts)
 
 
 @dataclass
@@ -139,8 +172,10 @@ class Dispatcher:
         policy: SendPolicy,
         engagement: Engagement,
         coupons: CouponDesk,
+        content: Content | None = None,
     ) -> None:
         self._repo = repository
+        self._sources = content or Content()
         self._renderer = renderer
         self._pool = pool
         self._results = results
@@ -200,8 +235,11 @@ class Dispatcher:
         offers = await self._coupons.issue(
             [r for r, why in zip(requests, suppressed, strict=True) if why is None], now
         )
+        products = await self._products(
+            [r for r, why in zip(requests, suppressed, strict=True) if why is None]
+        )
         prepared = [
-            self._prepare(r, now, why, offers.get(r.request_key))
+            self._prepare(r, now, why, offers.get(r.request_key), products.get(r.customer_key))
             for r, why in zip(requests, suppressed, strict=True)
         ]
         owned = await self._repo.claim([record for record, _ in prepared], claim_id, now)
@@ -219,6 +257,23 @@ class Dispatcher:
                 jobs.append(Job(replace(record, attempts=attempts), envelope))
         return jobs
 
+    async def _products(
+        self, requests: list[MessageRequest]
+    ) -> Mapping[str, list[RecommendedProduct]]:
+        """One lookup for the customers whose mail shows products. Without an answer the
+        mail goes out without them (it links to the shop) rather than wait."""
+        keys = sorted(
+            {r.customer_key for r in requests if self._renderer.uses(r.template, "products")}
+        )
+        if not keys:
+            return {}
+        try:
+            return await self._sources.products.for_customers(keys)
+        except Transient as exc:
+            metrics.ERRORS.labels(SERVICE, "recommendations").inc()
+            log.warning("recommendations_unavailable", customers=len(keys), error=str(exc))
+            return {}
+
     async def _suppressed(self, requests: list[MessageRequest]) -> list[str | None]:
         """Why each request must not be sent (consent, then the suppression list), or None."""
         reasons = [suppression_reason(r.consent_required, r.marketing_consent) for r in requests]
@@ -231,7 +286,12 @@ class Dispatcher:
         return reasons
 
     def _prepare(
-        self, request: MessageRequest, now: datetime, suppressed: str | None, offer: Issued | None
+        self,
+        request: MessageRequest,
+        now: datetime,
+        suppressed: str | None,
+        offer: Issued | None,
+        products: list[RecommendedProduct] | None = None,
     ) -> tuple[MessageRecord, Envelope | None]:
         """The record to claim and the mail to send; a suppressed or unbuildable request, or
         one whose discount code could not be issued, gets its final record and no mail."""
@@ -240,8 +300,11 @@ class Dispatcher:
         if isinstance(offer, str):
             return _new_record(request, request.subject, "failed", now, offer), None
         try:
+            shop = self._sources.shops.get(request.shop_id)
+            extras = Extras(shop, products or [])
+            shown = offer if offer is not None else self._perk(request, shop)
             rendered = self._renderer.render(
-                request.template, request.subject, render_context(request, offer)
+                request.template, request.subject, render_context(request, shown, extras)
             )
             content, sender = self._content(request, rendered, now)
         except InvalidEvent as exc:
@@ -251,6 +314,15 @@ class Dispatcher:
             return _new_record(request, request.subject, "failed", now, reason), None
         envelope = Envelope(sender, request.recipient.email, content)
         return _new_record(request, rendered.subject, "claimed", now), envelope
+
+    @staticmethod
+    def _perk(request: MessageRequest, shop: ShopView | None) -> object | None:
+        """The perk offered (free shipping, gift, early access), ending at request time +
+        valid_for; raises InvalidEvent for terms that cannot be shown honestly."""
+        terms = perk_terms(request.context.get("offer"))
+        if terms is None:
+            return None
+        return perk_view(terms, request.requested_at, shop.currency if shop else None)
 
     def _content(
         self, request: MessageRequest, rendered: RenderedMessage, now: datetime

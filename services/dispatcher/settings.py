@@ -61,6 +61,16 @@ class DispatcherSettings(ServiceSettings):
         description="Bearer token of the dispatcher's control endpoints (coupon pool upload); "
         "unset: those endpoints answer 503.",
     )
+    ingest_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+",
+        description="Base URL of ingest's read API, for the recommended products mail shows "
+        "(POST /customers/recommendations); unset: mail shows no products.",
+    )
+    ingest_token: SecretStr | None = Field(
+        default=None, description="ingest's admin token (REBOUND_INGEST_ADMIN_TOKEN)."
+    )
+    products_per_mail: int = Field(default=4, ge=1, le=12)
     tracking_keys: list[TrackingKey] = Field(
         default_factory=list,
         description="JSON list in REBOUND_DISPATCHER_TRACKING_KEYS, newest first (it signs); "

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from services.dispatcher.adapters.dkim import DkimKey
+from services.dispatcher.domain.content import ShopView
 from services.dispatcher.domain.tracking import ShopMail
 
 
@@ -29,6 +30,14 @@ class ShopMailConfig(BaseModel):
         description="Public URL of the ingest tracking endpoints, e.g. https://t.shop.example.",
     )
     tracking: bool = Field(default=True, description="Open pixel and click redirects.")
+    storefront_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+",
+        description="The shop's home page, for 'visit the shop' links in lifecycle mail.",
+    )
+    currency: str | None = Field(
+        default=None, pattern=r"^[A-Z]{3}$", description="Currency of the shop's prices, e.g. EUR."
+    )
     dkim_selector: str | None = None
     dkim_domain: str | None = None
     dkim_private_key: SecretStr | None = Field(default=None, description="PEM (PKCS#1 or #8).")
@@ -55,6 +64,9 @@ class ShopMailConfig(BaseModel):
             public_base_url=self.public_base_url,
             tracking=self.tracking,
         )
+
+    def view(self) -> ShopView:
+        return ShopView(self.sender_name, self.storefront_url, self.currency)
 
     def dkim_key(self) -> DkimKey | None:
         if self.dkim_selector is None or self.dkim_domain is None:

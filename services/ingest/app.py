@@ -30,6 +30,7 @@ from services.ingest.domain.engagement import Windows
 from services.ingest.domain.shops import Shop, ShopDirectory
 from services.ingest.engagement import EmailEventsConsumer
 from services.ingest.handler import FactsHandler
+from services.ingest.read_api import read_router
 from services.ingest.settings import IngestSettings, ShopConfig, facts_settings_for
 from services.ingest.stages import StageSweeper
 from services.ingest.tracking import tracking_router
@@ -120,8 +121,17 @@ class IngestService:
             app.include_router(events_router(shops, self._sink, self._clock))
             if self.settings.tracking_keys:
                 app.include_router(self._tracking_router())
+            app.include_router(
+                read_router(self._read_engine, self._clock, self.settings.admin_token)
+            )
             install_error_handlers(app)
         return app
+
+    def _read_engine(self) -> AsyncEngine:
+        """The consumer's engine; an API-only process opens a small one at the first read."""
+        if self._engine is None:
+            self._engine = make_engine(self.settings.database_url, pool_size=2)
+        return self._engine
 
     def _tracking_router(self) -> APIRouter:
         s = self.settings
@@ -137,7 +147,7 @@ class IngestService:
         )
         self._loops.spawn("producer", lambda: self._sink.run(self._require(self._producer)))
         if self.runs_consumer:
-            self._engine = make_engine(s.database_url, pool_size=s.db_pool_size)
+            self._engine = self._engine or make_engine(s.database_url, pool_size=s.db_pool_size)
             self._consumer = make_consumer(
                 s.kafka_bootstrap_servers,
                 s.topic_prefix + SERVICE,

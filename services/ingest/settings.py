@@ -134,6 +134,12 @@ class IngestSettings(ServiceSettings):
         default=400, ge=1, description="Opens and clicks of older mail are not recorded."
     )
 
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the read API (POST /customers/recommendations, which the "
+        "dispatcher calls); unset: it answers 503.",
+    )
+
     def worker_processes(self) -> int:
         """`workers`, with 0 resolved to the cores this process may run on."""
         return self.workers or len(os.sched_getaffinity(0))

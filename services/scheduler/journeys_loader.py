@@ -1,4 +1,10 @@
-"""Loads journey definitions from YAML files into the database (`load-journeys`)."""
+"""Loads journey definitions from YAML files into the database (`load-journeys`).
+
+The files are the shipped defaults; the database holds what the shop chose. A version already
+stored is left as it is (its on/off state included), so loading at every start never turns
+on a journey shipped off, nor turns off one the shop turned on. A new version in a file is
+stored; it takes over (deactivating the others) only when the file marks it active.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from shared.clock import Clock
 
 
 def read_journeys(directory: Path) -> list[Journey]:
-    """Top-level *.yaml files only; examples/ holds templates a shop copies, not defaults."""
+    """Top-level *.yaml files only (README.md says which scenario each one is)."""
     return [parse_journey(path.read_text()) for path in sorted(directory.glob("*.yaml"))]
 
 
@@ -27,5 +33,6 @@ async def load_journeys(engine: AsyncEngine, directory: Path, clock: Clock) -> l
                     f"{journey.id} v{journey.version} is stored with another "
                     "definition; bump `version` in the file"
                 )
-            await repo.add(conn, journey, clock.now())  # (re)activates this version
+            if existing is None:
+                await repo.add(conn, journey, clock.now(), takes_over=journey.active)
     return journeys

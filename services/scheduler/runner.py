@@ -40,7 +40,7 @@ from services.scheduler.domain.facts import (
 from services.scheduler.domain.journey import Journey
 from services.scheduler.reports.repository import ReportFactsRepository
 from shared import events
-from shared.events import Activity, MessageRequest, Recipient
+from shared.events import Activity, MessageRequest, Profile, Recipient
 from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
 
 SOURCE = "rebound/scheduler"
@@ -304,7 +304,9 @@ class Runner:
         if not email:
             return None
         send = action.send
-        context: dict[str, Any] = {"journey_name": journey.name}
+        context: dict[str, Any] = {"journey_name": journey.name, "customer": _summary(profile)}
+        if send.params:
+            context["params"] = {k: str(v) for k, v in send.params.items()}
         if customer.cart is not None:
             context["cart"] = customer.cart.model_dump(mode="json")
         if send.offer is not None:
@@ -344,6 +346,8 @@ class Runner:
         now: datetime,
     ) -> OutboxMessage:
         """Other channels (SMS, ads audiences, suppression) act on decisions published here."""
+        if decision.decision == events.SUNSET_DECISION:
+            return self._sunset(journey, enrollment_id, decision, customer, now)
         event = events.CloudEvent(
             id=events.stable_event_id("decision", str(enrollment_id), decision.step_id),
             source=SOURCE,
@@ -358,6 +362,35 @@ class Runner:
                 step_id=decision.step_id,
                 customer_key=customer.key,
             ).model_dump(mode="json"),
+        )
+        return OutboxMessage(
+            self.topics.name(ENGAGEMENT_RESULTS), customer.key, events.encode(event)
+        )
+
+    def _sunset(
+        self,
+        journey: Journey,
+        enrollment_id: int,
+        decision: engine.PublishDecision,
+        customer: CustomerFacts,
+        now: datetime,
+    ) -> OutboxMessage:
+        """customer.sunset.v1: the dispatcher suppresses the customer's marketing mail."""
+        event = events.make_event(
+            type=events.CUSTOMER_SUNSET,
+            source=SOURCE,
+            id=events.stable_event_id("decision", str(enrollment_id), decision.step_id),
+            time=now,
+            subject=customer.key,
+            shop_id=customer.profile.shop_id,
+            data=events.CustomerSunset(
+                shop_id=customer.profile.shop_id,
+                customer_key=customer.key,
+                journey_id=journey.id,
+                journey_version=journey.version,
+                step_id=decision.step_id,
+                sunset_at=now,
+            ),
         )
         return OutboxMessage(
             self.topics.name(ENGAGEMENT_RESULTS), customer.key, events.encode(event)
@@ -399,6 +432,21 @@ def _request_event(request: MessageRequest, customer: CustomerFacts, now: dateti
             "data": data,
         }
     )
+
+
+# What a lifecycle mail may say about the customer (the dispatcher's content.CustomerContext).
+_SUMMARY_FIELDS = {
+    "orders_count",
+    "total_spent",
+    "first_order_at",
+    "last_order_at",
+    "registered_at",
+    "last_order_categories",
+}
+
+
+def _summary(profile: Profile) -> dict[str, Any]:
+    return profile.model_dump(mode="json", include=_SUMMARY_FIELDS)
 
 
 def _customer(activity: Activity, partition: int) -> CustomerFacts:

@@ -11,15 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.dispatcher.adapters.recommendations import IngestRecommendations
 from services.ingest.adapters.catalog_repository import CatalogRepository
 from services.ingest.app import IngestService
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.db import make_engine
+from shared.errors import Transient
 from shared.topics import Topics
-from tests.conftest import Infra, eventually
+from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
 from tests.integration.test_ingest_consumer import activities, rows
 from tests.integration.test_ingest_webhooks import ingest_settings, post
 from tests.unit.ingest.deliveries import API_TOKEN, SHOP_ID, delivery
@@ -35,7 +38,9 @@ async def service(
     settings = ingest_settings(infra.bootstrap, database_url, topics, role="all")
     # A shop threshold, so the only buyer is not the top 10% by spend.
     shops = [shop.model_copy(update={"high_value_spend": Decimal(1000)}) for shop in settings.shops]
-    svc = IngestService(settings.model_copy(update={"shops": shops}), clock)
+    svc = IngestService(
+        settings.model_copy(update={"shops": shops, "admin_token": SecretStr(ADMIN_TOKEN)}), clock
+    )
     await svc.start()
     try:
         yield svc
@@ -132,6 +137,59 @@ async def test_recommendations_are_unbought_available_products_of_the_last_categ
         db, "SELECT last_order_categories FROM ingest.customers WHERE customer_id = 'ada'"
     )
     assert ada["last_order_categories"] == ["tea"]  # from the catalog: the line had none
+
+
+async def test_the_read_api_answers_recommendations_for_a_batch_of_customers(
+    client: httpx.AsyncClient, db: AsyncEngine, clock: ManualClock
+) -> None:
+    now = clock.now()
+    for pid, category in [("A", "tea"), ("B", "tea"), ("D", "cups"), ("E", "cups")]:
+        await submit(client, ev.PRODUCT_UPDATED, f"p-{pid}", product(pid, category, now))
+    await processed(db, "SELECT 1 FROM ingest.products", 4)
+    await submit(client, ev.ORDER_PLACED, "o1", order("o1", "ada", now, ("A", 1)))
+    await submit(client, ev.ORDER_PLACED, "o2", order("o2", "bob", now, ("D", 2)))
+    await processed(db, "SELECT 1 FROM ingest.orders", 2)
+    keys = [f"{SHOP_ID}:c:ada", f"{SHOP_ID}:c:bob", f"{SHOP_ID}:c:nobody"]
+
+    refused = await client.post("/customers/recommendations", json={"customer_keys": keys})
+    answer = await client.post(
+        "/customers/recommendations", json={"customer_keys": keys, "limit": 3}, headers=ADMIN
+    )
+
+    assert refused.status_code == 401
+    assert answer.status_code == 200, answer.text
+    products = answer.json()["products"]
+    assert [p["product_id"] for p in products[keys[0]]] == ["B"]
+    assert [p["product_id"] for p in products[keys[1]]] == ["E"]
+    assert products[keys[2]] == []
+    assert products[keys[0]][0] == {
+        "product_id": "B",
+        "title": "Product B",
+        "category": "tea",
+        "url": None,
+        "image_url": None,
+        "price": "10.00",
+    }
+
+
+async def test_the_dispatchers_client_gets_the_products_through_the_read_api(
+    client: httpx.AsyncClient, db: AsyncEngine, clock: ManualClock
+) -> None:
+    now = clock.now()
+    for pid in ("A", "B"):
+        await submit(client, ev.PRODUCT_UPDATED, f"p-{pid}", product(pid, "tea", now))
+    await processed(db, "SELECT 1 FROM ingest.products", 2)
+    await submit(client, ev.ORDER_PLACED, "o1", order("o1", "ada", now, ("A", 1)))
+    await processed(db, "SELECT 1 FROM ingest.orders", 1)
+    ada = f"{SHOP_ID}:c:ada"
+
+    allowed = IngestRecommendations(client, "http://ingest", SecretStr(ADMIN_TOKEN))
+    found = await allowed.for_customers([ada])
+    refused = IngestRecommendations(client, "http://ingest", SecretStr("wrong"))
+
+    assert [p.title for p in found[ada]] == ["Product B"]
+    with pytest.raises(Transient, match="401"):
+        await refused.for_customers([ada])
 
 
 async def test_stage_changes_are_published_when_time_or_an_order_moves_them(

@@ -8,8 +8,10 @@ import httpx
 import pytest
 
 from services.scheduler.app import SchedulerService
+from services.scheduler.journeys_loader import load_journeys
 from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
 from shared.clock import ManualClock
+from shared.db import make_engine
 from tests.conftest import ADMIN, ADMIN_TOKEN, Infra
 
 DEFINITION = (DEFAULT_JOURNEYS_DIR / "abandoned-cart.yaml").read_text()
@@ -79,3 +81,32 @@ async def test_refused_definitions_say_why(api: httpx.AsyncClient) -> None:
     conflict = await api.put("/journeys/abandoned-cart", content=changed)
     assert conflict.status_code == 409 and "bump" in conflict.json()["detail"]
     assert (await api.get("/journeys/missing")).status_code == 404
+
+
+async def test_loading_the_shipped_journeys_never_turns_one_on_or_off(
+    api: httpx.AsyncClient, database_url: str, clock: ManualClock
+) -> None:
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        await load_journeys(engine, DEFAULT_JOURNEYS_DIR, clock)
+        first = await active_versions(api)
+        win_back = (DEFAULT_JOURNEYS_DIR / "win-back.yaml").read_text()
+        turned_on = win_back.replace("version: 1", "version: 2").replace(
+            "active: false", "active: true"
+        )
+        assert (await api.put("/journeys/win-back", content=turned_on)).status_code == 201
+        turned_off = DEFINITION.replace("version: 1", "version: 2\nactive: false")
+        assert (await api.put("/journeys/abandoned-cart", content=turned_off)).status_code == 201
+        await load_journeys(engine, DEFAULT_JOURNEYS_DIR, clock)  # e.g. the next start
+        after = await active_versions(api)
+    finally:
+        await engine.dispose()
+
+    assert first == {"abandoned-cart": 1}  # every other default is stored, off
+    assert after == {"win-back": 2}  # the shop's choices stand
+
+
+async def active_versions(api: httpx.AsyncClient) -> dict[str, int]:
+    stored = (await api.get("/journeys")).json()
+    assert {j["id"] for j in stored} >= {"win-back", "anniversary", "loyalty-threshold"}
+    return {j["id"]: j["version"] for j in stored if j["active"]}

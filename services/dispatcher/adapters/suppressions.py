@@ -1,8 +1,9 @@
 """dispatcher.suppressions: who must get no more marketing mail, and why.
 
-A customer who unsubscribed (from email.events) and an address the relay refused for good
-(a 5xx at RCPT or DATA). Checked before every marketing send, so a request queued before the
-unsubscribe arrived is still refused.
+A customer who unsubscribed (from email.events), an address the relay refused for good
+(a 5xx at RCPT or DATA), and a customer a journey sunset (customer.sunset.v1) until their
+next order or opt-in (dispatcher.reengagements). Checked before every marketing send, so a
+request queued before the unsubscribe arrived is still refused.
 """
 
 from __future__ import annotations
@@ -15,6 +16,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 UNSUBSCRIBED = "unsubscribed"
 HARD_BOUNCE = "hard_bounce"
+SUNSET = "sunset"  # never reacted to the win-back: no marketing until an order or an opt-in
+
+_REENGAGED = text("""
+    INSERT INTO dispatcher.reengagements AS r (shop_id, customer_key, at)
+    SELECT s, c, max(a) FROM unnest(CAST(:shops AS text[]), CAST(:customers AS text[]),
+        CAST(:ats AS timestamptz[])) AS x(s, c, a)
+    GROUP BY s, c
+    ON CONFLICT (shop_id, customer_key) DO UPDATE SET at = greatest(r.at, excluded.at)
+""")
+# A sunset the customer has already answered (ordered or opted in at or after it) is not kept.
+_LIFT = text("""
+    DELETE FROM dispatcher.suppressions s USING dispatcher.reengagements r
+    WHERE s.kind = 'customer' AND s.reason = 'sunset' AND r.shop_id = s.shop_id
+        AND r.customer_key = s.value AND r.at >= s.since
+        AND (s.shop_id, s.value) IN (SELECT * FROM unnest(CAST(:shops AS text[]),
+            CAST(:customers AS text[])))
+""")
 
 _ADD = text("""
     INSERT INTO dispatcher.suppressions (shop_id, kind, value, reason, since)
@@ -77,6 +95,38 @@ class SuppressionRepository:
         async with self._engine.begin() as conn:
             await conn.execute(
                 _ADD_ADDRESSES_OF, {"keys": [k for k, _ in sent], "sinces": [s for _, s in sent]}
+            )
+
+    async def sunset_and_lift(
+        self,
+        sunsets: Sequence[tuple[str, str, datetime]],
+        reengaged: Sequence[tuple[str, str, datetime]],
+    ) -> None:
+        """Sunsets (shop_id, customer_key, since) and re-engagements (shop_id, customer_key,
+        at: an order or an opt-in), in one transaction; whichever arrived first, a sunset
+        stands only while no re-engagement is as recent as it."""
+        if not sunsets and not reengaged:
+            return
+        async with self._engine.begin() as conn:
+            if reengaged:
+                shops, customers, ats = (list(c) for c in zip(*reengaged, strict=True))
+                await conn.execute(_REENGAGED, {"shops": shops, "customers": customers, "ats": ats})
+            if sunsets:
+                shops, customers, sinces = (list(c) for c in zip(*sunsets, strict=True))
+                await conn.execute(
+                    _ADD,
+                    {
+                        "shops": shops,
+                        "kinds": ["customer"] * len(shops),
+                        "values": customers,
+                        "reasons": [SUNSET] * len(shops),
+                        "sinces": sinces,
+                    },
+                )
+            touched = {(s, c) for s, c, _ in (*sunsets, *reengaged)}
+            await conn.execute(
+                _LIFT,
+                {"shops": [s for s, _ in touched], "customers": [c for _, c in touched]},
             )
 
     async def reason(self, shop_id: str, customer_key: str, email: str) -> str | None:

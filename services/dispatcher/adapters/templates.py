@@ -10,7 +10,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateNotFound
+from jinja2 import (
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateNotFound,
+    meta,
+)
 from jinja2.sandbox import SandboxedEnvironment
 
 from services.dispatcher.domain.content import RenderedMessage, one_line
@@ -55,6 +62,7 @@ class TemplateRenderer:
         self._subjects_env = _Sandbox(undefined=StrictUndefined, autoescape=False)
         self._subjects: dict[str, Template] = {}
         self._bodies: dict[str, tuple[Template, Template]] = {}
+        self._reads: dict[str, frozenset[str]] = {}
 
     def render(self, template: str, subject: str, context: dict[str, Any]) -> RenderedMessage:
         """Raises InvalidEvent for an unknown template or one this context cannot fill."""
@@ -71,6 +79,36 @@ class TemplateRenderer:
             raise InvalidEvent(f"unknown template {template!r} ({exc.name} missing)") from exc
         except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
             raise InvalidEvent(f"template {template!r} cannot be rendered: {exc}") from exc
+
+    def uses(self, template: str, name: str) -> bool:
+        """Whether the template (or a file it includes) reads `name`: the dispatcher looks
+        products up only for mail that shows them. An unknown template reads nothing."""
+        known = self._reads.get(template)
+        if known is None:
+            try:
+                known = self._reads[template] = self._names_read(template)
+            except (InvalidEvent, TemplateError):
+                return False
+        return name in known
+
+    def _names_read(self, template: str) -> frozenset[str]:
+        if not _TEMPLATE_NAME.fullmatch(template):
+            raise InvalidEvent(f"invalid template name {template!r}")
+        names: set[str] = set()
+        pending = [f"{template}.html.j2", f"{template}.txt.j2"]
+        seen: set[str] = set()
+        while pending:
+            file = pending.pop()
+            if file in seen:
+                continue
+            seen.add(file)
+            loader = self._files.loader
+            assert loader is not None
+            source, _, _ = loader.get_source(self._files, file)
+            parsed = self._files.parse(source)
+            names |= meta.find_undeclared_variables(parsed)
+            pending.extend(f for f in meta.find_referenced_templates(parsed) if f is not None)
+        return frozenset(names)
 
     def _load(self, template: str) -> tuple[Template, Template]:
         if not _TEMPLATE_NAME.fullmatch(template):

@@ -1,4 +1,7 @@
-"""Discount offers: the terms a step asks for, unguessable codes, and what the mail shows.
+"""Offers: the terms a step asks for, unguessable codes, and what the mail shows.
+
+Perks (free shipping, a gift, early access) carry no code of their own: the mail shows what
+the customer gets, the conditions and the moment it ends (the request time + `valid_for`).
 
 A request's context carries the step's offer (`kind: discount_code`, `valid_for`, `value`,
 `applies_to`, `minimum_order`); the dispatcher issues one code per request key and the
@@ -131,6 +134,95 @@ class OfferView:
     expires: str  # "8 January 2022, 03:00 UTC"
 
 
+def expiry_text(moment: datetime) -> str:
+    """The end of an offer, e.g. 8 January 2022, 03:00 UTC: the same in every locale."""
+    return f"{moment.day} {moment:%B %Y, %H:%M} {moment:%Z}".strip()
+
+
+PERK_KINDS = ("free_shipping", "gift", "early_access")
+
+
+class PerkTerms(Contract):
+    """request.context["offer"] of kind free_shipping, gift or early_access."""
+
+    kind: Literal["free_shipping", "gift", "early_access"]
+    valid_for: str
+    code: str | None = None  # the shop's code that unlocks it; none: applied at checkout
+    minimum_order: Decimal | None = Field(default=None, gt=0)
+    currency: str | None = None
+    gift: str | None = None
+    access_to: str | None = None
+
+    @field_validator("valid_for")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if parse_duration(value) <= timedelta(0):
+            raise ValueError("valid_for must be longer than nothing")
+        return value
+
+
+@dataclass(frozen=True)
+class PerkView:
+    """What a perk template shows: a title, one sentence, the conditions, the end."""
+
+    kind: str
+    title: str  # "Free shipping"
+    summary: str  # "Free shipping on your next order of $50.00 or more."
+    conditions: list[str]
+    code: str | None
+    expires_at: datetime
+    expires: str
+
+
+def perk_terms(raw: Any) -> PerkTerms | None:
+    """The terms of a perk offer, None for a discount (or no offer); bad terms raise
+    InvalidEvent, so the message fails with the reason instead of promising something wrong."""
+    if not isinstance(raw, dict) or raw.get("kind") not in PERK_KINDS:
+        return None
+    try:
+        terms = PerkTerms.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InvalidEvent(f"context.offer.{where}: {err['msg']}") from exc
+    needed = {"gift": terms.gift, "early_access": terms.access_to}
+    if terms.kind in needed and not needed[terms.kind]:
+        raise InvalidEvent(f"context.offer: {terms.kind} needs what it gives (gift/access_to)")
+    return terms
+
+
+def perk_view(terms: PerkTerms, requested_at: datetime, currency: str | None) -> PerkView:
+    expires_at = requested_at + parse_duration(terms.valid_for)
+    ends = expiry_text(expires_at)
+    money = terms.currency or currency
+    minimum = None if terms.minimum_order is None else format_money(terms.minimum_order, money)
+    over = f" of {minimum} or more" if minimum else ""
+    at_least = f" of at least {minimum}" if minimum else ""
+    how = (
+        f"Enter the code {terms.code} at checkout."
+        if terms.code
+        else "No code needed: it is applied at checkout."
+    )
+    if terms.kind == "free_shipping":
+        title, summary = "Free shipping", f"Free shipping on your next order{over}."
+        conditions = [f"For one order{at_least} placed by {ends}.", how]
+    elif terms.kind == "gift":
+        title = "A gift for you"
+        summary = f"{_capital(terms.gift or '')} with your next order{over}."
+        conditions = [f"Added to one order{at_least} placed by {ends}, while stocks last.", how]
+    else:
+        title = "Early access"
+        summary = f"Early access to {terms.access_to}, before everyone else."
+        conditions = [f"Your early access is open until {ends}."]
+        if terms.code:
+            conditions.append(how)
+    return PerkView(terms.kind, title, summary, conditions, terms.code, expires_at, ends)
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def offer_view(terms: OfferTerms, code: str, expires_at: datetime) -> OfferView:
     percentage = terms.percentage
     if percentage is not None:
@@ -147,5 +239,5 @@ def offer_view(terms: OfferTerms, code: str, expires_at: datetime) -> OfferView:
         applies_to="your whole order" if applies == "order" else applies.label,
         minimum_order=None if minimum is None else format_money(minimum, terms.currency),
         expires_at=expires_at,
-        expires=f"{expires_at.day} {expires_at:%B %Y, %H:%M} {expires_at:%Z}".strip(),
+        expires=expiry_text(expires_at),
     )

@@ -59,6 +59,18 @@ class CatalogRepository:
         )
         return [Recommendation(*r) for r in rows]
 
+    async def recommendations_for(
+        self, customer_keys: Sequence[str], now: datetime, limit: int = 4
+    ) -> dict[str, list[Recommendation]]:
+        """`recommendations` for many customers in one statement (a render batch)."""
+        found: dict[str, list[Recommendation]] = {key: [] for key in customer_keys}
+        rows = await (await self._driver()).fetch(
+            _RECOMMENDATIONS_FOR, list(found), now.date(), BEST_SELLER_WINDOW_DAYS, limit
+        )
+        for row in rows:
+            found[row[0]].append(Recommendation(*row[1:]))
+        return found
+
 
 def _array(items: Iterable[str]) -> str:
     quoted = ('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items)
@@ -117,3 +129,14 @@ _RECOMMENDATIONS = """
     ORDER BY units DESC, p.title, p.product_id
     LIMIT $4
 """
+
+# The same statement per customer key, laterally joined; rows come ordered per customer.
+_RECOMMENDATIONS_FOR = (
+    """
+    SELECT k.key, r.* FROM unnest($1::text[]) WITH ORDINALITY AS k(key, n)
+    CROSS JOIN LATERAL ("""
+    + _RECOMMENDATIONS.replace("c.customer_key = $1", "c.customer_key = k.key")
+    + """) AS r
+    ORDER BY k.n
+"""
+)

@@ -108,11 +108,15 @@ class JourneyRepository:
         )
         return None if row is None else Journey.model_validate(row)
 
-    async def add(self, conn: AsyncConnection, journey: Journey, now: datetime) -> None:
-        """Versions are immutable; activating one version deactivates the others."""
-        await conn.execute(
-            journeys.update().where(journeys.c.id == journey.id).values(active=False)
-        )
+    async def add(
+        self, conn: AsyncConnection, journey: Journey, now: datetime, takes_over: bool = True
+    ) -> None:
+        """Versions are immutable; a version that takes over deactivates the others (an
+        inactive one stored with `takes_over=False` leaves them as they are)."""
+        if takes_over:
+            await conn.execute(
+                journeys.update().where(journeys.c.id == journey.id).values(active=False)
+            )
         await conn.execute(
             insert(journeys)
             .values(

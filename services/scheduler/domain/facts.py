@@ -37,6 +37,8 @@ def build_facts(
     profile_facts.update(predictions or NO_PREDICTIONS)
     profile_facts["days_since_last_order"] = _days_since(profile.last_order_at, now)
     profile_facts["days_since_registration"] = _days_since(profile.registered_at, now)
+    # Per category by name, so a rule can say profile.category.cosmetics.last_order_at.
+    profile_facts["category"] = {c["category"]: c for c in profile_facts["categories"]}
     cart_facts: dict[str, Any] | None = None
     if cart is not None:
         cart_facts = cart.model_dump()

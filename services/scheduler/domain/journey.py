@@ -1,7 +1,7 @@
 """The journey format: a trigger, steps (wait, send, branch, publish, end) and exit rules, as data.
 
 Definitions are YAML files validated by these models and stored per version in the database.
-Every scenario in SCENARIOS.md is expressible (see journeys/examples/); what runs is decided
+Every scenario in SCENARIOS.md is shipped in this format (journeys/*.yaml); what runs is decided
 by the engine in engine.py.
 """
 
@@ -94,9 +94,16 @@ class Collections(Model):
     label: str = Field(min_length=1)
 
 
+PERKS = ("free_shipping", "gift", "early_access")
+
+
 class Offer(Model):
-    """What a send step offers. A discount_code gets a code unique to the customer and the
-    step from the dispatcher (generated or from the shop's pool), valid for `valid_for`."""
+    """What a send step offers; every offer has a time limit (`valid_for`) and clear terms.
+
+    A discount_code gets a code unique to the customer and the step from the dispatcher
+    (generated or from the shop's pool). The perks (free shipping, a gift, early access) are
+    shown with their terms and end date; `code` is the shop's code that unlocks one, if any.
+    """
 
     kind: Literal["discount_code", "free_shipping", "gift", "early_access"]
     code: str | None = None  # a fixed code shared by everyone (not unique: not attributable)
@@ -105,14 +112,31 @@ class Offer(Model):
     applies_to: Literal["order"] | Collections | None = None
     minimum_order: Decimal | None = Field(default=None, gt=0)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    gift: str | None = Field(default=None, min_length=1, max_length=200)  # e.g. a hand cream
+    access_to: str | None = Field(default=None, min_length=1, max_length=200)  # what opens early
 
     @model_validator(mode="after")
-    def _discount_terms(self) -> Offer:
-        terms = (self.applies_to, self.minimum_order, self.currency)
-        if self.kind != "discount_code" and any(t is not None for t in terms):
-            raise ValueError(f"{self.kind}: applies_to/minimum_order/currency are discount terms")
-        if self.kind == "discount_code" and (self.valid_for is None or self.value is None):
-            raise ValueError("discount_code needs valid_for (e.g. 7d) and value (10% or 15)")
+    def _terms(self) -> Offer:
+        if self.valid_for is None:
+            raise ValueError(
+                f"{self.kind} needs valid_for (e.g. 7d)"
+                + (" and value (10% or 15)" if self.kind == "discount_code" else "")
+            )
+        refused = {
+            "value": self.kind != "discount_code",
+            "applies_to": self.kind != "discount_code",
+            "minimum_order": self.kind == "early_access",
+            "currency": self.kind == "early_access",
+            "gift": self.kind != "gift",
+            "access_to": self.kind != "early_access",
+        }
+        wrong = [name for name, no in refused.items() if no and getattr(self, name) is not None]
+        if wrong:
+            raise ValueError(f"{self.kind}: {', '.join(wrong)} are not terms of this offer")
+        missing = {"discount_code": "value", "gift": "gift", "early_access": "access_to"}
+        needed = missing.get(self.kind)
+        if needed is not None and getattr(self, needed) is None:
+            raise ValueError(f"{self.kind} needs {needed}")
         return self
 
 
@@ -133,6 +157,9 @@ class Send(Model):
     # The A/B metric the reports judge the variants by (reports/statistics.py: mSPRT).
     winner_by: Literal["click", "conversion", "revenue"] | None = None
     send_winner: bool = False  # refused until the engine sends a declared winner to all
+    # Values the template shows that the journey sets (the loyalty threshold, a survey link):
+    # passed to it as `params`.
+    params: dict[str, str | int | Decimal] = Field(default_factory=dict)
     # due: as soon as the shop's contact policy allows; best_hour: at the hour this customer
     # usually opens mail (else the shop's), within the allowed window
     send_at: Literal["due", "best_hour"] = "due"

@@ -26,7 +26,7 @@ KEY = "shop:c:1"
 
 
 def win_back() -> Journey:
-    return parse_journey((JOURNEYS / "examples" / "win-back.yaml").read_text())
+    return parse_journey((JOURNEYS / "win-back.yaml").read_text())
 
 
 def scoped(
@@ -66,54 +66,79 @@ def at_step(journey: Journey, step_id: str) -> engine.Enrollment:
 
 def test_win_back_resends_with_another_subject_when_not_opened() -> None:
     journey = not_held_out(win_back())
-    enrollment = at_step(journey, "wait-for-open")
+    enrollment = at_step(journey, "wait-reason")
     last = LastMessage("win-back:1:reason", "reason", T0)
     outcome = engine.on_timer(
-        journey, enrollment, "wait-for-open", scoped(enrollment, journey, last), T0
+        journey, enrollment, "wait-reason", scoped(enrollment, journey, last), T0
     )
     assert sent_steps(outcome) == ["reason-again"]
 
 
 def test_win_back_moves_to_the_offer_when_a_person_opened() -> None:
     journey = not_held_out(win_back())
-    enrollment = at_step(journey, "wait-for-open")
+    enrollment = at_step(journey, "wait-reason")
     last = LastMessage("win-back:1:reason", "reason", T0, human_opened_at=T0)
     outcome = engine.on_timer(
-        journey, enrollment, "wait-for-open", scoped(enrollment, journey, last), T0
+        journey, enrollment, "wait-reason", scoped(enrollment, journey, last), T0
     )
     assert sent_steps(outcome) == ["offer"]
 
 
 def test_a_machine_open_is_not_an_open() -> None:
     journey = not_held_out(win_back())
-    enrollment = at_step(journey, "wait-for-open")
+    enrollment = at_step(journey, "wait-reason")
     last = LastMessage("win-back:1:reason", "reason", T0, machine_opened_at=T0)
     outcome = engine.on_timer(
-        journey, enrollment, "wait-for-open", scoped(enrollment, journey, last), T0
+        journey, enrollment, "wait-reason", scoped(enrollment, journey, last), T0
     )
     assert sent_steps(outcome) == ["reason-again"]
 
 
 def test_opened_the_offer_but_no_order_asks_why() -> None:
     journey = not_held_out(win_back())
-    enrollment = at_step(journey, "wait-for-order")
+    enrollment = at_step(journey, "wait-offer")
     last = LastMessage("win-back:1:offer", "offer", T0, human_opened_at=T0, clicked_at=T0)
     outcome = engine.on_timer(
-        journey, enrollment, "wait-for-order", scoped(enrollment, journey, last, sent=2), T0
+        journey, enrollment, "wait-offer", scoped(enrollment, journey, last, sent=2), T0
     )
     assert sent_steps(outcome) == ["ask-why"]
     assert outcome.enrollment.status == "completed"
 
 
-def test_never_reacting_ends_with_goodbye_and_a_sunset_decision() -> None:
+def test_an_unopened_offer_gets_a_last_chance() -> None:
     journey = not_held_out(win_back())
-    enrollment = at_step(journey, "wait-for-order")
-    last = LastMessage("win-back:1:offer", "offer", T0)
+    enrollment = at_step(journey, "wait-offer")
+    last = LastMessage("win-back:1:offer", "offer", T0, machine_opened_at=T0)
     outcome = engine.on_timer(
-        journey, enrollment, "wait-for-order", scoped(enrollment, journey, last, sent=3), T0
+        journey, enrollment, "wait-offer", scoped(enrollment, journey, last, sent=2), T0
     )
-    assert sent_steps(outcome) == ["goodbye"]
-    assert engine.PublishDecision("sunset", "customer.sunset") in outcome.decisions
+    assert sent_steps(outcome) == ["last-chance"]
+    assert outcome.enrollment.status == "active"
+
+
+@pytest.mark.parametrize(
+    ("opened", "clicked", "sunset"),
+    [(False, False, True), (True, False, False), (False, True, False)],
+)
+def test_only_who_never_reacts_to_the_last_chance_is_said_goodbye_and_sunset(
+    opened: bool, clicked: bool, sunset: bool
+) -> None:
+    journey = not_held_out(win_back())
+    enrollment = at_step(journey, "wait-last-chance")
+    last = LastMessage(
+        "win-back:1:last-chance",
+        "last-chance",
+        T0,
+        human_opened_at=T0 if opened else None,
+        clicked_at=T0 if clicked else None,
+    )
+    outcome = engine.on_timer(
+        journey, enrollment, "wait-last-chance", scoped(enrollment, journey, last, sent=3), T0
+    )
+    assert sent_steps(outcome) == (["goodbye"] if sunset else [])
+    published = engine.PublishDecision("sunset", "customer.sunset") in outcome.decisions
+    assert published is sunset
+    assert outcome.enrollment.status == "completed"
 
 
 WAIT_FOR_CLICK = """

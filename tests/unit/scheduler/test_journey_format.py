@@ -59,17 +59,25 @@ def test_broken_definitions_say_what_is_wrong(broken: str, message: str) -> None
         parse_journey(f"id: j\nversion: 1\nname: J\ntrigger: {{event: x}}\n{broken}\n")
 
 
-def test_examples_cover_every_scenario() -> None:
-    names = {p.stem for p in (JOURNEYS / "examples").glob("*.yaml")}
+def test_every_scenario_ships_off_except_the_abandoned_cart() -> None:
+    shipped = {p.stem: parse_journey(p.read_text()) for p in JOURNEYS.glob("*.yaml")}
     assert {
+        "abandoned-cart",
         "win-back",
         "win-back-personal-rhythm",
-        "lifecycle-since-last-purchase",
-        "anniversary",
+        "rhythm-keep-warm",
+        "win-back-drop",
+        "win-back-category",
         "registered-never-bought",
+        "anniversary",
+        "since-last-purchase-60-days",
+        "since-last-purchase-6-months",
+        "since-last-purchase-12-months",
         "post-purchase",
         "loyalty-threshold",
-    } <= names
+    } == set(shipped)
+    assert [j.id for j in shipped.values() if j.active] == ["abandoned-cart"]
+    assert all(stem == j.id for stem, j in shipped.items())
 
 
 def test_personal_rhythm_compares_with_the_customers_own_interval() -> None:
