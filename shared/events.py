@@ -34,6 +34,9 @@ PRODUCT_DELETED = "shop.product.deleted.v1"
 CUSTOMER_ACTIVITY = "customer.activity.recorded.v1"
 # Activity.kind of a lifecycle stage change (by an order, or by time passing)
 STAGE_CHANGED_KIND = "customer.stage.changed.v1"
+# Activity.kind of a profile published after a history import: facts, not something the
+# customer just did (it starts no event-triggered journey and is no segment entry)
+HISTORY_IMPORTED_KIND = "customer.history.imported.v1"
 MESSAGE_REQUESTED = "message.requested.v1"
 MESSAGE_SENT = "message.sent.v1"
 MESSAGE_FAILED = "message.failed.v1"
@@ -313,6 +316,10 @@ class MessageRequest(Contract):
     marketing_consent: ConsentState | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     requested_at: Instant
+    test: bool = Field(
+        default=False,
+        description="A test-mode journey's message: sent to its test recipients, not the customer",
+    )
 
 
 class MessageResult(Contract):

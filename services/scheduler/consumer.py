@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scheduler.adapters.repository import BatchRepository
 from services.scheduler.loops import OutboxPublisher
 from services.scheduler.runner import Published, Runner
+from services.scheduler.segments.service import SegmentTracker, merge
 from shared import events
 from shared.clock import Clock
 from shared.events import Activity, InvalidEvent
@@ -26,6 +27,7 @@ class ActivityHandler:
     clock: Clock
     wake_timers: asyncio.Event
     poll_interval_s: float
+    segments: SegmentTracker | None = None  # segment-triggered journeys: entries by activity
 
     async def __call__(self, batch: list[Record]) -> None:
         decoded: list[tuple[str, Activity, int]] = []
@@ -51,7 +53,12 @@ class ActivityHandler:
                 if event_id in new_ids:
                     new_ids.discard(event_id)  # the same event twice in one batch counts once
                     fresh.append((activity, partition))
+            # The segment timers of these customers are locked before their enrolments.
+            before = await self.segments.before(conn, fresh) if self.segments else None
             published = await self.runner.apply_activities(conn, fresh, now)
+            if self.segments is not None and before is not None:
+                entered = await self.segments.after(conn, fresh, before, now)
+                published = merge([published, entered])
         soon = now + timedelta(seconds=self.poll_interval_s)
         if published.earliest_timer is not None and published.earliest_timer <= soon:
             self.wake_timers.set()  # the timer loop may be asleep past this one's due time

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.domain.journey import Journey, parse_journey
+from services.scheduler.segments.service import SegmentQueries
 from shared.clock import Clock
 
 
@@ -28,4 +29,5 @@ async def load_journeys(engine: AsyncEngine, directory: Path, clock: Clock) -> l
                     "definition; bump `version` in the file"
                 )
             await repo.add(conn, journey, clock.now())  # (re)activates this version
+            await SegmentQueries(conn).backfill(journey, clock.now())  # once per version
     return journeys

@@ -16,9 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.scheduler.domain.conditions import Condition
-from services.scheduler.domain.segment_time import check_segment
+from services.scheduler.domain.segment_facts import check_segment
 from shared.clock import parse_duration
-from shared.events import EMAIL_CLICKED, EMAIL_OPENED
+from shared.events import EMAIL_CLICKED, EMAIL_OPENED, HISTORY_IMPORTED_KIND
 
 
 class Model(BaseModel):
@@ -38,6 +38,13 @@ class EventTrigger(Model):
     if_: Condition | None = Field(default=None, alias="if")
     max_age: Duration | None = None  # ignore events older than this (replays, stale carts)
     max_age_from: str = "event.occurred_at"
+
+    @field_validator("event")
+    @classmethod
+    def _not_history(cls, kind: str) -> str:
+        if kind == HISTORY_IMPORTED_KIND:
+            raise ValueError(f"{kind}: imported history starts no event-triggered journey")
+        return kind
 
 
 class Backfill(Model):

@@ -11,42 +11,20 @@ schedule. Instants are whole microseconds (PostgreSQL's resolution); intervals a
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from services.scheduler.domain.conditions import All, Any_, Condition, Facts, Leaf, Not, lookup
+from services.scheduler.domain.conditions import All, Any_, Condition, Facts, Leaf, lookup
+from services.scheduler.domain.segment_facts import AGE_OPS, ORDERING_OPS, days_fact
 from shared.clock import parse_duration
-from shared.events import CartSnapshot, CategoryFacts, Profile
 
 TICK = timedelta(microseconds=1)
 DAY = timedelta(days=1)
 # After a firing where the engine and this timeline disagree by float rounding at the
 # boundary, look again this much later rather than at the same instant.
 RETRY_AFTER = timedelta(milliseconds=1)
-
-# Numeric facts that move with time: fact -> (the datetime it counts from, +1 since / -1 until)
-DAYS_FACTS: dict[str, tuple[str, int]] = {
-    "profile.days_since_last_order": ("profile.last_order_at", 1),
-    "profile.days_since_first_order": ("profile.first_order_at", 1),
-    "profile.days_since_registration": ("profile.registered_at", 1),
-    "profile.days_until_expected_order": ("profile.expected_next_order_at", -1),
-}
-_CATEGORY_DAYS = re.compile(r"^(profile\.categories\.[^.]+)\.days_since_last_order$")
-ORDERING_OPS = ("gt", "gte", "lt", "lte")
-AGE_OPS = ("older_than", "within")
-SEGMENT_ROOTS = ("profile", "cart")
-# What facts.build_facts gives a segment to look at (a field outside these never holds).
-PROFILE_FACTS = frozenset(Profile.model_fields) | {p.split(".")[1] for p in DAYS_FACTS}
-CATEGORY_FACTS = frozenset(CategoryFacts.model_fields) | {"days_since_last_order"}
-CART_FACTS = frozenset(CartSnapshot.model_fields) | {"item_count"}
-
-
-class SegmentError(ValueError):
-    """A segment condition the engine cannot turn into entry times (named in the message)."""
 
 
 @dataclass(frozen=True)
@@ -70,68 +48,6 @@ class Entry:
 
     at: datetime | None
     leaves_at: datetime | None = None
-
-
-def days_fact(path: str) -> tuple[str, int] | None:
-    """The datetime a days-fact counts from and its direction; None for any other fact."""
-    if path in DAYS_FACTS:
-        return DAYS_FACTS[path]
-    category = _CATEGORY_DAYS.match(path)
-    return (f"{category.group(1)}.last_order_at", 1) if category else None
-
-
-# --- validation ---------------------------------------------------------------------------
-
-
-def check_segment(condition: Condition) -> None:
-    """Raises SegmentError naming the first leaf whose entry time cannot be computed."""
-    for leaf in leaves(condition):
-        _check_leaf(leaf)
-
-
-def leaves(condition: Condition) -> Iterable[Leaf]:
-    if isinstance(condition, Leaf):
-        yield condition
-    elif isinstance(condition, All):
-        for part in condition.all:
-            yield from leaves(part)
-    elif isinstance(condition, Any_):
-        for part in condition.any:
-            yield from leaves(part)
-    else:
-        yield from leaves(condition.not_)
-
-
-def _check_leaf(leaf: Leaf) -> None:
-    name = f"{leaf.field} {leaf.op}"
-    for path in filter(None, (leaf.field, leaf.ref)):
-        _check_path(path)
-    if leaf.ref is not None and days_fact(leaf.ref) is not None:
-        raise SegmentError(f"{name} ref {leaf.ref}: a time fact cannot be the reference")
-    if days_fact(leaf.field) is not None and leaf.op not in (*ORDERING_OPS, "exists", "not_exists"):
-        raise SegmentError(
-            f"{name}: {leaf.field} changes with time; compare it with gt/gte/lt/lte "
-            "(an exact day is an instant, never a stay)"
-        )
-    if days_fact(leaf.field) is not None and leaf.ref is None and leaf.op in ORDERING_OPS:
-        if _number(leaf.value) is None:
-            raise SegmentError(f"{name}: {leaf.value!r} is not a number of days")
-
-
-def _check_path(path: str) -> None:
-    root, _, rest = path.partition(".")
-    if root not in SEGMENT_ROOTS:
-        raise SegmentError(f"{path}: a segment is about the customer (profile.*, cart.*)")
-    parts = rest.split(".")
-    if root == "cart":
-        known, what = parts[0] in CART_FACTS, ", ".join(sorted(CART_FACTS))
-    elif parts[0] == "categories":
-        known = len(parts) == 3 and parts[2] in CATEGORY_FACTS
-        what = "categories.<name>." + "|".join(sorted(CATEGORY_FACTS))
-    else:
-        known, what = parts[0] in PROFILE_FACTS, ", ".join(sorted(PROFILE_FACTS))
-    if not known:
-        raise SegmentError(f"{path} is not a fact; {root} has {what}")
 
 
 # --- timelines ------------------------------------------------------------------------------
@@ -164,7 +80,11 @@ def next_entry(condition: Condition, facts: Facts, now: datetime) -> Entry:
 
 
 def entered_by_change(
-    condition: Condition, before: Facts | None, after: Facts, pending: datetime | None, now: datetime
+    condition: Condition,
+    before: Facts | None,
+    after: Facts,
+    pending: datetime | None,
+    now: datetime,
 ) -> bool:
     """An activity changed the facts: the customer enters when the condition holds now and did
     not on the facts before (a timer already due and not yet fired counts as not having)."""

@@ -13,10 +13,9 @@ from pydantic import TypeAdapter, ValidationError
 from services.scheduler.domain.conditions import Condition
 from services.scheduler.domain.facts import build_facts
 from services.scheduler.domain.journey import parse_journey
+from services.scheduler.domain.segment_facts import SegmentError, check_segment
 from services.scheduler.domain.segment_time import (
     Entry,
-    SegmentError,
-    check_segment,
     entered_by_change,
     holds_by_timeline,
     next_entry,
@@ -104,12 +103,14 @@ def test_the_customers_own_rhythm_and_the_expected_order() -> None:
         }
     )
     last = NOW - DAY
-    assert next_entry(rhythm, facts(last_order_at=last, average_days_between_orders=50), NOW).at == (
-        last + 45 * DAY
-    )
+    assert next_entry(
+        rhythm, facts(last_order_at=last, average_days_between_orders=50), NOW
+    ).at == (last + 45 * DAY)
     due_soon = cond({"field": "profile.days_until_expected_order", "op": "lte", "value": 5})
     expected = NOW + 30 * DAY
-    assert next_entry(due_soon, facts(expected_next_order_at=expected), NOW).at == expected - 5 * DAY
+    assert (
+        next_entry(due_soon, facts(expected_next_order_at=expected), NOW).at == expected - 5 * DAY
+    )
 
 
 def test_a_category_has_its_own_clock() -> None:
@@ -148,6 +149,9 @@ def test_a_timer_that_meets_the_engine_one_tick_early_looks_again_soon() -> None
     ("segment", "message"),
     [
         ({"field": "profile.days_since_last_order", "op": "eq", "value": 90}, "changes with time"),
+        ({"field": "profile.last_order_at", "op": "gt", "value": "2024-01-01"}, "time fact"),
+        ({"field": "profile.orders_count", "op": "older_than", "value": "3d"}, "number fact"),
+        ({"field": "profile.high_value", "op": "eq", "value": "yes"}, "not true or false"),
         ({"field": "event.kind", "op": "eq", "value": "x"}, "about the customer"),
         ({"field": "profile.avg_days", "op": "gt", "value": 1}, "profile.avg_days is not a fact"),
         (
@@ -214,7 +218,11 @@ def test_the_timeline_agrees_with_the_condition_at_every_hour_of_a_year() -> Non
             at = entry.at
         moments = [NOW + timedelta(hours=h * 7) for h in range(0, 1300)]
         truth = [condition.holds(facts(m, **profile), m) for m in moments]
-        starts = {m for prev, m, now in zip([True, *truth], moments, truth, strict=False) if now and not prev}
+        starts = {
+            m
+            for prev, m, now in zip([True, *truth], moments, truth, strict=False)
+            if now and not prev
+        }
         # every entry seen on the hourly grid is predicted within the preceding hours
         for seen in starts:
             assert any(seen - timedelta(hours=7) < e <= seen for e in entries), (condition, seen)
