@@ -51,9 +51,7 @@ def expected_win_back() -> int:
     for customer, day, _ in cdnow_purchases():
         at = datetime(day.year, day.month, day.day, tzinfo=UTC)
         last[customer] = max(last.get(customer, at), at)
-    return sum(
-        1 for at in last.values() if timedelta(days=90) <= AS_OF - at <= timedelta(days=300)
-    )
+    return sum(1 for at in last.values() if timedelta(days=90) <= AS_OF - at <= timedelta(days=300))
 
 
 @pytest.fixture

@@ -190,7 +190,8 @@ class SegmentRepository:
         self, segment: Condition, now: datetime, shop_id: str | None = None
     ) -> Candidates:
         params = Params([now])
-        where = predicate(segment, params)
+        # `now` typed even when no leaf reads the clock (PostgreSQL must know $1's type).
+        where = f"$1::timestamptz IS NOT NULL AND {predicate(segment, params)}"
         if shop_id is not None:
             where = f"c.shop_id = {params.add(shop_id, 'text')} AND {where}"
         return Candidates(where, params)
@@ -297,7 +298,8 @@ class SegmentRepository:
             f"count(*) FILTER (WHERE {predicate(segments[n], params)})" for n in names
         )
         rows = await (await self._driver()).fetch(
-            f"SELECT c.shop_id, {counts} FROM scheduler.customers c GROUP BY c.shop_id",
+            f"SELECT c.shop_id, {counts} FROM scheduler.customers c "
+            "WHERE $1::timestamptz IS NOT NULL GROUP BY c.shop_id",
             *params.values,
         )
         return [(r[0], name, int(r[i + 1])) for r in rows for i, name in enumerate(names)]
