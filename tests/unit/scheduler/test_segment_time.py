@@ -90,7 +90,7 @@ def test_strict_comparisons_enter_just_after_the_threshold() -> None:
     at = next_entry(older, facts(last_order_at=last), NOW).at
     assert at == last + 30 * DAY + timedelta(microseconds=1)
     assert not older.holds(facts(last_order_at=last), last + 30 * DAY)
-    assert older.holds(facts(last_order_at=last), at)  # type: ignore[arg-type]
+    assert at is not None and older.holds(facts(last_order_at=last), at)
 
 
 def test_the_customers_own_rhythm_and_the_expected_order() -> None:
@@ -178,7 +178,7 @@ def test_segments_whose_entry_cannot_be_computed_are_refused_naming_the_fact(
         )
 
 
-LEAVES = [
+LEAVES: list[dict[str, Any]] = [
     {"field": "profile.days_since_last_order", "op": "gte", "value": 30},
     {"field": "profile.days_since_last_order", "op": "lt", "value": 90},
     {"field": "profile.days_since_registration", "op": "gt", "value": 365},
