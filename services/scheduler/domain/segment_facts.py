@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from services.scheduler.domain.conditions import All, Any_, Condition, Leaf
+from services.scheduler.domain.facts import NO_PREDICTIONS
 from shared.events import CartSnapshot, CategoryFacts, Profile
 
 Kind = Literal["number", "decimal", "days", "text", "bool", "time", "list"]
@@ -65,6 +66,8 @@ def fact_kind(path: str) -> Kind:
         return _field_kind(CartSnapshot, parts, path, "cart")
     if root != "profile":
         raise SegmentError(f"{path}: a segment is about the customer (profile.*, cart.*)")
+    if parts[0] in NO_PREDICTIONS:
+        raise SegmentError(f"{path}: purchase predictions are not available to segments yet")
     if parts[0] == "categories":
         if len(parts) != 3:
             raise SegmentError(f"{path} is not a fact; use profile.categories.<name>.<fact>")
