@@ -293,6 +293,11 @@ async def test_reentry_decides_whether_a_second_entry_enrols_again(
     await shop.activity(1, kind=events.STAGE_CHANGED_KIND, stage="inactive")  # enters now
     await eventually(lambda: enrolled(settings, "went-quiet"), what="first enrolment")
     await shop.activity(1, stage="active", orders_count=2)  # orders: exits, leaves segment
+
+    async def exited() -> bool:
+        return [e["status"] for e in await enrolled(settings, "went-quiet")] == ["exited"]
+
+    await eventually(exited, what="the order ended the enrolment")
     await shop.activity(1, kind=events.STAGE_CHANGED_KIND, stage="inactive")  # enters again
     await shop.activity(9, kind=events.STAGE_CHANGED_KIND, stage="active")  # a marker
 

@@ -103,30 +103,34 @@ class SegmentTracker:
         before: Before,
         now: datetime,
     ) -> Published:
+        """Each activity in order against the facts before it: a customer who leaves and
+        enters again within one batch enters again."""
         latest: dict[str, CustomerFacts] = {}
-        only_history: dict[str, bool] = {}
+        facts_before = {k: segment_facts(c, now) for k, c in before.previous.items()}
+        entered: set[tuple[str, str]] = set()
+        entrants: list[tuple[Journey, CustomerFacts]] = []
         for activity, partition in batch:
             key = activity.profile.key
-            latest[key] = CustomerFacts(key, partition, activity.profile, activity.cart)
-            history = activity.kind == HISTORY_IMPORTED_KIND
-            only_history[key] = only_history.get(key, True) and history
-        entrants: list[tuple[Journey, CustomerFacts]] = []
+            customer = CustomerFacts(key, partition, activity.profile, activity.cart)
+            facts = segment_facts(customer, now)
+            previous = facts_before.get(key)
+            if activity.kind == HISTORY_IMPORTED_KIND:
+                previous = facts  # imported history is facts, not an entry
+            for journey in before.journeys:
+                pending = None if key in latest else before.pending.get((journey.id, key))
+                if entered_by_change(segment_of(journey), previous, facts, pending, now):
+                    entrants.append((journey, customer))
+                    entered.add((journey.id, key))
+            latest[key], facts_before[key] = customer, facts
         rows: list[SegmentTimerRow] = []
         gone: list[tuple[str, str]] = []
         for key, customer in latest.items():
-            old = before.previous.get(key)
-            after_facts = segment_facts(customer, now)
-            before_facts = segment_facts(old, now) if old is not None else None
-            if only_history[key]:
-                before_facts = after_facts  # imported history is facts, not an entry
             for journey in before.journeys:
                 pending = before.pending.get((journey.id, key))
-                segment = segment_of(journey)
-                if entered_by_change(segment, before_facts, after_facts, pending, now):
-                    entrants.append((journey, customer))
-                elif pending is not None and pending <= now:
+                if (journey.id, key) not in entered and pending is not None and pending <= now:
                     continue  # due and not fired yet (a backfill): the timer pass enrols
-                _place(rows, gone, journey, customer, next_entry(segment, after_facts, now))
+                entry = next_entry(segment_of(journey), facts_before[key], now)
+                _place(rows, gone, journey, customer, entry)
         published = await self.runner.enter(conn, entrants, now)
         await SegmentRepository(conn).set_timers(rows, gone)
         metrics_entered(len(entrants), "activity")
