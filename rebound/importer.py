@@ -24,12 +24,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.domain.history_csv import RowError
 from services.ingest.history_import import ImportReport, count_rows, import_orders
+from services.ingest.history_publish import publish_imported
 from services.ingest.settings import IngestSettings, facts_settings_for
 from shared.clock import SystemClock
 from shared.db import make_engine
+from shared.kafka import Publisher, make_producer
+from shared.topics import CUSTOMER_ACTIVITY, Topics
 
 import_cli = typer.Typer(help="Import a shop's history into the facts.", no_args_is_help=True)
 SHOWN_REJECTIONS = 50
@@ -45,12 +49,19 @@ class RowsPerSecond(ProgressColumn):
 def orders_command(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The CSV file.")],
     shop: Annotated[str, typer.Option("--shop", help="Rebound's id of the shop.")],
+    publish: Annotated[
+        bool,
+        typer.Option(
+            help="Publish the changed customers' facts (customer.history.imported.v1) so "
+            "segment journeys see them; needs REBOUND_INGEST_KAFKA_BOOTSTRAP_SERVERS."
+        ),
+    ] = True,
 ) -> None:
     """Import orders from Shopify's orders export or the generic CSV (docs/import.md).
     Running it again adds nothing; no journey is triggered by imported orders."""
     console = Console(stderr=True)
     try:
-        report = asyncio.run(_run(file, shop, console))
+        report = asyncio.run(_run(file, shop, console, publish))
     except RowError as exc:
         console.print(f"error: {exc}")
         raise typer.Exit(2) from exc
@@ -59,9 +70,38 @@ def orders_command(
         raise typer.Exit(1)
 
 
-async def _run(file: Path, shop: str, console: Console) -> ImportReport:
+async def _run(file: Path, shop: str, console: Console, publish: bool) -> ImportReport:
     settings = IngestSettings()
     engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        report = await _import(engine, file, shop, console, settings)
+        if publish and report.customers:
+            sent = await _publish(engine, settings, report)
+            console.print(f"{sent} customers' facts published for segment journeys")
+        return report
+    finally:
+        await engine.dispose()
+
+
+async def _publish(engine: AsyncEngine, settings: IngestSettings, report: ImportReport) -> int:
+    producer = make_producer(settings.kafka_bootstrap_servers, settings.kafka_client_id)
+    await producer.start()
+    try:
+        return await publish_imported(
+            engine,
+            Publisher(producer, "ingest"),
+            Topics(settings.topic_prefix).name(CUSTOMER_ACTIVITY),
+            report.customers,
+            facts_settings_for(settings.shops),
+            SystemClock().now(),
+        )
+    finally:
+        await producer.stop()
+
+
+async def _import(
+    engine: AsyncEngine, file: Path, shop: str, console: Console, settings: IngestSettings
+) -> ImportReport:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -71,19 +111,16 @@ async def _run(file: Path, shop: str, console: Console) -> ImportReport:
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    try:
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task(f"importing {file.name}", total=count_rows(file))
-            return await import_orders(
-                engine,
-                file,
-                shop,
-                facts_settings_for(settings.shops),
-                SystemClock(),
-                progress=lambda rows: progress.update(task, completed=rows),
-            )
-    finally:
-        await engine.dispose()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"importing {file.name}", total=count_rows(file))
+        return await import_orders(
+            engine,
+            file,
+            shop,
+            facts_settings_for(settings.shops),
+            SystemClock(),
+            progress=lambda rows: progress.update(task, completed=rows),
+        )
 
 
 def _summary(report: ImportReport, console: Console) -> None:

@@ -36,6 +36,9 @@ CUSTOMER_ACTIVITY = "customer.activity.recorded.v1"
 STAGE_CHANGED_KIND = "customer.stage.changed.v1"
 # Activity.kind of a guest merged into an account (docs/adr/0004-one-customer.md)
 CUSTOMER_MERGED_KIND = "customer.merged.v1"
+# Activity.kind of a profile published after a history import: facts, not something the
+# customer just did (it starts no event-triggered journey and is no segment entry)
+HISTORY_IMPORTED_KIND = "customer.history.imported.v1"
 MESSAGE_REQUESTED = "message.requested.v1"
 MESSAGE_SENT = "message.sent.v1"
 MESSAGE_FAILED = "message.failed.v1"
@@ -333,6 +336,10 @@ class MessageRequest(Contract):
     marketing_consent: ConsentState | None = None
     context: dict[str, Any] = Field(default_factory=dict)
     requested_at: Instant
+    test: bool = Field(
+        default=False,
+        description="A test-mode journey's message: sent to its test recipients, not the customer",
+    )
 
 
 class MessageResult(Contract):

@@ -32,6 +32,7 @@ class ImportReport:
     orders: int = 0
     new_orders: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    customers: set[str] = field(default_factory=set)  # whose facts new orders changed
 
 
 def count_rows(path: Path) -> int:
@@ -93,6 +94,7 @@ async def _store(
         new = await repo.insert_orders(await with_categories(repo, chunk))
         await apply_orders(repo, new, (), settings_for, clock.now())
     report.new_orders += len(new)
+    report.customers.update(o.customer_key for o in new)
 
 
 def _customers(chunk: list[OrderRow]) -> list[CustomerRow]:

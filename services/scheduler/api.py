@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.repository import EnrollmentRepository, JourneyRepository
 from services.scheduler.domain.journey import Journey
+from services.scheduler.segments.service import SegmentQueries
 from shared.clock import Clock
 
 
@@ -74,7 +75,12 @@ def control_router(engine: AsyncEngine, clock: Clock) -> APIRouter:
                     "definition; versions are immutable, bump it",
                 )
             await repo.add(conn, journey, clock.now())
-        return {"id": journey.id, "version": journey.version, "active": journey.active}
+            backfilled = await SegmentQueries(conn).backfill(journey, clock.now())
+        answer: dict[str, Any] = {"id": journey.id, "version": journey.version}
+        answer["active"] = journey.active
+        if backfilled is not None:  # those already in the segment, enrolled by the timer pass
+            answer["backfill_scheduled"] = backfilled
+        return answer
 
     @router.get("/customers/{customer_key}/enrollments", summary="A customer's enrolments")
     async def enrollments(customer_key: str) -> list[dict[str, Any]]:

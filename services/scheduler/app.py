@@ -17,6 +17,8 @@ from services.scheduler.reports.api import DashboardSources, reports_router
 from services.scheduler.reports.consumer import ResultsHandler
 from services.scheduler.reports.service import ReportsService
 from services.scheduler.runner import JourneyCatalog, Runner
+from services.scheduler.segments.api import segments_router
+from services.scheduler.segments.service import SegmentSweeper, SegmentTimers, SegmentTracker
 from services.scheduler.settings import SchedulerSettings
 from shared import db
 from shared.admin_auth import admin_guard
@@ -72,6 +74,10 @@ class SchedulerService:
             wake_timers,
             settings.poll_interval_s,
             settings.claim_batch,
+            segments=SegmentTimers(self.engine, self.runner),
+        )
+        self.segment_sweeper = SegmentSweeper(
+            self.engine, self.runner, clock, self.assignment, settings.poll_interval_s
         )
         self.relay = OutboxRelay(self.engine, self.publisher, wake_relay, settings.poll_interval_s)
         handler = ActivityHandler(
@@ -82,6 +88,7 @@ class SchedulerService:
             clock,
             wake_timers,
             settings.poll_interval_s,
+            segments=SegmentTracker(self.runner),
         )
         self.consumer_loop = ConsumerLoop(
             self.consumer,
@@ -129,6 +136,9 @@ class SchedulerService:
             self.app.include_router(
                 control_router(self.engine, clock), dependencies=[Depends(guard)]
             )
+            self.app.include_router(
+                segments_router(self.reports_engine, clock), dependencies=[Depends(guard)]
+            )
             reports = reports_router(ReportsService(self.reports_engine), clock, dashboard)
             self.app.include_router(reports, dependencies=[Depends(guard)])
             self.app.include_router(
@@ -155,6 +165,7 @@ class SchedulerService:
         await start_with_retry(self.producer, "scheduler producer")
         self._loops.spawn("outbox", self.relay.run)
         self._loops.spawn("timers", self.timers.run)
+        self._loops.spawn("segments", self.segment_sweeper.run)
 
     async def stop(self) -> None:
         await self._loops.stop()

@@ -12,6 +12,7 @@ from services.scheduler.adapters.repository import BatchRepository
 from services.scheduler.loops import OutboxPublisher
 from services.scheduler.merge import join_customers
 from services.scheduler.runner import Published, Runner
+from services.scheduler.segments.service import SegmentTracker, merge
 from shared import events
 from shared.clock import Clock
 from shared.events import Activity, InvalidEvent
@@ -27,6 +28,7 @@ class ActivityHandler:
     clock: Clock
     wake_timers: asyncio.Event
     poll_interval_s: float
+    segments: SegmentTracker | None = None  # segment-triggered journeys: entries by activity
 
     async def __call__(self, batch: list[Record]) -> None:
         decoded: list[tuple[str, Activity, int]] = []
@@ -53,7 +55,12 @@ class ActivityHandler:
                     new_ids.discard(event_id)  # the same event twice in one batch counts once
                     fresh.append((activity, partition))
             fresh = await join_customers(conn, fresh, now)  # one key per person
+            # The segment timers of these customers are locked before their enrolments.
+            before = await self.segments.before(conn, fresh) if self.segments else None
             published = await self.runner.apply_activities(conn, fresh, now)
+            if self.segments is not None and before is not None:
+                entered = await self.segments.after(conn, fresh, before, now)
+                published = merge([published, entered])
         soon = now + timedelta(seconds=self.poll_interval_s)
         if published.earliest_timer is not None and published.earliest_timer <= soon:
             self.wake_timers.set()  # the timer loop may be asleep past this one's due time

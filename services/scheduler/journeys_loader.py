@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.domain.journey import Journey, parse_journey
+from services.scheduler.segments.service import SegmentQueries
 from shared.clock import Clock
 
 
@@ -35,4 +36,6 @@ async def load_journeys(engine: AsyncEngine, directory: Path, clock: Clock) -> l
                 )
             if existing is None:
                 await repo.add(conn, journey, clock.now(), takes_over=journey.active)
+            if journey.active:  # a backfill enrols on activation, once per version
+                await SegmentQueries(conn).backfill(journey, clock.now())
     return journeys

@@ -20,6 +20,7 @@ from services.scheduler.adapters.repository import (
     TimerRow,
 )
 from services.scheduler.runner import Published, Runner
+from services.scheduler.segments.service import SegmentTimers
 from shared import errors, metrics
 from shared.clock import Clock
 from shared.driver_errors import translate
@@ -99,6 +100,7 @@ class TimerLoop:
     poll_interval_s: float
     batch: int
     max_attempts: int = errors.MAX_UNCLASSIFIED_ATTEMPTS
+    segments: SegmentTimers | None = None  # segment entries by time, fired in the same pass
     _attempts: dict[int, int] = field(default_factory=dict)  # failed firings per enrolment
     _publishing: asyncio.Task[None] | None = None
     _gauge_at: float = 0.0
@@ -161,6 +163,9 @@ class TimerLoop:
                 raise error from exc
             log.warning("timer_pass_failed_firing_one_by_one", error=errors.describe(exc))
             fired, published = await self._isolating_pass(partitions, now)
+        if self.segments is not None:
+            entered, more = await self.segments.fire_due(partitions, now, self.batch)
+            fired, published = fired + entered, _merge([published, more])
         if fired:
             metrics.TIMERS_FIRED.labels(SERVICE).inc(fired)
             log.info("timers_fired", count=fired, at=now.isoformat())
@@ -243,6 +248,9 @@ class TimerLoop:
             async with self.engine.connect() as conn:
                 horizon = now + timedelta(seconds=self.poll_interval_s)
                 next_due = await BatchRepository(conn).next_due_at(partitions, horizon)
+            if self.segments is not None:
+                segment_due = await self.segments.next_due_at(partitions, horizon)
+                next_due = min(filter(None, (next_due, segment_due)), default=None)
         clock_s, real_s = self.poll_interval_s, self.poll_interval_s
         if next_due is not None:
             clock_s = (next_due - now).total_seconds()

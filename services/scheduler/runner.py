@@ -44,6 +44,7 @@ from shared.events import Activity, MessageRequest, Profile, Recipient
 from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
 
 SOURCE = "rebound/scheduler"
+SEGMENT_ENTERED = "segment.entered"  # the `event.kind` a segment enrolment is made with
 
 
 class JourneyCatalog:
@@ -251,7 +252,58 @@ class Runner:
             enrolled.append(tracked)
             ever.add((journey.id, customer.key))
 
+    async def enter(
+        self,
+        conn: AsyncConnection,
+        entrants: Sequence[tuple[Journey, CustomerFacts]],
+        now: datetime,
+    ) -> Published:
+        """Enrol customers who entered a journey's segment, unless already in it (or ever, for
+        `reentry: never`), in the caller's transaction."""
+        if not entrants:
+            return Published([], [])
+        repo = BatchRepository(conn)
+        keys = sorted({c.key for _, c in entrants})
+        active = {(e.journey_id, e.customer_key) for e in await repo.active_for_update(keys)}
+        never = sorted({j.id for j, _ in entrants if j.limits.reentry == "never"})
+        ever = await repo.ever_enrolled(keys, never)
+        plan = _Plan()
+        for journey, customer in entrants:
+            pair = (journey.id, customer.key)
+            if pair in active or (journey.limits.reentry == "never" and pair in ever):
+                continue
+            facts = build_facts(SEGMENT_ENTERED, now, customer.profile, customer.cart, now)
+            outcome = engine.enter(journey, customer.key, facts, now)
+            plan.apply(
+                plan.track(_Tracked(journey, outcome.enrollment, customer, True)), outcome, customer
+            )
+            active.add(pair)
+        return await self._write(repo, plan, now)
+
+    async def _within_caps(self, repo: BatchRepository, plan: _Plan) -> None:
+        """`limits.max_enrolments`: new enrolments past a journey's cap are not made."""
+        wanted: dict[str, int] = {}
+        caps: dict[str, int] = {}
+        for t in plan.tracked:
+            cap = t.journey.limits.max_enrolments
+            if t.is_new and cap is not None:
+                wanted[t.journey.id] = wanted.get(t.journey.id, 0) + 1
+                caps[t.journey.id] = cap
+        if not wanted:
+            return
+        granted = await repo.reserve_enrolments(wanted, caps)
+        refused = set()
+        for t in plan.tracked:
+            if t.is_new and t.journey.id in granted:
+                if granted[t.journey.id] > 0:
+                    granted[t.journey.id] -= 1
+                else:
+                    refused.add(id(t))
+        plan.tracked = [t for t in plan.tracked if id(t) not in refused]
+        plan.actions = [a for a in plan.actions if id(a[0]) not in refused]
+
     async def _write(self, repo: BatchRepository, plan: _Plan, now: datetime) -> Published:
+        await self._within_caps(repo, plan)
         new = [t for t in plan.tracked if t.is_new]
         for tracked, new_id in zip(new, await repo.new_enrollment_ids(len(new)), strict=True):
             tracked.enrollment = replace(tracked.enrollment, id=new_id)
@@ -329,6 +381,7 @@ class Runner:
                 locale=profile.locale,
             ),
             consent_required=journey.consent == "marketing",
+            test=journey.test_mode,
             marketing_consent=profile.marketing_consent,
             context=context,
             requested_at=now,

@@ -30,6 +30,7 @@ from tests.bench import consumer as cbench
 from tests.bench import importer as ibench
 from tests.bench import mail as mbench
 from tests.bench import predictions as pbench
+from tests.bench import segments as sbench
 from tests.bench import timers as tbench
 from tests.bench.webhooks import SHOPS_JSON
 
@@ -399,6 +400,8 @@ def table(results: dict[str, Any]) -> str:
         lines += ibench.table_lines(results["import"])
     if "predictions" in results:
         lines += pbench.table_lines(results["predictions"])
+    if "segments" in results:
+        lines += sbench.table_lines(results["segments"])
     return "\n".join(lines)
 
 
@@ -434,7 +437,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--prediction-customers", type=int, default=1_000_000, help="synthetic shop's customers"
     )
     parser.add_argument(
-        "--only", choices=["webhooks", "consumer", "mail", "timers", "import", "predictions"]
+        "--segment-customers", type=int, default=1_000_000, help="customers (segments bench)"
+    )
+    parser.add_argument(
+        "--naive-segment-customers",
+        type=int,
+        default=100_000,
+        help="at most this many customers for the Python loop (reported per customer)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["webhooks", "consumer", "mail", "timers", "import", "predictions", "segments"],
     )
     return parser.parse_args(argv)
 
@@ -461,6 +474,10 @@ def main(argv: list[str] | None = None) -> None:
             results["import"] = ibench.bench_import(s.database_url, args.import_orders, BENCH_DIR)
         if args.only in (None, "predictions"):
             results["predictions"] = pbench.bench_predictions(args.prediction_customers)
+        if args.only in (None, "segments"):
+            results["segments"] = sbench.bench_segments(
+                s.database_url, args.segment_customers, args.naive_segment_customers
+            )
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results), flush=True)
     log(f"written to {BENCH_DIR / 'results.json'}")

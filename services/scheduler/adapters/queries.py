@@ -175,3 +175,37 @@ FAIL_ENROLLMENT = """
     UPDATE scheduler.enrollments SET status = 'failed', exit_reason = $2, updated_at = $3
     WHERE id = $1
 """
+
+# name: reserve_enrolments
+# `limits.max_enrolments`: take up to the wanted number of enrolments per journey under its
+# cap, journey-wide (the row is locked until the transaction ends, so instances share it);
+# returns how many were granted. A journey's first count starts from its stored enrolments.
+RESERVE_ENROLMENTS = """
+    WITH wanted AS (
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(journey_id, n, cap)
+    ), seeded AS (
+        INSERT INTO scheduler.journey_enrolment_counts (journey_id, enrolled)
+        SELECT w.journey_id, (SELECT count(*) FROM scheduler.enrollments e
+                              WHERE e.journey_id = w.journey_id)
+        FROM wanted w
+        WHERE NOT EXISTS (SELECT 1 FROM scheduler.journey_enrolment_counts k
+                          WHERE k.journey_id = w.journey_id)
+        ON CONFLICT DO NOTHING
+    )
+    SELECT 1
+"""
+TAKE_ENROLMENTS = """
+    WITH wanted AS (
+        SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(journey_id, n, cap)
+    ), old AS (
+        SELECT k.journey_id, k.enrolled FROM scheduler.journey_enrolment_counts k
+        WHERE k.journey_id IN (SELECT journey_id FROM wanted)
+        ORDER BY k.journey_id
+        FOR UPDATE
+    )
+    UPDATE scheduler.journey_enrolment_counts k
+    SET enrolled = GREATEST(old.enrolled, LEAST(w.cap, old.enrolled + w.n))
+    FROM old, wanted w
+    WHERE k.journey_id = old.journey_id AND w.journey_id = old.journey_id
+    RETURNING k.journey_id, k.enrolled - old.enrolled
+"""

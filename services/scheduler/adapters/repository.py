@@ -282,6 +282,19 @@ class BatchRepository:
     async def take_outbox(self, ids: Sequence[int]) -> list[int]:
         return [r[0] for r in await (await self._driver()).fetch(q.TAKE_OUTBOX, list(ids))]
 
+    async def reserve_enrolments(
+        self, wanted: dict[str, int], caps: dict[str, int]
+    ) -> dict[str, int]:
+        """How many of the wanted new enrolments each capped journey may still make."""
+        driver = await self._driver()
+        ids = sorted(wanted)
+        columns = [ids, [wanted[i] for i in ids], [caps[i] for i in ids]]
+        await driver.execute(q.RESERVE_ENROLMENTS, *columns)
+        rows = await driver.fetch(q.TAKE_ENROLMENTS, *columns)
+        granted = {i: 0 for i in ids}
+        granted.update({r[0]: int(r[1]) for r in rows})
+        return granted
+
     async def fail_enrollment(self, enrollment_id: int, reason: str, now: datetime) -> None:
         await (await self._driver()).execute(q.FAIL_ENROLLMENT, enrollment_id, reason, now)
 

@@ -146,3 +146,44 @@ customer_aliases = sa.Table(
     sa.Column("partition", sa.Integer, nullable=False),
     sa.Column("merged_at", TS, nullable=False),
 )
+segment_timers = sa.Table(
+    "segment_timers",
+    metadata,
+    sa.Column("journey_id", sa.Text, primary_key=True),
+    sa.Column("customer_key", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("due_at", TS, nullable=False),
+    sa.Column("leaves_at", TS),
+    sa.Index("segment_timers_due", "partition", "due_at"),
+)
+segment_sweeps = sa.Table(
+    "segment_sweeps",
+    metadata,
+    sa.Column("journey_id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("swept_at", TS, nullable=False),
+)
+segment_backfills = sa.Table(
+    "segment_backfills",
+    metadata,
+    sa.Column("journey_id", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("requested_at", TS, nullable=False),
+    sa.Column("customers", sa.BigInteger, nullable=False),
+)
+segment_sizes = sa.Table(
+    "segment_sizes",
+    metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("shop_id", sa.Text, primary_key=True),
+    sa.Column("segment", sa.Text, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("counted_at", TS, nullable=False),
+)
+journey_enrolment_counts = sa.Table(
+    "journey_enrolment_counts",
+    metadata,
+    sa.Column("journey_id", sa.Text, primary_key=True),
+    sa.Column("enrolled", sa.BigInteger, nullable=False),
+)

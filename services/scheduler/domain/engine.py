@@ -18,6 +18,11 @@ from shared.events import EMAIL_OPENED
 
 UNSUBSCRIBED = "unsubscribed"
 MAX_STEPS_PER_ADVANCE = 100  # a goto loop without a wait is a definition error, not a hang
+# What a definition the format let through can still raise on some customer's facts (a `ref`
+# to a fact that is no number, a loop stored before loops were refused): the enrolment ends
+# with the reason instead of its batch failing again and again on the partition.
+DEFINITION_ERRORS = (ValueError, ArithmeticError, LookupError, TypeError)
+EXIT_REASON_MAX_CHARS = 500
 
 # failed: a timer of this enrolment could not be fired (exit_reason says why)
 Status = Literal["active", "exited", "completed", "failed"]
@@ -103,6 +108,15 @@ def on_activity(
 
     `facts` are scoped to this enrolment (facts.for_enrollment): `last_message` is its own.
     """
+    try:
+        return _on_activity(journey, enrollment, kind, facts, now)
+    except DEFINITION_ERRORS as exc:
+        return _failed(enrollment, exc)
+
+
+def _on_activity(
+    journey: Journey, enrollment: Enrollment, kind: str, facts: Facts, now: datetime
+) -> Outcome:
     if enrollment.status != "active":
         return Outcome(enrollment)
     if journey.consent == "marketing" and _unsubscribed(facts):
@@ -141,6 +155,18 @@ def _engaged(kind: str, facts: Facts) -> bool:
 
 def advance(journey: Journey, enrollment: Enrollment, facts: Facts, now: datetime) -> Outcome:
     """Run steps from the current one until a wait (timer scheduled) or the end."""
+    try:
+        return _advance(journey, enrollment, facts, now)
+    except DEFINITION_ERRORS as exc:
+        return _failed(enrollment, exc)
+
+
+def _failed(enrollment: Enrollment, exc: Exception) -> Outcome:
+    reason = f"definition error: {exc}"[:EXIT_REASON_MAX_CHARS]
+    return Outcome(replace(enrollment, status="failed", exit_reason=reason), [CancelTimer()])
+
+
+def _advance(journey: Journey, enrollment: Enrollment, facts: Facts, now: datetime) -> Outcome:
     decisions: list[Decision] = []
     for _ in range(MAX_STEPS_PER_ADVANCE):
         if enrollment.step_index >= len(journey.steps):

@@ -37,8 +37,10 @@ def build_facts(
     profile_facts.update(predictions or NO_PREDICTIONS)
     profile_facts["days_since_last_order"] = _days_since(profile.last_order_at, now)
     profile_facts["days_since_registration"] = _days_since(profile.registered_at, now)
-    # Per category by name, so a rule can say profile.category.cosmetics.last_order_at.
-    profile_facts["category"] = {c["category"]: c for c in profile_facts["categories"]}
+    profile_facts["days_since_first_order"] = _days_since(profile.first_order_at, now)
+    expected = profile.expected_next_order_at
+    profile_facts["days_until_expected_order"] = None if expected is None else -_days(expected, now)
+    profile_facts["categories"] = _categories(profile, now)
     cart_facts: dict[str, Any] | None = None
     if cart is not None:
         cart_facts = cart.model_dump()
@@ -51,7 +53,21 @@ def build_facts(
 
 
 def _days_since(moment: datetime | None, now: datetime) -> float | None:
-    return None if moment is None else (now - moment).total_seconds() / SECONDS_PER_DAY
+    return None if moment is None else _days(moment, now)
+
+
+def _days(moment: datetime, now: datetime) -> float:
+    return (now - moment).total_seconds() / SECONDS_PER_DAY
+
+
+def _categories(profile: Profile, now: datetime) -> dict[str, dict[str, Any]]:
+    """Per category by name, so a condition can say profile.categories.<name>.<fact>."""
+    out: dict[str, dict[str, Any]] = {}
+    for category in profile.categories:
+        facts = category.model_dump()
+        facts["days_since_last_order"] = _days(category.last_order_at, now)
+        out[category.category] = facts
+    return out
 
 
 @dataclass(frozen=True)

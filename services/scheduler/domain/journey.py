@@ -16,8 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.scheduler.domain.conditions import Condition
+from services.scheduler.domain.segment_facts import check_segment
 from shared.clock import parse_duration
-from shared.events import EMAIL_CLICKED, EMAIL_OPENED
+from shared.events import EMAIL_CLICKED, EMAIL_OPENED, HISTORY_IMPORTED_KIND
 
 
 class Model(BaseModel):
@@ -38,13 +39,51 @@ class EventTrigger(Model):
     max_age: Duration | None = None  # ignore events older than this (replays, stale carts)
     max_age_from: str = "event.occurred_at"
 
+    @field_validator("event")
+    @classmethod
+    def _not_history(cls, kind: str) -> str:
+        if kind == HISTORY_IMPORTED_KIND:
+            raise ValueError(f"{kind}: imported history starts no event-triggered journey")
+        return kind
+
+
+class Backfill(Model):
+    """On activation, enrol those already in the segment: only those `if` admits, at most
+    `max` of them (most recent orders first). A preview shows who before anyone is mailed."""
+
+    if_: Condition | None = Field(default=None, alias="if")
+    max: int | None = Field(default=None, gt=0)
+
+    @field_validator("if_")
+    @classmethod
+    def _computable(cls, bound: Condition | None) -> Condition | None:
+        if bound is not None:
+            check_segment(bound)
+        return bound
+
 
 class SegmentTrigger(Model):
-    """Enrol everyone matching the segment, evaluated on a schedule (win-back, lifecycle)."""
+    """Enrol a customer at the moment they enter the segment: when an activity changes their
+    facts, or when time alone moves them in (a durable timer at the computed moment, see
+    domain/segment_time.py). Nobody is evaluated on a schedule to find entries."""
 
     segment: Condition
+    # The safety net: how often the owner of a partition recomputes its customers' segment
+    # timers from the stored facts (it restores timers, it enrols nobody by itself).
     evaluate_every: Duration = "1d"
-    backfill: bool = False  # on activation, also enrol those already in the segment
+    backfill: bool | Backfill = False  # on activation, also enrol those already in it
+
+    @field_validator("segment")
+    @classmethod
+    def _computable(cls, segment: Condition) -> Condition:
+        check_segment(segment)
+        return segment
+
+    @property
+    def backfill_rule(self) -> Backfill | None:
+        if isinstance(self.backfill, Backfill):
+            return self.backfill
+        return Backfill() if self.backfill else None
 
 
 class Exit(Model):
@@ -277,8 +316,52 @@ class Journey(Model):
                     raise ValueError(f"step {step.id!r} jumps to unknown step {target!r}")
         return self
 
+    @model_validator(mode="after")
+    def _no_loop_without_wait(self) -> Journey:
+        """A goto cycle through no wait would run forever within one moment: refused here,
+        not found at run time on a partition."""
+        cycle = _cycle_without_wait(self)
+        if cycle:
+            raise ValueError(f"steps {' -> '.join(cycle)} loop without a wait")
+        return self
+
     def index_of(self, step_id: str) -> int:
         return next(i for i, s in enumerate(self.steps) if s.id == step_id)
+
+
+def _successors(journey: Journey, index: int) -> list[int]:
+    step = journey.steps[index]
+    if step.end or step.wait is not None:
+        return []  # a wait lets time pass: a loop through one is a rhythm, not a hang
+    if step.branch is not None:
+        targets = [b.goto for b in step.branch]
+        following = [journey.index_of(t) for t in targets]
+        fallback = journey.index_of(step.else_) if step.else_ else index + 1
+        return [*following, fallback]
+    return [journey.index_of(step.goto) if step.goto else index + 1]
+
+
+def _cycle_without_wait(journey: Journey) -> list[str]:
+    """Step ids of a cycle that passes no wait, closed (first id repeated); [] when none."""
+    done: set[int] = set()
+
+    def visit(index: int, path: list[int]) -> list[int]:
+        if index >= len(journey.steps) or index in done:
+            return []
+        if index in path:
+            return [*path[path.index(index) :], index]
+        for target in _successors(journey, index):
+            found = visit(target, [*path, index])
+            if found:
+                return found
+        done.add(index)
+        return []
+
+    for start in range(len(journey.steps)):
+        cycle = visit(start, [])
+        if cycle:
+            return [journey.steps[i].id for i in cycle]
+    return []
 
 
 def parse_journey(text: str) -> Journey:

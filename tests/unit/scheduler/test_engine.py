@@ -7,10 +7,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from services.scheduler.domain import engine
 from services.scheduler.domain.facts import build_facts
-from services.scheduler.domain.journey import Journey, parse_journey
+from services.scheduler.domain.journey import Journey, Step, parse_journey
 from shared.events import CART_UPDATED, ORDER_PLACED, CartSnapshot, Line, Profile
 
 JOURNEYS = Path(__file__).parents[3] / "services" / "scheduler" / "journeys"
@@ -156,8 +157,7 @@ def test_holdout_customers_wait_like_everyone_but_get_no_message() -> None:
     assert [type(d) for d in outcome.decisions] == [engine.ScheduleTimer]
 
 
-def test_a_goto_loop_without_a_wait_is_reported_not_run_forever() -> None:
-    looping = parse_journey("""
+LOOP = """
 id: loop
 version: 1
 name: Loop
@@ -165,6 +165,39 @@ trigger: {event: x}
 steps:
   - {id: a, publish: ping, goto: b}
   - {id: b, publish: pong, goto: a}
+"""
+
+
+def test_a_goto_loop_without_a_wait_is_refused_when_loaded() -> None:
+    with pytest.raises(ValueError, match="a -> b -> a loop without a wait"):
+        parse_journey(LOOP)
+
+
+def test_a_loop_stored_before_it_was_refused_ends_its_enrolment_with_the_reason() -> None:
+    data = yaml.safe_load(LOOP)
+    valid = Journey.model_validate({**data, "steps": [{"id": "a", "end": True}]})
+    looping = valid.model_copy(update={"steps": [Step.model_validate(s) for s in data["steps"]]})
+
+    entered = engine.enter(looping, "k", {}, T0).enrollment
+
+    assert entered.status == "failed"
+    assert entered.exit_reason is not None and "loops without a wait" in entered.exit_reason
+
+
+def test_a_ref_to_a_fact_that_is_no_number_ends_the_enrolment_not_the_batch() -> None:
+    journey = parse_journey("""
+id: odd
+version: 1
+name: Odd
+trigger: {event: x}
+steps:
+  - id: check
+    branch: [{if: {field: profile.total_spent, op: gt, ref: profile.first_name}, goto: done}]
+  - {id: done, end: true}
 """)
-    with pytest.raises(ValueError, match="loops without a wait"):
-        engine.enter(looping, "k", {}, T0)
+    facts = {"profile": {"total_spent": 10, "first_name": "Ada"}}
+
+    entered = engine.enter(journey, "k", facts, T0).enrollment
+
+    assert entered.status == "failed"
+    assert entered.exit_reason is not None and entered.exit_reason.startswith("definition error")

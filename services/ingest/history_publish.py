@@ -1,0 +1,62 @@
+"""After a history import: each touched customer's profile on customer.activity, with the kind
+customer.history.imported.v1, so the scheduler holds the facts the import left (segment
+journeys see them; an event-triggered journey cannot start on this kind, and it is no segment
+entry: only a backfill enrols those it finds already in a segment)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.ingest.adapters.order_facts_repository import OrderFactsRepository
+from services.ingest.domain.activity import SOURCE_ACTIVITY, activity_id
+from services.ingest.order_facts import SettingsFor
+from services.ingest.profiles import grown_profiles
+from shared import events as ev
+from shared.kafka import Publisher
+
+PUBLISH_CHUNK = 2_000
+
+
+async def publish_imported(
+    engine: AsyncEngine,
+    publisher: Publisher,
+    activity_topic: str,
+    customer_keys: Iterable[str],
+    settings_for: SettingsFor,
+    now: datetime,
+    chunk: int = PUBLISH_CHUNK,
+) -> int:
+    """Publishes in chunks (one read of the facts each); returns how many were published."""
+    keys = sorted(set(customer_keys))
+    for start in range(0, len(keys), chunk):
+        async with engine.begin() as conn:
+            profiles = await grown_profiles(
+                OrderFactsRepository(conn), keys[start : start + chunk], settings_for, now
+            )
+        await publisher.publish_many(
+            [(activity_topic, key, _event(profile, now)) for key, profile in profiles.items()]
+        )
+    return len(keys)
+
+
+def _event(profile: ev.Profile, now: datetime) -> ev.CloudEvent:
+    # The id changes with the facts' moment: a later import publishes again, a replay does not.
+    source_id = ev.stable_event_id("history", profile.key, now.isoformat())
+    data = ev.Activity.model_construct(
+        kind=ev.HISTORY_IMPORTED_KIND,
+        source_event_id=source_id,
+        occurred_at=now,
+        profile=profile,
+    )
+    return ev.CloudEvent.model_construct(
+        id=activity_id(source_id),
+        source=SOURCE_ACTIVITY,
+        type=ev.CUSTOMER_ACTIVITY,
+        subject=profile.key,
+        time=now,
+        shopid=profile.shop_id,
+        data=data.model_dump(mode="json"),
+    )
