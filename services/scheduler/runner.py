@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.scheduler.adapters.contact_repository import ContactRepository
 from services.scheduler.adapters.engagement_repository import EngagementRepository
 from services.scheduler.adapters.repository import (
     BatchRepository,
@@ -29,6 +30,7 @@ from services.scheduler.adapters.repository import (
     TimerRow,
     Writes,
 )
+from services.scheduler.contact_gate import ContactGate, DueSend
 from services.scheduler.domain import engine
 from services.scheduler.domain.engine import Enrollment
 from services.scheduler.domain.facts import (
@@ -156,6 +158,7 @@ class Runner:
     catalog: JourneyCatalog
     topics: Topics
     engagement: EngagementRepository = field(default_factory=EngagementRepository)
+    contact: ContactGate = field(default_factory=ContactGate)  # when marketing mail may go
 
     async def fire_timers(
         self, conn: AsyncConnection, due: Sequence[DueTimer], now: datetime
@@ -262,6 +265,8 @@ class Runner:
                 if request is not None:
                     requests.append(request)
         fresh = await repo.write(plan.writes([r for r, _, _ in requests]), now)
+        due = _due_sends(plan, {r.request_key: m for r, m, _ in requests}, fresh, now)
+        fresh -= await self.contact.hold(ContactRepository(repo.connection), due, now)
         messages = self._messages(plan, {r.request_key: (m, c) for r, m, c in requests}, fresh, now)
         ids = await repo.add_outbox(messages, now)
         return Published(ids, messages, plan.earliest_timer())
@@ -408,6 +413,31 @@ def _scoped(
     message, sent = last if last is not None else (None, 0)
     view = EnrollmentView(journey.id, step.id, enrollment.entered_at, enrollment.holdout, sent)
     return for_enrollment(facts, view, message)
+
+
+def _due_sends(
+    plan: _Plan, requests: dict[str, MessageRequest], fresh: set[str], now: datetime
+) -> list[DueSend]:
+    """New requests with what the contact policy weighs (test mode goes as due: its mail is
+    not the customer's and must not use up their slots)."""
+    due: dict[str, DueSend] = {}
+    for tracked, action, customer in plan.actions:
+        if not isinstance(action, engine.RequestMessage) or tracked.journey.test_mode:
+            continue
+        request = requests.get(_request_key(tracked, action))
+        if request is None or request.request_key not in fresh:
+            continue
+        profile, send = customer.profile, action.send
+        due[request.request_key] = DueSend(
+            request,
+            now,
+            tracked.journey.priority,
+            send.expiry,
+            send.send_at == "best_hour",
+            profile.time_zone,
+            profile.usual_open_hour,
+        )
+    return list(due.values())
 
 
 def _request_key(tracked: _Tracked, action: engine.RequestMessage) -> str:

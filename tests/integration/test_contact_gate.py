@@ -28,6 +28,7 @@ POLICY = ShopContactPolicy(
     quiet_hours=QuietConfig(**{"from": time(21), "to": time(8)}),
     time_zone="Europe/Berlin",
 )
+PARTITIONS = [0]  # no customer facts stored here: the customers are anyone's
 ONE_A_DAY = POLICY.model_copy(update={"limits": [LimitConfig(count=1, per="1d")]})
 
 
@@ -56,12 +57,12 @@ def request(key: str, journey: str, customer: str = "shop-1:c:1") -> MessageRequ
 
 async def hold(engine: AsyncEngine, gate: ContactGate, *sends: DueSend) -> None:
     async with engine.begin() as conn:
-        await gate.hold(ContactRepository(conn), sends)
+        await gate.hold(ContactRepository(conn), sends, sends[0].due_at)
 
 
 async def release(engine: AsyncEngine, gate: ContactGate, now: datetime) -> Released:
     async with engine.begin() as conn:
-        return await gate.release(ContactRepository(conn), now, limit=100)
+        return await gate.release(ContactRepository(conn), PARTITIONS, now, limit=100)
 
 
 async def run_until(
@@ -146,7 +147,7 @@ async def test_a_pass_rolled_back_loses_nothing_and_a_committed_one_sends_nothin
     await hold(engine, gate, DueSend(request("cart:3:reminder", "abandoned-cart"), now))
     async with engine.connect() as conn:  # a crash before the commit
         transaction = await conn.begin()
-        crashed = await gate.release(ContactRepository(conn), now, limit=100)
+        crashed = await gate.release(ContactRepository(conn), PARTITIONS, now, limit=100)
         await transaction.rollback()
     assert [r.request_key for r in crashed.send] == ["cart:3:reminder"]
 

@@ -26,6 +26,10 @@ class QueuedSend:
     expires_at: datetime | None
     time_zone: str
     check_at: datetime
+    # As read back at release time: why the enrolment ended (it exited or failed meanwhile),
+    # and the customer's latest marketing consent as the facts know it.
+    ended: str | None = None
+    consent: str | None = None
 
     @property
     def key(self) -> str:
@@ -43,16 +47,39 @@ _HOLD = text("""
     ON CONFLICT (request_key) DO NOTHING
 """)
 
+# The partitions this instance owns: a customer's held messages are decided by the instance
+# that fires their timers (a customer the scheduler has no facts of yet is anyone's).
+_OWNED = "(c.partition = ANY(CAST(:partitions AS int[])) OR c.partition IS NULL)"
+
 # -- name: due_customers -- customers with a held message to look at again; skip those another
-# instance is deciding on right now
-_DUE_CUSTOMERS = text("""
-    SELECT customer_key FROM scheduler.contact_queue WHERE check_at <= :now
-    ORDER BY check_at LIMIT :limit FOR UPDATE SKIP LOCKED
+# pass is deciding on right now
+_DUE_CUSTOMERS = text(f"""
+    SELECT q.customer_key FROM scheduler.contact_queue q
+    LEFT JOIN scheduler.customers c ON c.customer_key = q.customer_key
+    WHERE q.check_at <= :now AND {_OWNED}
+    ORDER BY q.check_at LIMIT :limit FOR UPDATE OF q SKIP LOCKED
 """)
 
+# -- name: queued -- every held message of these customers, with the state of its enrolment and
+# the customer's latest consent (both may have changed while it waited)
 _QUEUED = text("""
-    SELECT * FROM scheduler.contact_queue WHERE customer_key = ANY(:customers)
-    FOR UPDATE SKIP LOCKED
+    SELECT q.*,
+        CASE WHEN e.status IN ('exited', 'failed') THEN coalesce(e.exit_reason, e.status) END
+            AS ended,
+        c.profile ->> 'marketing_consent' AS consent
+    FROM scheduler.contact_queue q
+    LEFT JOIN scheduler.message_requests r ON r.request_key = q.request_key
+    LEFT JOIN scheduler.enrollments e ON e.id = r.enrollment_id
+    LEFT JOIN scheduler.customers c ON c.customer_key = q.customer_key
+    WHERE q.customer_key = ANY(:customers)
+    FOR UPDATE OF q SKIP LOCKED
+""")
+
+# -- name: next_check -- when this instance has to look at the queue next
+_NEXT_CHECK = text(f"""
+    SELECT min(q.check_at) FROM scheduler.contact_queue q
+    LEFT JOIN scheduler.customers c ON c.customer_key = q.customer_key
+    WHERE q.check_at <= :until AND {_OWNED}
 """)
 
 _HISTORY = text("""
@@ -71,8 +98,21 @@ _LOG = text("""
 
 _RECHECK = text("""
     UPDATE scheduler.contact_queue q SET check_at = t.at
-    FROM unnest(CAST(:customers AS text[]), CAST(:at AS timestamptz[])) AS t(customer, at)
-    WHERE q.customer_key = t.customer
+    FROM unnest(CAST(:keys AS text[]), CAST(:at AS timestamptz[])) AS t(key, at)
+    WHERE q.request_key = t.key
+""")
+
+# -- name: shop_best_hours -- the local hour most of a shop's human opens happen at: each
+# customer's usual opening hour, weighted by their opens of the last 90 days
+_SHOP_BEST_HOURS = text("""
+    SELECT DISTINCT ON (shop_id) shop_id, hour FROM (
+        SELECT shop_id, (profile ->> 'usual_open_hour')::int AS hour,
+            sum(greatest(coalesce((profile ->> 'opens_90d')::int, 0), 1)) AS opens
+        FROM scheduler.customers
+        WHERE shop_id = ANY(:shops) AND profile ->> 'usual_open_hour' IS NOT NULL
+        GROUP BY shop_id, hour
+    ) per_hour
+    ORDER BY shop_id, opens DESC, hour
 """)
 
 
@@ -84,6 +124,8 @@ def _queued(row: Any) -> QueuedSend:
         expires_at=row.expires_at,
         time_zone=row.time_zone,
         check_at=row.check_at,
+        ended=row.ended,
+        consent=row.consent,
     )
 
 
@@ -111,9 +153,13 @@ class ContactRepository:
             },
         )
 
-    async def due(self, now: datetime, limit: int) -> dict[str, list[QueuedSend]]:
+    async def due(
+        self, partitions: Sequence[int], now: datetime, limit: int
+    ) -> dict[str, list[QueuedSend]]:
         """The held messages of customers with something to look at, per customer."""
-        found = await self._conn.execute(_DUE_CUSTOMERS, {"now": now, "limit": limit})
+        found = await self._conn.execute(
+            _DUE_CUSTOMERS, {"now": now, "limit": limit, "partitions": list(partitions)}
+        )
         customers = sorted({row.customer_key for row in found})
         if not customers:
             return {}
@@ -123,6 +169,12 @@ class ContactRepository:
             queued.setdefault(row.customer_key, []).append(_queued(row))
         return queued
 
+    async def next_check(self, partitions: Sequence[int], until: datetime) -> datetime | None:
+        found: datetime | None = await self._conn.scalar(
+            _NEXT_CHECK, {"until": until, "partitions": list(partitions)}
+        )
+        return found
+
     async def history(self, customers: Sequence[str], since: datetime) -> dict[str, list[datetime]]:
         rows = await self._conn.execute(_HISTORY, {"customers": list(customers), "since": since})
         sent: dict[str, list[datetime]] = {}
@@ -130,18 +182,20 @@ class ContactRepository:
             sent.setdefault(row.customer_key, []).append(row.released_at)
         return sent
 
-    async def released(self, sends: Sequence[QueuedSend], at: datetime) -> None:
-        """These went to the outbox: out of the queue, into the customer's contact log."""
-        if not sends:
+    async def released(
+        self, sends: Sequence[QueuedSend], counted: Sequence[QueuedSend], at: datetime
+    ) -> None:
+        """These went to the outbox: out of the queue; the counted ones into the contact log."""
+        await self.dropped([s.key for s in sends])
+        if not counted:
             return
-        await self._conn.execute(_DONE, {"keys": [s.key for s in sends]})
         await self._conn.execute(
             _LOG,
             {
-                "keys": [s.key for s in sends],
-                "shops": [s.request.shop_id for s in sends],
-                "customers": [s.request.customer_key for s in sends],
-                "at": [at] * len(sends),
+                "keys": [s.key for s in counted],
+                "shops": [s.request.shop_id for s in counted],
+                "customers": [s.request.customer_key for s in counted],
+                "at": [at] * len(counted),
             },
         )
 
@@ -150,5 +204,10 @@ class ContactRepository:
             await self._conn.execute(_DONE, {"keys": list(keys)})
 
     async def recheck(self, wake: dict[str, datetime]) -> None:
+        """Request key -> when to look at it again."""
         if wake:
-            await self._conn.execute(_RECHECK, {"customers": list(wake), "at": list(wake.values())})
+            await self._conn.execute(_RECHECK, {"keys": list(wake), "at": list(wake.values())})
+
+    async def shop_best_hours(self, shops: Sequence[str]) -> dict[str, int]:
+        rows = await self._conn.execute(_SHOP_BEST_HOURS, {"shops": list(shops)})
+        return {row.shop_id: int(row.hour) for row in rows}

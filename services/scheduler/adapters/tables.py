@@ -146,3 +146,27 @@ customer_aliases = sa.Table(
     sa.Column("partition", sa.Integer, nullable=False),
     sa.Column("merged_at", TS, nullable=False),
 )
+contact_queue = sa.Table(
+    "contact_queue",
+    metadata,
+    sa.Column("request_key", sa.Text, primary_key=True),
+    sa.Column("shop_id", sa.Text, nullable=False),
+    sa.Column("customer_key", sa.Text, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("due_at", TS, nullable=False),
+    sa.Column("expires_at", TS),
+    sa.Column("time_zone", sa.Text, nullable=False),
+    sa.Column("request", JSONB, nullable=False),
+    sa.Column("check_at", TS, nullable=False),
+    sa.Index("contact_queue_due", "check_at"),
+    sa.Index("contact_queue_customer", "customer_key"),
+)
+contact_log = sa.Table(
+    "contact_log",
+    metadata,
+    sa.Column("request_key", sa.Text, primary_key=True),
+    sa.Column("shop_id", sa.Text, nullable=False),
+    sa.Column("customer_key", sa.Text, nullable=False),
+    sa.Column("released_at", TS, nullable=False),
+    sa.Index("contact_log_customer", "customer_key", "released_at"),
+)
