@@ -141,6 +141,7 @@ class ContactGate:
             self._decide(sends, history.get(customer, []), now, decided)
         await repo.released(decided.going, decided.counted, now)
         await repo.dropped([s.key for s in decided.expired + decided.ended])
+        await repo.complete_waiting([s.key for s in decided.going + decided.expired], now)
         await repo.recheck(decided.wake)
         return Released(
             send=[_as_of_now(s) for s in decided.going],

@@ -264,8 +264,10 @@ class Runner:
                 request = self._message_request(tracked, action, customer, now)
                 if request is not None:
                     requests.append(request)
+        due = _due_sends(plan, {r.request_key: m for r, m, _ in requests}, now)
+        _stay_while_held(plan, {d.request.request_key for d in due if self.contact.governs(d)})
         fresh = await repo.write(plan.writes([r for r, _, _ in requests]), now)
-        due = _due_sends(plan, {r.request_key: m for r, m, _ in requests}, fresh, now)
+        due = [d for d in due if d.request.request_key in fresh]
         fresh -= await self.contact.hold(ContactRepository(repo.connection), due, now)
         messages = self._messages(plan, {r.request_key: (m, c) for r, m, c in requests}, fresh, now)
         ids = await repo.add_outbox(messages, now)
@@ -415,17 +417,15 @@ def _scoped(
     return for_enrollment(facts, view, message)
 
 
-def _due_sends(
-    plan: _Plan, requests: dict[str, MessageRequest], fresh: set[str], now: datetime
-) -> list[DueSend]:
-    """New requests with what the contact policy weighs (test mode goes as due: its mail is
+def _due_sends(plan: _Plan, requests: dict[str, MessageRequest], now: datetime) -> list[DueSend]:
+    """The requests with what the contact policy weighs (test mode goes as due: its mail is
     not the customer's and must not use up their slots)."""
     due: dict[str, DueSend] = {}
     for tracked, action, customer in plan.actions:
         if not isinstance(action, engine.RequestMessage) or tracked.journey.test_mode:
             continue
         request = requests.get(_request_key(tracked, action))
-        if request is None or request.request_key not in fresh:
+        if request is None:
             continue
         profile, send = customer.profile, action.send
         due[request.request_key] = DueSend(
@@ -438,6 +438,18 @@ def _due_sends(
             profile.usual_open_hour,
         )
     return list(due.values())
+
+
+def _stay_while_held(plan: _Plan, held: set[str]) -> None:
+    """An enrolment whose last step is a message the contact policy holds is not completed
+    yet: an exit rule (an order) still stops that message. The gate completes it on release."""
+    for tracked, action, _ in plan.actions:
+        if (
+            isinstance(action, engine.RequestMessage)
+            and tracked.enrollment.status == "completed"
+            and _request_key(tracked, action) in held
+        ):
+            tracked.enrollment = replace(tracked.enrollment, status="active")
 
 
 def _request_key(tracked: _Tracked, action: engine.RequestMessage) -> str:

@@ -102,6 +102,21 @@ _RECHECK = text("""
     WHERE q.request_key = t.key
 """)
 
+# -- name: complete_waiting -- an enrolment whose last step was a held message stays active
+# while it waits (so an exit rule, an order say, still stops it); once none of its messages
+# waits any more, it is completed
+_COMPLETE_WAITING = text("""
+    UPDATE scheduler.enrollments e SET status = 'completed', updated_at = :now
+    FROM scheduler.message_requests r, scheduler.journeys j
+    WHERE r.request_key = ANY(:keys) AND e.id = r.enrollment_id AND e.status = 'active'
+        AND j.id = e.journey_id AND j.version = e.journey_version
+        AND e.step_index >= jsonb_array_length(j.definition -> 'steps')
+        AND NOT EXISTS (
+            SELECT 1 FROM scheduler.message_requests other
+            JOIN scheduler.contact_queue q ON q.request_key = other.request_key
+            WHERE other.enrollment_id = e.id)
+""")
+
 # -- name: shop_best_hours -- the local hour most of a shop's human opens happen at: each
 # customer's usual opening hour, weighted by their opens of the last 90 days
 _SHOP_BEST_HOURS = text("""
@@ -207,6 +222,11 @@ class ContactRepository:
         """Request key -> when to look at it again."""
         if wake:
             await self._conn.execute(_RECHECK, {"keys": list(wake), "at": list(wake.values())})
+
+    async def complete_waiting(self, keys: Sequence[str], now: datetime) -> None:
+        """After these left the queue: enrolments that only waited for them are completed."""
+        if keys:
+            await self._conn.execute(_COMPLETE_WAITING, {"keys": list(keys), "now": now})
 
     async def shop_best_hours(self, shops: Sequence[str]) -> dict[str, int]:
         rows = await self._conn.execute(_SHOP_BEST_HOURS, {"shops": list(shops)})
