@@ -12,10 +12,14 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shared.events import MessageRequest
+from shared.logging import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -180,9 +184,15 @@ class ContactRepository:
             return {}
         rows = await self._conn.execute(_QUEUED, {"customers": customers})
         queued: dict[str, list[QueuedSend]] = {}
+        broken: list[str] = []
         for row in rows:
-            queued.setdefault(row.customer_key, []).append(_queued(row))
-        return queued
+            try:
+                queued.setdefault(row.customer_key, []).append(_queued(row))
+            except ValidationError as exc:  # cannot ever be sent: out, so the rest goes on
+                log.error("held_message_unreadable", request_key=row.request_key, error=str(exc))
+                broken.append(row.request_key)
+        await self.dropped(broken)
+        return {customer: sends for customer, sends in queued.items() if sends}
 
     async def next_check(self, partitions: Sequence[int], until: datetime) -> datetime | None:
         found: datetime | None = await self._conn.scalar(
