@@ -282,6 +282,15 @@ async def test_three_mails_of_two_journeys_on_one_day_go_on_three_days_by_priori
     statuses = await shop.sql("SELECT status FROM scheduler.enrollments")
     assert statuses == [("completed",)] * 2  # the cart enrolment waited for its last mail
 
+    async def reported() -> list[Any]:  # the reports read results where the dispatcher's are
+        return await shop.sql(
+            "SELECT request_key, status, reason FROM scheduler.message_results"
+            " WHERE status = 'suppressed'"
+        )
+
+    await eventually(reported, what="the expired mail in the reports' facts")
+    assert await reported() == [(flash, "suppressed", "frequency_cap_expired")]
+
 
 @pytest.mark.parametrize("zone", [BERLIN, TOKYO], ids=["Europe/Berlin", "Asia/Tokyo"])
 async def test_a_mail_due_at_23_customer_time_goes_at_8_next_morning_their_time(
