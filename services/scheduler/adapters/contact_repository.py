@@ -136,8 +136,10 @@ _SHOP_BEST_HOURS = text("""
 
 
 def _queued(row: Any) -> QueuedSend:
+    # The row's customer key, not the one in the stored body: a guest merged into an account
+    # while the message waited is the account now (docs/adr/0004-one-customer.md).
     return QueuedSend(
-        request=MessageRequest.model_validate(row.request),
+        request=MessageRequest.model_validate(row.request | {"customer_key": row.customer_key}),
         priority=row.priority,
         due_at=row.due_at,
         expires_at=row.expires_at,
