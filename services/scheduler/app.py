@@ -7,9 +7,10 @@ from datetime import timedelta
 
 from fastapi import Depends, FastAPI
 
-from services.scheduler.adapters.tables import processed_activities
+from services.scheduler.adapters.tables import contact_log, processed_activities
 from services.scheduler.api import control_router
 from services.scheduler.consumer import ActivityHandler
+from services.scheduler.contact_gate import ContactGate
 from services.scheduler.loops import OutboxPublisher, OutboxRelay, TimerLoop
 from services.scheduler.predictions.api import predictions_router
 from services.scheduler.predictions.service import PredictionRefresher
@@ -38,6 +39,7 @@ from shared.runtime import Loops
 from shared.topics import CUSTOMER_ACTIVITY, ENGAGEMENT_RESULTS, Topics
 
 SERVICE = "scheduler"
+CONTACT_LOG_MARGIN = timedelta(days=1)
 
 
 class SchedulerService:
@@ -62,7 +64,8 @@ class SchedulerService:
             listener=self.assignment,
             session_timeout_ms=settings.kafka_session_timeout_ms,
         )
-        self.runner = Runner(JourneyCatalog(), topics)
+        gate = ContactGate({p.shop_id: p for p in settings.contact_policies})
+        self.runner = Runner(JourneyCatalog(), topics, contact=gate)
         wake_relay, wake_timers = asyncio.Event(), asyncio.Event()
         outbox = OutboxPublisher(self.engine, self.publisher, wake_relay)
         self.timers = TimerLoop(
@@ -124,6 +127,14 @@ class SchedulerService:
         self.predictions = PredictionRefresher(
             settings.database_url, clock, settings.predictions_refresh_s
         )
+        self.contact_pruner = Pruner(  # the contact log only matters within the longest limit
+            self.engine,
+            contact_log,
+            "released_at",
+            clock,
+            gate.longest_period + CONTACT_LOG_MARGIN,
+            settings.prune_interval_s,
+        )
         self._loops = Loops(SERVICE)
         self.app = FastAPI(
             title="Rebound scheduler", description="Journeys, enrolments and durable timers."
@@ -157,6 +168,7 @@ class SchedulerService:
         self._loops.spawn("activities", self.consumer_loop.run)
         self._loops.spawn("results", self.results_loop.run)
         self._loops.spawn("prune", self.pruner.run)
+        self._loops.spawn("prune_contact_log", self.contact_pruner.run)
         if self.settings.predictions_refresh_s > 0:
             self._loops.spawn("predictions", self.predictions.run)
 

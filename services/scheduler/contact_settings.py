@@ -1,11 +1,13 @@
-"""Per-shop contact policy settings: limits over all journeys, quiet hours, default time zone."""
+"""Per-shop contact policy settings: limits over all journeys, quiet hours, default time zone
+and best hour, and whether service mail counts (REBOUND_SCHEDULER_CONTACT_POLICIES)."""
 
 from __future__ import annotations
 
 from datetime import time, timedelta
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.scheduler.domain.contact_policy import ContactLimit, ContactPolicy, QuietHours
 from shared.clock import parse_duration
@@ -25,6 +27,14 @@ class QuietConfig(_Strict):
     to: time = Field(description="Local time they end, e.g. 08:00.")
 
 
+def known_zone(value: str) -> bool:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 class ShopContactPolicy(_Strict):
     shop_id: str = Field(min_length=1)
     limits: list[LimitConfig] = Field(default_factory=list)
@@ -32,20 +42,38 @@ class ShopContactPolicy(_Strict):
     time_zone: str = Field(
         default="UTC", description="For customers whose time zone the facts do not know."
     )
+    best_hour: int | None = Field(
+        default=None,
+        ge=0,
+        le=23,
+        description="send_at: best_hour for a customer with no usual hour while the shop has "
+        "no opens yet (local time); unset: such a message goes when due.",
+    )
+    # Service mail: journeys with `consent: none` (e.g. cart reminders where the law allows).
+    # exempt: not counted and never deferred by the limits, but quiet hours still apply;
+    # counted: held and counted like marketing mail.
+    service_mail: Literal["exempt", "counted"] = "exempt"
 
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
+        if not known_zone(value):
+            raise ValueError(f"unknown time zone {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _can_be_met(self) -> ShopContactPolicy:
+        self.policy()  # quiet hours from and to the same time, say, are refused when loaded
+        return self
 
     def policy(self) -> ContactPolicy:
         limits = tuple(ContactLimit(c.count, parse_duration(c.per)) for c in self.limits)
         quiet = self.quiet_hours
         return ContactPolicy(limits, None if quiet is None else QuietHours(quiet.from_, quiet.to))
+
+    def counts(self, consent_required: bool) -> bool:
+        """Whether a message takes a slot of the limits: marketing mail always."""
+        return consent_required or self.service_mail == "counted"
 
     @property
     def longest_period(self) -> timedelta:

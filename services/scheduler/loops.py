@@ -1,8 +1,9 @@
 """The scheduler's background work: fire due timers in sets, publish what commits wrote.
 
-A pass claims up to `batch` due timers in one statement and fires them in one transaction;
-its events are published from memory right after the commit (`OutboxPublisher`), and the
-`OutboxRelay` sends whatever a crash or a broker outage left in the outbox.
+A pass claims up to `batch` due timers in one statement and fires them in one transaction,
+then lets the contact gate release the held messages the shop's policy allows now (its own
+transaction); the events are published from memory right after the commits
+(`OutboxPublisher`), and the `OutboxRelay` sends whatever a crash or a broker outage left.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ class TimerLoop:
                 self._publishing.cancel()
 
     async def fire_due(self) -> int:
-        """One pass, published before it returns; the number of timers claimed."""
+        """One pass, published before it returns; the number of timers claimed (or of
+        customers whose held messages were looked at, if more)."""
         fired, published = await self._pass()
         await self.outbox.publish(published)
         return fired
@@ -169,7 +171,26 @@ class TimerLoop:
         if fired:
             metrics.TIMERS_FIRED.labels(SERVICE).inc(fired)
             log.info("timers_fired", count=fired, at=now.isoformat())
-        return fired, published
+        looked, released = await self._release_held(partitions, now)
+        return max(fired, looked), _merge([published, released])
+
+    async def _release_held(self, partitions: list[int], now: datetime) -> tuple[int, Published]:
+        """The contact gate's step: held messages whose moment came, into the outbox."""
+        try:
+            async with self.engine.begin() as conn:
+                looked, ids, messages = await self.runner.contact.release_to_outbox(
+                    conn, self.runner.topics, partitions, now, self.batch
+                )
+        except Exception as exc:
+            error = translate(exc)
+            if errors.classify(error) is errors.Transient:
+                raise error from exc
+            metrics.ERRORS.labels(SERVICE, "contact_release").inc()
+            log.error("contact_release_failed", error=errors.describe(exc))
+            return 0, Published([], [])
+        if ids:
+            log.info("held_messages_released", count=len(ids), at=now.isoformat())
+        return looked, Published(ids, messages)
 
     async def _set_pass(self, partitions: list[int], now: datetime) -> tuple[int, Published]:
         async with self.engine.begin() as conn:
@@ -247,10 +268,12 @@ class TimerLoop:
         if partitions:
             async with self.engine.connect() as conn:
                 horizon = now + timedelta(seconds=self.poll_interval_s)
-                next_due = await BatchRepository(conn).next_due_at(partitions, horizon)
+                timer = await BatchRepository(conn).next_due_at(partitions, horizon)
+                held = await self.runner.contact.next_check(conn, partitions, horizon)
+            segment = None
             if self.segments is not None:
-                segment_due = await self.segments.next_due_at(partitions, horizon)
-                next_due = min(filter(None, (next_due, segment_due)), default=None)
+                segment = await self.segments.next_due_at(partitions, horizon)
+            next_due = min((t for t in (timer, held, segment) if t is not None), default=None)
         clock_s, real_s = self.poll_interval_s, self.poll_interval_s
         if next_due is not None:
             clock_s = (next_due - now).total_seconds()

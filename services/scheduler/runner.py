@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.scheduler.adapters.contact_repository import ContactRepository
 from services.scheduler.adapters.engagement_repository import EngagementRepository
 from services.scheduler.adapters.repository import (
     BatchRepository,
@@ -29,6 +30,7 @@ from services.scheduler.adapters.repository import (
     TimerRow,
     Writes,
 )
+from services.scheduler.contact_gate import ContactGate, DueSend
 from services.scheduler.domain import engine
 from services.scheduler.domain.engine import Enrollment
 from services.scheduler.domain.facts import (
@@ -157,6 +159,7 @@ class Runner:
     catalog: JourneyCatalog
     topics: Topics
     engagement: EngagementRepository = field(default_factory=EngagementRepository)
+    contact: ContactGate = field(default_factory=ContactGate)  # when marketing mail may go
 
     async def fire_timers(
         self, conn: AsyncConnection, due: Sequence[DueTimer], now: datetime
@@ -313,7 +316,11 @@ class Runner:
                 request = self._message_request(tracked, action, customer, now)
                 if request is not None:
                     requests.append(request)
+        due = _due_sends(plan, {r.request_key: m for r, m, _ in requests}, now)
+        _stay_while_held(plan, {d.request.request_key for d in due if self.contact.governs(d)})
         fresh = await repo.write(plan.writes([r for r, _, _ in requests]), now)
+        due = [d for d in due if d.request.request_key in fresh]
+        fresh -= await self.contact.hold(ContactRepository(repo.connection), due, now)
         messages = self._messages(plan, {r.request_key: (m, c) for r, m, c in requests}, fresh, now)
         ids = await repo.add_outbox(messages, now)
         return Published(ids, messages, plan.earliest_timer())
@@ -461,6 +468,41 @@ def _scoped(
     message, sent = last if last is not None else (None, 0)
     view = EnrollmentView(journey.id, step.id, enrollment.entered_at, enrollment.holdout, sent)
     return for_enrollment(facts, view, message)
+
+
+def _due_sends(plan: _Plan, requests: dict[str, MessageRequest], now: datetime) -> list[DueSend]:
+    """The requests with what the contact policy weighs (test mode goes as due: its mail is
+    not the customer's and must not use up their slots)."""
+    due: dict[str, DueSend] = {}
+    for tracked, action, customer in plan.actions:
+        if not isinstance(action, engine.RequestMessage) or tracked.journey.test_mode:
+            continue
+        request = requests.get(_request_key(tracked, action))
+        if request is None:
+            continue
+        profile, send = customer.profile, action.send
+        due[request.request_key] = DueSend(
+            request,
+            now,
+            tracked.journey.priority,
+            send.expiry,
+            send.send_at == "best_hour",
+            profile.time_zone,
+            profile.usual_open_hour,
+        )
+    return list(due.values())
+
+
+def _stay_while_held(plan: _Plan, held: set[str]) -> None:
+    """An enrolment whose last step is a message the contact policy holds is not completed
+    yet: an exit rule (an order) still stops that message. The gate completes it on release."""
+    for tracked, action, _ in plan.actions:
+        if (
+            isinstance(action, engine.RequestMessage)
+            and tracked.enrollment.status == "completed"
+            and _request_key(tracked, action) in held
+        ):
+            tracked.enrollment = replace(tracked.enrollment, status="active")
 
 
 def _request_key(tracked: _Tracked, action: engine.RequestMessage) -> str:

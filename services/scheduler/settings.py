@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.scheduler.contact_settings import ShopContactPolicy
 from shared.settings import ServiceSettings
 
 DEFAULT_JOURNEYS_DIR = Path(__file__).parent / "journeys"
@@ -58,3 +59,18 @@ class SchedulerSettings(ServiceSettings):
         description="Bearer token (or HTTP basic password, any user) of the control plane: "
         "journeys, segments, reports, exports and /dashboard. Unset: those answer 503.",
     )
+    contact_policies: list[ShopContactPolicy] = Field(
+        default_factory=list,
+        description="JSON list in REBOUND_SCHEDULER_CONTACT_POLICIES, per shop: limits over "
+        "all journeys, quiet hours, default time zone and best hour, whether service mail "
+        "counts (docs/adr/0003-contact-policy.md). A shop without an entry: mail goes as due.",
+    )
+
+    @field_validator("contact_policies")
+    @classmethod
+    def _one_policy_per_shop(cls, value: list[ShopContactPolicy]) -> list[ShopContactPolicy]:
+        shops = [p.shop_id for p in value]
+        twice = sorted({s for s in shops if shops.count(s) > 1})
+        if twice:
+            raise ValueError(f"contact_policies: more than one entry for {twice}")
+        return value

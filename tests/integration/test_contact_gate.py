@@ -4,12 +4,14 @@ recorded expired; quiet hours in the customer's zone; nothing lost or repeated o
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.contact_repository import ContactRepository
@@ -28,6 +30,7 @@ POLICY = ShopContactPolicy(
     quiet_hours=QuietConfig(**{"from": time(21), "to": time(8)}),
     time_zone="Europe/Berlin",
 )
+PARTITIONS = [0]  # no customer facts stored here: the customers are anyone's
 ONE_A_DAY = POLICY.model_copy(update={"limits": [LimitConfig(count=1, per="1d")]})
 
 
@@ -56,12 +59,12 @@ def request(key: str, journey: str, customer: str = "shop-1:c:1") -> MessageRequ
 
 async def hold(engine: AsyncEngine, gate: ContactGate, *sends: DueSend) -> None:
     async with engine.begin() as conn:
-        await gate.hold(ContactRepository(conn), sends)
+        await gate.hold(ContactRepository(conn), sends, sends[0].due_at)
 
 
 async def release(engine: AsyncEngine, gate: ContactGate, now: datetime) -> Released:
     async with engine.begin() as conn:
-        return await gate.release(ContactRepository(conn), now, limit=100)
+        return await gate.release(ContactRepository(conn), PARTITIONS, now, limit=100)
 
 
 async def run_until(
@@ -146,7 +149,7 @@ async def test_a_pass_rolled_back_loses_nothing_and_a_committed_one_sends_nothin
     await hold(engine, gate, DueSend(request("cart:3:reminder", "abandoned-cart"), now))
     async with engine.connect() as conn:  # a crash before the commit
         transaction = await conn.begin()
-        crashed = await gate.release(ContactRepository(conn), now, limit=100)
+        crashed = await gate.release(ContactRepository(conn), PARTITIONS, now, limit=100)
         await transaction.rollback()
     assert [r.request_key for r in crashed.send] == ["cart:3:reminder"]
 
@@ -155,3 +158,61 @@ async def test_a_pass_rolled_back_loses_nothing_and_a_committed_one_sends_nothin
     again = await release(engine, restarted, now + timedelta(days=1))
     assert [r.request_key for r in first.send] == ["cart:3:reminder"]
     assert again.send == [] and again.expired == []
+
+
+async def add_customer(
+    engine: AsyncEngine, key: str, partition: int, usual_hour: int | None, opens: int
+) -> None:
+    profile = {"key": key, "shop_id": SHOP, "email": None, "opens_90d": opens}
+    if usual_hour is not None:
+        profile["usual_open_hour"] = usual_hour
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO scheduler.customers (customer_key, shop_id, partition, profile,"
+                " updated_at) VALUES (:key, :shop, :partition, CAST(:profile AS jsonb), now())"
+            ),
+            {"key": key, "shop": SHOP, "partition": partition, "profile": json.dumps(profile)},
+        )
+
+
+async def test_best_hour_without_the_customers_own_is_the_shops_from_all_opens(
+    engine: AsyncEngine,
+) -> None:
+    due = datetime(2026, 3, 2, 9, 0, tzinfo=BERLIN)
+    clock = ManualClock(due.astimezone(UTC))
+    await add_customer(engine, "shop-1:c:2", 0, usual_hour=18, opens=5)
+    await add_customer(engine, "shop-1:c:3", 0, usual_hour=12, opens=2)
+    await add_customer(engine, "shop-1:c:4", 0, usual_hour=12, opens=2)
+    gate = ContactGate({SHOP: POLICY.model_copy(update={"best_hour": 10})})
+    send = DueSend(request("win:5:reason", "win-back", "shop-1:c:9"), due, best_hour=True)
+    await hold(engine, gate, send)
+    went = await run_until(engine, gate, clock, due + timedelta(days=1))
+    assert [at.astimezone(BERLIN).hour for _, at in went] == [18]  # 5 opens at 18 beat 4 at 12
+
+
+async def test_best_hour_of_a_shop_without_opens_is_its_configured_one(
+    engine: AsyncEngine,
+) -> None:
+    due = datetime(2026, 3, 2, 9, 0, tzinfo=BERLIN)
+    clock = ManualClock(due.astimezone(UTC))
+    gate = ContactGate({SHOP: POLICY.model_copy(update={"best_hour": 10})})
+    send = DueSend(request("win:6:reason", "win-back"), due, best_hour=True)
+    await hold(engine, gate, send)
+    went = await run_until(engine, gate, clock, due + timedelta(days=1))
+    assert [at.astimezone(BERLIN).hour for _, at in went] == [10]
+
+
+async def test_an_instance_releases_only_the_customers_of_its_partitions(
+    engine: AsyncEngine,
+) -> None:
+    now = datetime(2026, 3, 2, 10, 0, tzinfo=BERLIN)
+    await add_customer(engine, "shop-1:c:7", 1, usual_hour=None, opens=0)
+    gate = ContactGate({SHOP: POLICY})
+    await hold(engine, gate, DueSend(request("cart:7:reminder", "cart", "shop-1:c:7"), now))
+    async with engine.begin() as conn:
+        other = await gate.release(ContactRepository(conn), [0], now, limit=100)
+    async with engine.begin() as conn:
+        owner = await gate.release(ContactRepository(conn), [1], now, limit=100)
+    assert other.send == []
+    assert [r.request_key for r in owner.send] == ["cart:7:reminder"]

@@ -162,6 +162,10 @@ class BatchRepository:
         self._conn = conn
         self._driver_conn: Any = None
 
+    @property
+    def connection(self) -> AsyncConnection:
+        return self._conn
+
     async def _driver(self) -> Any:
         """The asyncpg connection of this transaction (same connection, same transaction)."""
         if self._driver_conn is None:

@@ -187,3 +187,27 @@ journey_enrolment_counts = sa.Table(
     sa.Column("journey_id", sa.Text, primary_key=True),
     sa.Column("enrolled", sa.BigInteger, nullable=False),
 )
+contact_queue = sa.Table(
+    "contact_queue",
+    metadata,
+    sa.Column("request_key", sa.Text, primary_key=True),
+    sa.Column("shop_id", sa.Text, nullable=False),
+    sa.Column("customer_key", sa.Text, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("due_at", TS, nullable=False),
+    sa.Column("expires_at", TS),
+    sa.Column("time_zone", sa.Text, nullable=False),
+    sa.Column("request", JSONB, nullable=False),
+    sa.Column("check_at", TS, nullable=False),
+    sa.Index("contact_queue_due", "check_at"),
+    sa.Index("contact_queue_customer", "customer_key"),
+)
+contact_log = sa.Table(
+    "contact_log",
+    metadata,
+    sa.Column("request_key", sa.Text, primary_key=True),
+    sa.Column("shop_id", sa.Text, nullable=False),
+    sa.Column("customer_key", sa.Text, nullable=False),
+    sa.Column("released_at", TS, nullable=False),
+    sa.Index("contact_log_customer", "customer_key", "released_at"),
+)

@@ -8,7 +8,8 @@ when it stops being relevant (`expires_after`). Several waiting for one slot go 
 their order within a priority.
 
 Limits are rolling windows ("at most 2 in 7 days" looks at any 7 x 24 h), which also implies
-the calendar reading ("1 a day" never puts two on one date).
+the calendar reading ("1 a day" never puts two on one date). A message that is not counted
+(service mail the shop exempts from its limits) still keeps quiet hours but takes no slot.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Waiting:
     due_at: datetime
     priority: int = 0  # higher goes first
     expires_at: datetime | None = None
+    counted: bool = True  # takes a slot of the limits (marketing mail)
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,28 @@ def plan(
         key=lambda w: (-w.priority, w.due_at, w.key),
     )
     history = list(sent)
+    quiet_now = _leave_quiet_hours(policy.quiet, zone, now) != now
     going: list[str] = []
-    while queue and _allowed(policy, zone, history, now):
-        going.append(queue.pop(0).key)
-        history.append(now)
-    held = tuple(w.key for w in queue)
+    held: list[Waiting] = []
+    for waiting_one in queue:
+        if quiet_now or (waiting_one.counted and not _allowed(policy, zone, history, now)):
+            held.append(waiting_one)
+            continue
+        going.append(waiting_one.key)
+        if waiting_one.counted:
+            history.append(now)
     later = [w.due_at for w in waiting if w.due_at > now and w.key not in expired]
-    wake_candidates = later + ([next_slot(policy, zone, history, now)] if held else [])
-    return Plan(tuple(going), expired, min(wake_candidates, default=None), held)
+    kinds = {w.counted: w for w in held}  # one held message of each kind says when
+    wake = later + [_slot_for(w, policy, zone, history, now) for w in kinds.values()]
+    return Plan(tuple(going), expired, min(wake, default=None), tuple(w.key for w in held))
+
+
+def _slot_for(
+    waiting: Waiting, policy: ContactPolicy, zone: ZoneInfo, sent: Sequence[datetime], now: datetime
+) -> datetime:
+    if waiting.counted:
+        return next_slot(policy, zone, sent, now)
+    return _leave_quiet_hours(policy.quiet, zone, now)
 
 
 def next_slot(

@@ -25,9 +25,6 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-# The contact gate (priority, send_at, expires_after) is built but not yet in the timer pass.
-CONTACT_GATE_WIRED = False
-
 Duration = Annotated[str, Field(pattern=r"^(\d+[smhdw])+$", examples=["3h", "48h", "90d"])]
 
 
@@ -278,24 +275,6 @@ class Journey(Model):
     exit: list[Exit] = Field(default_factory=list)
     limits: Limits = Limits()
     steps: list[Step] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _contact_fields_run(self) -> Journey:
-        """Refused until the timer pass holds sends in the contact gate (contact_gate.py): a
-        field that parses but does nothing would mislead the shop."""
-        if CONTACT_GATE_WIRED:
-            return self
-        used = ["priority"] if self.priority else []
-        for step in self.steps:
-            if step.send is not None and step.send.send_at != "due":
-                used.append(f"{step.id}.send_at")
-            if step.send is not None and step.send.expires_after is not None:
-                used.append(f"{step.id}.expires_after")
-        if used:
-            raise ValueError(
-                f"{', '.join(used)}: the contact policy is not run by this scheduler yet"
-            )
-        return self
 
     @field_validator("steps")
     @classmethod

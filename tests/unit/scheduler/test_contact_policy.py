@@ -90,3 +90,18 @@ def test_a_policy_that_can_never_be_met_is_refused() -> None:
         QuietHours(time(8), time(8))
     with pytest.raises(ValueError):
         ContactLimit(0, timedelta(days=1))
+
+
+def test_service_mail_the_shop_exempts_keeps_quiet_hours_but_takes_no_slot() -> None:
+    day = _local(BERLIN, 2026, 3, 2, 9, 0)
+    waiting = [
+        Waiting("winback-1", day, priority=1),
+        Waiting("cart-1", day, priority=10, counted=False),
+    ]
+    now_ = plan(ONE_A_DAY, BERLIN, [day - timedelta(hours=1)], waiting, day)
+    assert now_.send_now == ("cart-1",) and now_.held == ("winback-1",)
+    assert now_.wake_at == day + timedelta(hours=23)
+    night = _local(BERLIN, 2026, 3, 2, 22, 0)
+    at_night = plan(ONE_A_DAY, BERLIN, [], [Waiting("cart-2", night, counted=False)], night)
+    assert at_night.send_now == ()
+    assert at_night.wake_at == _local(BERLIN, 2026, 3, 3, 8, 0)

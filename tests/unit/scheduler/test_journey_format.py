@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from services.scheduler.domain import journey as journey_module
 from services.scheduler.domain.conditions import Leaf
 from services.scheduler.domain.journey import parse_journey
 
@@ -108,16 +107,11 @@ CONTACT_FIELDS = (
 )
 
 
-def test_contact_fields_are_refused_while_the_scheduler_does_not_run_them() -> None:
-    refused = r"priority, a\.send_at, a\.expires_after: the contact"
-    with pytest.raises(ValidationError, match=refused):
-        parse_journey(CONTACT_FIELDS)
-
-
-def test_contact_fields_parse_once_the_gate_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(journey_module, "CONTACT_GATE_WIRED", True)
+def test_contact_fields_parse_and_a_wrong_one_is_refused() -> None:
     journey = parse_journey(CONTACT_FIELDS)
     send = journey.steps[0].send
     assert journey.priority == 100
     assert send is not None and send.send_at == "best_hour"
     assert send.expiry is not None and send.expiry.days == 2
+    with pytest.raises(ValidationError, match="send_at"):
+        parse_journey(CONTACT_FIELDS.replace("best_hour", "noon"))
