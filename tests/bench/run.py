@@ -25,13 +25,14 @@ from services.ingest.adapters.tables import SCHEMA
 from services.ingest.app import MIGRATIONS_DIR
 from shared.db import upgrade
 from shared.kafka import ensure_topics
-from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics, dlq
+from shared.topics import CUSTOMER_ACTIVITY, EMAIL_EVENTS, SHOP_EVENTS, Topics, dlq
 from tests.bench import consumer as cbench
 from tests.bench import importer as ibench
 from tests.bench import mail as mbench
 from tests.bench import predictions as pbench
 from tests.bench import segments as sbench
 from tests.bench import timers as tbench
+from tests.bench.tracking import TRACKING_KEYS_JSON
 from tests.bench.webhooks import SHOPS_JSON
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +47,8 @@ PARTITIONS = 3
 WEBHOOK_PREFIX = "wh."
 NAIVE_WEBHOOK_PREFIX = "whnaive."
 CONSUMER_PREFIX = "cons."
+TRACKING_PREFIX = "trk."
+NAIVE_TRACKING_PREFIX = "trknaive."
 NAIVE_CONSUMER_GROUP = "naive-orm"
 
 
@@ -81,7 +84,8 @@ def stack() -> Iterator[Stack]:
             pg.psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             pg.psql(f'CREATE DATABASE "{database}"')
             upgrade(MIGRATIONS_DIR, result.url_of(database), SCHEMA)
-        for prefix in (WEBHOOK_PREFIX, NAIVE_WEBHOOK_PREFIX, CONSUMER_PREFIX):
+        prefixes = (WEBHOOK_PREFIX, NAIVE_WEBHOOK_PREFIX, CONSUMER_PREFIX)
+        for prefix in (*prefixes, TRACKING_PREFIX, NAIVE_TRACKING_PREFIX):
             asyncio.run(ensure_topics(result.bootstrap, Topics(prefix).all_with_dlq(), PARTITIONS))
         yield result
     finally:
@@ -99,6 +103,7 @@ def ingest_env(s: Stack, role: str, port: int, prefix: str) -> dict[str, str]:
         "REBOUND_INGEST_TOPIC_PREFIX": prefix,
         "REBOUND_INGEST_ROLE": role,
         "REBOUND_INGEST_SHOPS": SHOPS_JSON,
+        "REBOUND_INGEST_TRACKING_KEYS": TRACKING_KEYS_JSON,
         "REBOUND_INGEST_LOG_LEVEL": "WARNING",
         "REBOUND_INGEST_WORKERS": "1",  # figures are per process
     }
@@ -218,15 +223,22 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
+WEBHOOK_LOAD = ("-m", "tests.bench.webhooks")
+
+
 def load(
-    proc: subprocess.Popen[bytes], port: int, connections: int, args: argparse.Namespace
+    proc: subprocess.Popen[bytes],
+    port: int,
+    connections: int,
+    args: argparse.Namespace,
+    generator: tuple[str, ...] = WEBHOOK_LOAD,
 ) -> dict[str, Any]:
+    """One round of the load generator (its own process) against `port`; the server's CPU."""
     cpu_before, wall_before = cpu_s(proc.pid), time.perf_counter()
     out = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "tests.bench.webhooks",
+            *generator,
             "--port",
             str(port),
             "--connections",
@@ -248,6 +260,40 @@ def load(
     wall = time.perf_counter() - wall_before
     result["server_cpu_pct"] = round(100 * (cpu_s(proc.pid) - cpu_before) / wall, 1)
     return result
+
+
+# --- (f) tracking ------------------------------------------------------------------------------
+
+TRACKING_PATHS = ("webhook", "naive open", "open", "naive click", "click")
+TRACKING_LOAD = ("-m", "tests.bench.tracking", "--kind")
+
+
+def bench_tracking(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    """Pixel and click on one ingest api process beside the naive peer, and the same process's
+    webhook figures in the same alternating rounds (the issue's yardstick)."""
+    port = devstack.free_port()
+    naive_args = ["-m", "tests.bench.naive_tracking", "--port", str(port)]
+    naive_args += ["--bootstrap", s.bootstrap, "--topic", NAIVE_TRACKING_PREFIX + EMAIL_EVENTS]
+    levels: list[dict[str, Any]] = []
+    with (
+        process(naive_args, peer_env(), "naive-tracking.log") as naive_proc,
+        ingest(s, "api", TRACKING_PREFIX) as (rebound_proc, rebound_port),
+    ):
+        wait_ready(port, naive_proc, path="/healthz")
+        wait_ready(rebound_port, rebound_proc)
+        servers = {"naive": (naive_proc, port), "rebound": (rebound_proc, rebound_port)}
+        for conns in args.connections:
+            rounds: dict[str, list[dict[str, Any]]] = {path: [] for path in TRACKING_PATHS}
+            for n in range(args.rounds):
+                log(f"tracking: {conns} connections, round {n + 1} of {args.rounds}")
+                for path in TRACKING_PATHS:
+                    proc, at = servers["naive" if path.startswith("naive") else "rebound"]
+                    kind = path.removeprefix("naive ")
+                    generator = WEBHOOK_LOAD if kind == "webhook" else (*TRACKING_LOAD, kind)
+                    rounds[path].append(load(proc, at, conns, args, generator))
+            levels.append({path: median_round(r) for path, r in rounds.items()})
+    produced = asyncio.run(cbench.end_offsets(s.bootstrap, TRACKING_PREFIX + EMAIL_EVENTS))
+    return {"levels": levels, "rebound_email_events_on_topic": produced}
 
 
 # --- (b) consumer ------------------------------------------------------------------------------
@@ -360,6 +406,41 @@ def webhook_table(w: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def tracking_table(t: dict[str, Any]) -> list[str]:
+    lines = [
+        "(f) tracking: pixel GET /t/o/{token}, click GET /t/c/{token} (302), one ingest process",
+        "    naive: plain FastAPI routes, the same token check, one send_and_wait per request",
+        "    Rebound answers once the event is handed to the producer (an open may be lost,",
+        "    a reader is never kept waiting); /webhook: tracking req/s over the same process's",
+        "    webhook req/s (the issue's target: at least 1.0x)",
+        f"{'conns':>6} {'path':>7} | {'naive req/s':>11} {'p50':>6} {'p99':>6} {'cpu%':>5} | "
+        f"{'Rebound req/s':>13} {'p50':>6} {'p99':>6} {'cpu%':>5} {'errors':>6} | "
+        f"{'ratio':>6} {'/webhook':>8}",
+    ]
+    for level in t["levels"]:
+        hook = level["webhook"]
+        lines.append(
+            f"{hook['connections']:>6} {'webhook':>7} | {'':>11} {'':>6} {'':>6} {'':>5} | "
+            f"{hook['requests_per_s']:>13.0f} {hook['p50_ms']:>6.1f} {hook['p99_ms']:>6.1f} "
+            f"{hook['server_cpu_pct']:>5.0f} {hook['errors']:>6} |"
+        )
+        for kind, name in (("open", "pixel"), ("click", "click")):
+            n, r = level[f"naive {kind}"], level[kind]
+            lines.append(
+                f"{r['connections']:>6} {name:>7} | {n['requests_per_s']:>11.0f} "
+                f"{n['p50_ms']:>6.1f} {n['p99_ms']:>6.1f} {n['server_cpu_pct']:>5.0f} | "
+                f"{r['requests_per_s']:>13.0f} {r['p50_ms']:>6.1f} {r['p99_ms']:>6.1f} "
+                f"{r['server_cpu_pct']:>5.0f} {r['errors'] + n['errors']:>6} | "
+                f"{ratio(r['requests_per_s'], n['requests_per_s']):>6} "
+                f"{ratio(r['requests_per_s'], hook['requests_per_s']):>8}"
+            )
+    lines.append(
+        f"    median of alternating rounds; latencies in ms, measured by the client; "
+        f"email.events produced by Rebound: {t['rebound_email_events_on_topic']}"
+    )
+    return [*lines, ""]
+
+
 def consumer_table(c: dict[str, Any]) -> list[str]:
     n, r = c["naive"], c["rebound"]
     return [
@@ -390,6 +471,8 @@ def table(results: dict[str, Any]) -> str:
     ]
     if "webhooks" in results:
         lines += webhook_table(results["webhooks"])
+    if "tracking" in results:
+        lines += tracking_table(results["tracking"])
     if "consumer" in results:
         lines += consumer_table(results["consumer"])
     if "mail" in results:
@@ -447,7 +530,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        choices=["webhooks", "consumer", "mail", "timers", "import", "predictions", "segments"],
+        choices=[
+            "webhooks",
+            "tracking",
+            "consumer",
+            "mail",
+            "timers",
+            "import",
+            "predictions",
+            "segments",
+        ],
     )
     return parser.parse_args(argv)
 
@@ -463,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
     with stack() as s:
         if args.only in (None, "webhooks"):
             results["webhooks"] = bench_webhooks(s, args)
+        if args.only in (None, "tracking"):
+            results["tracking"] = bench_tracking(s, args)
         if args.only in (None, "consumer"):
             results["consumer"] = bench_consumer(s, args)
         if args.only in (None, "mail"):

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import uvloop
 
@@ -35,6 +35,12 @@ SHOPS_JSON = json.dumps(
     [{"shop_id": "bench", "shopify_domain": SHOP_DOMAIN, "shopify_secret": SHOP_SECRET}]
 )
 _ID_PREFIX = f"{os.getpid() & 0xFFFFFFFF:08x}-0000-4000-8000-"
+
+
+class Requests(Protocol):
+    """The bytes of request number n (a keep-alive HTTP/1.1 request)."""
+
+    def render(self, n: int) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ class Tally:
 class Connection(asyncio.Protocol):
     """One keep-alive connection that always has exactly one request in flight."""
 
-    def __init__(self, template: RequestTemplate, ids: itertools.count[int], tally: Tally) -> None:
+    def __init__(self, template: Requests, ids: itertools.count[int], tally: Tally) -> None:
         self._template = template
         self._ids = ids
         self._tally = tally
@@ -133,9 +139,12 @@ def percentile_ms(sorted_s: list[float], p: float) -> float:
     return round(sorted_s[index] * 1000, 2)
 
 
-async def load(port: int, connections: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
+async def load(
+    template: Requests, port: int, connections: int, duration_s: float, warmup_s: float
+) -> dict[str, Any]:
+    """Closed-loop load; a 2xx or 3xx answer counts as done (a click redirect is a 302)."""
     loop = asyncio.get_running_loop()
-    template, ids, tally = checkout_request(port), itertools.count(), Tally()
+    ids, tally = itertools.count(), Tally()
     conns: list[Connection] = []
     for _ in range(connections):
         _, proto = await loop.create_connection(
@@ -152,13 +161,13 @@ async def load(port: int, connections: int, duration_s: float, warmup_s: float) 
         conn.stopping = True
     await asyncio.wait([c.closed for c in conns], timeout=10)
     latencies = sorted(tally.latencies_s)
-    ok = sum(n for status, n in tally.statuses.items() if 200 <= status < 300)
+    ok = sum(n for status, n in tally.statuses.items() if 200 <= status < 400)
     cpu_s = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     return {
         "connections": connections,
         "duration_s": round(elapsed_s, 2),
         "requests": len(latencies),
-        "ok_2xx": ok,
+        "ok": ok,
         "errors": len(latencies) - ok + sum(tally.failures.values()),
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
         "connection_failures": dict(tally.failures),
@@ -178,7 +187,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     args = parser.parse_args()
-    result = uvloop.run(load(args.port, args.connections, args.duration, args.warmup))
+    template = checkout_request(args.port)
+    report(uvloop.run(load(template, args.port, args.connections, args.duration, args.warmup)))
+
+
+def report(result: dict[str, Any]) -> None:
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 
