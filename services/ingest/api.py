@@ -515,20 +515,40 @@ def install_error_handlers(app: FastAPI) -> None:
 # --- the hot path, without FastAPI's machinery --------------------------------------------------
 
 
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, raw headers, body
+# Answers GET <prefix><last path segment> from that segment and the request's scope.
+LeanGet = Callable[[str, Scope], Reply]
+
+
 class IngestApp(FastAPI):
-    """FastAPI, except that the POST paths in `lean_posts` go straight to a `Delivery`."""
+    """FastAPI, except that the POST paths in `lean_posts` go straight to a `Delivery`, and a
+    GET of a path in `lean_gets` (keyed by all of it up to the last slash) to a `LeanGet`."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.lean_posts: dict[str, Delivery] = {}
+        self.lean_gets: dict[str, LeanGet] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            deliver = self.lean_posts.get(scope["path"])
-            if deliver is not None:
-                await _lean(deliver, scope, receive, send)
-                return
+        if scope["type"] == "http":
+            if scope["method"] == "POST":
+                deliver = self.lean_posts.get(scope["path"])
+                if deliver is not None:
+                    await _lean(deliver, scope, receive, send)
+                    return
+            elif scope["method"] == "GET":
+                path: str = scope["path"]
+                cut = path.rfind("/") + 1
+                answer = self.lean_gets.get(path[:cut])
+                if answer is not None and cut < len(path):
+                    await _send(send, *answer(path[cut:], scope))
+                    return
         await super().__call__(scope, receive, send)
+
+
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _lean(deliver: Delivery, scope: Scope, receive: Receive, send: Send) -> None:
@@ -544,11 +564,4 @@ async def _lean(deliver: Delivery, scope: Scope, receive: Receive, send: Send) -
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
     status, body = await deliver(headers, b"".join(chunks))
     content_length = (b"content-length", str(len(body)).encode())
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*_JSON_HEADERS, content_length],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _send(send, status, [*_JSON_HEADERS, content_length], body)

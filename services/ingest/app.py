@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.broker import KafkaEventSink
@@ -33,7 +33,7 @@ from services.ingest.handler import FactsHandler
 from services.ingest.read_api import read_router
 from services.ingest.settings import IngestSettings, ShopConfig, facts_settings_for
 from services.ingest.stages import StageSweeper
-from services.ingest.tracking import tracking_router
+from services.ingest.tracking import TrackingEdge
 from shared.clock import Clock, parse_duration
 from shared.db import make_engine, ping
 from shared.http import ReadinessCheck, ops_router
@@ -120,7 +120,9 @@ class IngestService:
             app.include_router(woocommerce_router(shops, self._sink, self._clock))
             app.include_router(events_router(shops, self._sink, self._clock))
             if self.settings.tracking_keys:
-                app.include_router(self._tracking_router())
+                edge = self._tracking_edge()
+                app.include_router(edge.router())
+                app.lean_gets.update(edge.lean_gets())
             app.include_router(
                 read_router(self._read_engine, self._clock, self.settings.admin_token)
             )
@@ -133,11 +135,11 @@ class IngestService:
             self._engine = make_engine(self.settings.database_url, pool_size=2)
         return self._engine
 
-    def _tracking_router(self) -> APIRouter:
+    def _tracking_edge(self) -> TrackingEdge:
         s = self.settings
         max_age = timedelta(days=s.tracking_max_age_days)
         signer = TokenSigner(s.tracking_keys)
-        return tracking_router(signer, self._email_sink, self._clock, max_age)
+        return TrackingEdge(signer, self._email_sink, self._clock, max_age)
 
     async def start(self) -> None:
         """Returns at once; the broker and database connections come up in the background."""

@@ -1,9 +1,11 @@
 """Producing e-mail events from the tracking endpoints, on the ingest producer.
 
 An unsubscribe waits for the broker's acknowledgement (it must never be lost); an open or a
-click is handed to the producer and answered at once, because a pixel or a redirect that
-waits on the broker makes the reader wait, and one lost open costs little. At most
-MAX_IN_FLIGHT of those are pending; beyond that they are dropped and counted.
+click is queued and answered at once, because a pixel or a redirect that waits on the broker
+makes the reader wait, and one lost open costs little. One background task hands what was
+queued meanwhile to the producer as one record batch per partition, so a request costs an
+append to a list, not a produce of its own. At most MAX_QUEUED wait; beyond that they are
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from shared.events import CloudEvent
 from shared.logging import get_logger
 
 log = get_logger(__name__)
-MAX_IN_FLIGHT = 10_000
+MAX_QUEUED = 10_000
+_DROPPED = metrics.ERRORS.labels("ingest", "tracking_event_dropped")
+_LOST = metrics.ERRORS.labels("ingest", "tracking_event_lost")
 
 
 class EmailEventSink(Protocol):
@@ -27,8 +31,8 @@ class EmailEventSink(Protocol):
         """Return once the broker acknowledged; else raise BrokerUnavailable."""
         ...
 
-    def emit_soon(self, key: str, event: CloudEvent) -> None:
-        """Produce in the background; never raises, never waits."""
+    def emit_soon(self, key: str, value: bytes) -> None:
+        """Queue an encoded event for the producer; never raises, never waits."""
         ...
 
 
@@ -37,7 +41,10 @@ class KafkaEmailEventSink:
         self._producer_of = producer_of
         self._topic = topic
         self._timeout_s = timeout_s
-        self._pending: set[asyncio.Task[None]] = set()
+        self._queued: list[tuple[str, str, bytes]] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._sender: asyncio.Task[None] | None = None
 
     async def emit(self, key: str, event: CloudEvent) -> None:
         publisher = self._producer_of.publisher
@@ -48,22 +55,38 @@ class KafkaEmailEventSink:
         except (TimeoutError, KafkaError, OSError) as exc:
             raise BrokerUnavailable(f"the broker did not acknowledge: {exc!r}") from exc
 
-    def emit_soon(self, key: str, event: CloudEvent) -> None:
-        if len(self._pending) >= MAX_IN_FLIGHT:
-            metrics.ERRORS.labels("ingest", "tracking_event_dropped").inc()
+    def emit_soon(self, key: str, value: bytes) -> None:
+        if len(self._queued) >= MAX_QUEUED or self._stopping:
+            _DROPPED.inc()
             return
-        task = asyncio.get_running_loop().create_task(self._background(key, event))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queued.append((self._topic, key, value))
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._send_queued())
+        self._wake.set()
 
-    async def _background(self, key: str, event: CloudEvent) -> None:
+    async def _send_queued(self) -> None:
+        """Until stopped and empty: take everything queued, produce it, wait for the acks."""
+        while self._queued or not self._stopping:
+            if not self._queued:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, self._queued = self._queued, []
+            await self._produce(batch)
+
+    async def _produce(self, batch: list[tuple[str, str, bytes]]) -> None:
+        publisher = self._producer_of.publisher
         try:
-            await self.emit(key, event)
-        except BrokerUnavailable as exc:
-            metrics.ERRORS.labels("ingest", "tracking_event_lost").inc()
-            log.warning("tracking_event_lost", event_id=event.id, type=event.type, error=str(exc))
+            if publisher is None:
+                raise BrokerUnavailable("the broker connection is not up yet")
+            await asyncio.wait_for(publisher.publish_raw(batch), self._timeout_s)
+        except (TimeoutError, KafkaError, OSError, BrokerUnavailable) as exc:
+            _LOST.inc(len(batch))
+            log.warning("tracking_events_lost", count=len(batch), error=repr(exc))
 
     async def drain(self) -> None:
         """On shutdown: let what was accepted reach the broker."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        self._stopping = True
+        self._wake.set()
+        if self._sender is not None:
+            await self._sender

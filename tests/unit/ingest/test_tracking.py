@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import SecretStr
 
 from services.ingest.adapters.broker import BrokerUnavailable
-from services.ingest.tracking import PIXEL_GIF, tracking_router
+from services.ingest.api import IngestApp
+from services.ingest.domain import tracking
+from services.ingest.domain.tracking import Fetch
+from services.ingest.tracking import PIXEL_GIF, TrackingEdge
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.tracking import Claims, Link, MessageRef, TokenSigner, TrackingKey
@@ -33,8 +35,8 @@ class RecordingSink:
             raise BrokerUnavailable("down")
         self.events.append((key, event))
 
-    def emit_soon(self, key: str, event: ev.CloudEvent) -> None:
-        self.events.append((key, event))
+    def emit_soon(self, key: str, value: bytes) -> None:
+        self.events.append((key, ev.decode(value)))
 
 
 @pytest.fixture
@@ -47,10 +49,16 @@ def clock() -> ManualClock:
     return ManualClock(SENT_AT)
 
 
-@pytest.fixture
-async def client(sink: RecordingSink, clock: ManualClock) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
-    app.include_router(tracking_router(SIGNER, sink, clock, timedelta(days=400)))
+@pytest.fixture(params=["routes", "lean"])
+async def client(
+    sink: RecordingSink, clock: ManualClock, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The FastAPI routes alone, or as served: IngestApp answers pixel and click itself."""
+    edge = TrackingEdge(SIGNER, sink, clock, timedelta(days=400))
+    app = IngestApp()
+    app.include_router(edge.router())
+    if request.param == "lean":
+        app.lean_gets.update(edge.lean_gets())
     transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 5555))
     async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as client:
         yield client
@@ -119,6 +127,36 @@ async def test_a_click_redirects_to_exactly_the_sent_link(
     assert response.headers["location"] == TARGET
     clicked = ev.payload(sink.events[0][1], ev.EmailClicked)
     assert (clicked.link_index, clicked.url) == (1, TARGET)
+
+
+async def test_a_link_with_non_ascii_characters_redirects_percent_encoded(
+    client: httpx.AsyncClient, sink: RecordingSink
+) -> None:
+    response = await client.get(f"/t/c/{token('click', Link(0, 1, 'https://shop.example/ä'))}")
+    assert response.status_code == 302
+    assert response.headers["location"] == "https://shop.example/%C3%A4"
+
+
+def test_the_encoded_events_are_what_their_contracts_encode() -> None:
+    fetch = Fetch(SENT_AT + timedelta(hours=1), BROWSER, "198.51.100.7")
+    opened = ev.decode(tracking.opened(Claims("open", MESSAGE), fetch, "id-1"))
+    data = ev.payload(opened, ev.EmailOpened)
+    assert tracking.opened(Claims("open", MESSAGE), fetch, "id-1") == ev.encode(opened)
+    assert (opened.id, opened.subject, opened.shopid) == ("id-1", "s1:c:42", "s1")
+    assert (data.request_key, data.opened_at, data.machine) == (
+        "win-back:7:reason",
+        fetch.at,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("ip", "machine"),
+    [("17.58.1.2", True), ("::ffff:17.58.1.2", True), ("171.1.1.1", False), ("1.17.0.1", False)],
+)
+def test_opens_from_the_privacy_proxy_network_are_machine_opens(ip: str, machine: bool) -> None:
+    fetch = Fetch(SENT_AT + timedelta(hours=1), BROWSER, ip)
+    assert (tracking.machine_reason(Claims("open", MESSAGE), fetch) is not None) is machine
 
 
 async def test_an_altered_click_is_404_without_redirect(
