@@ -15,6 +15,7 @@ from services.dispatcher.adapters.recommendations import IngestRecommendations
 from services.dispatcher.adapters.repository import SCHEMA, MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
 from services.dispatcher.adapters.shopify_discounts import ShopifyDiscounts
+from services.dispatcher.adapters.suppression_barrier import SuppressionBarrier
 from services.dispatcher.adapters.suppressions import SuppressionRepository
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.consumer import RequestHandler
@@ -96,6 +97,12 @@ class DispatcherService:
         self._consumer: AIOKafkaConsumer | None = None
         self._suppression_consumer: AIOKafkaConsumer | None = None
         self._loops = Loops(SERVICE)
+        self._barrier = SuppressionBarrier(
+            settings.kafka_bootstrap_servers,
+            self._suppressions_group,
+            self.topics.name(EMAIL_EVENTS),
+            settings.suppressions_wait_s,
+        )
         self.app = FastAPI(title="Rebound dispatcher")
         self.app.include_router(
             ops_router({"database": self._database_ready, "broker": self._broker_ready})
@@ -126,7 +133,7 @@ class DispatcherService:
         )
         self._suppression_consumer = make_consumer(
             s.kafka_bootstrap_servers,
-            s.topic_prefix + SERVICE + "-suppressions",
+            self._suppressions_group,
             s.kafka_client_id + "-suppressions",
             self.topics.name(EMAIL_EVENTS),
             self.topics.name(ENGAGEMENT_RESULTS),  # customer.sunset.v1
@@ -134,6 +141,10 @@ class DispatcherService:
         )
         self._loops.spawn("requests", self._consume)
         self._loops.spawn("suppressions", self._consume_suppressions)
+
+    @property
+    def _suppressions_group(self) -> str:
+        return self.settings.topic_prefix + SERVICE + "-suppressions"
 
     async def _consume_suppressions(self) -> None:
         """email.events, engagement.results, customer.activity -> dispatcher.suppressions
@@ -211,7 +222,8 @@ class DispatcherService:
         shops = {c.shop_id: ShopIdentity(c.mail(), c.dkim_key()) for c in s.shops}
         signer = TokenSigner(s.tracking_keys) if s.tracking_keys else None
         bounces = BounceTopic(publisher, self.topics.name(EMAIL_EVENTS))
-        return Engagement(shops, signer, SuppressionRepository(self.engine), bounces)
+        suppressions = SuppressionRepository(self.engine)
+        return Engagement(shops, signer, suppressions, bounces, self._barrier)
 
     async def stop(self) -> None:
         await self._loops.stop()
@@ -221,6 +233,7 @@ class DispatcherService:
             await stop_consumer(self._consumer)
         if self._suppression_consumer is not None:
             await stop_consumer(self._suppression_consumer)
+        await self._barrier.close()
         if self._producer is not None:
             await self._producer.stop()
         await self.engine.dispose()
@@ -239,5 +252,6 @@ class BounceTopic:
         self._publisher = publisher
         self._topic = topic
 
-    async def publish_bounce(self, key: str, event: CloudEvent) -> None:
-        await self._publisher.publish(self._topic, key, event)
+    async def publish_bounces(self, events: list[tuple[str, CloudEvent]]) -> None:
+        """All bounces of a batch at once, waiting for every ack."""
+        await self._publisher.publish_many([(self._topic, key, event) for key, event in events])

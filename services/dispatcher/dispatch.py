@@ -90,7 +90,13 @@ class ShopIdentity:
 
 
 class BouncePublisher(Protocol):
-    async def publish_bounce(self, key: str, event: CloudEvent) -> None: ...
+    async def publish_bounces(self, events: list[tuple[str, CloudEvent]]) -> None: ...
+
+
+class Barrier(Protocol):
+    async def wait(self) -> None:
+        """Return once the suppressions table holds every unsubscribe already on the topic."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,7 @@ class Engagement:
     signer: TokenSigner | None
     suppressions: SuppressionRepository
     bounces: BouncePublisher
+    barrier: Barrier
 
 
 class ProductSource(Protocol):
@@ -278,6 +285,8 @@ class Dispatcher:
         """Why each request must not be sent (consent, then the suppression list), or None."""
         reasons = [suppression_reason(r.consent_required, r.marketing_consent) for r in requests]
         ask = [i for i, r in enumerate(requests) if reasons[i] is None and r.consent_required]
+        if ask:  # an unsubscribe acknowledged before now must be in the table first
+            await self._engagement.barrier.wait()
         found = await self._engagement.suppressions.reasons(
             [(r.shop_id, r.customer_key, r.recipient.email) for r in (requests[i] for i in ask)]
         )
@@ -470,9 +479,9 @@ class Dispatcher:
             for job, _ in bounced
         ]
         await self._engagement.suppressions.add(rows)
-        for job, failure in bounced:
-            event = _bounce_event(job.record, failure, now)
-            await self._engagement.bounces.publish_bounce(job.record.customer_key, event)
+        await self._engagement.bounces.publish_bounces(
+            [(job.record.customer_key, _bounce_event(job.record, f, now)) for job, f in bounced]
+        )
 
     async def _record(self, done: list[Job], claim_id: str) -> list[MessageRecord]:
         """After SMTP spoke, the outcome is known: wait out a database outage to record it

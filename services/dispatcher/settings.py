@@ -44,6 +44,13 @@ class DispatcherSettings(ServiceSettings):
     batch_size: int = Field(
         default=500, ge=1, description="Message requests fetched and handled as one batch."
     )
+    suppressions_wait_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How long a batch of marketing requests waits for the suppressions "
+        "consumer to have stored every unsubscribe already on email.events; past it the batch "
+        "is retried later, never sent unchecked.",
+    )
 
     shops: list[ShopMailConfig] = Field(
         default_factory=list,

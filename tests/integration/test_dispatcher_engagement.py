@@ -10,7 +10,9 @@ from pathlib import Path
 import dkim
 import pytest
 from mailcatcher import MailStore
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from services.dispatcher.shops import ShopMailConfig
 from shared import events as ev
@@ -82,8 +84,9 @@ async def test_a_550_at_rcpt_suppresses_the_next_message(harness: Harness) -> No
     assert harness.store.messages == []
 
 
-async def test_a_request_queued_before_the_unsubscribe_is_suppressed(harness: Harness) -> None:
-    request = message_request("queued", email="ada@example.com")  # consent: still subscribed
+async def unsubscribe(harness: Harness, request: ev.MessageRequest) -> None:
+    """The customer of `request` unsubscribes, from an earlier mail; acknowledged by the broker
+    (the moment the unsubscribe page says it is done)."""
     unsubscribed = ev.EmailUnsubscribed(
         request_key="earlier",
         shop_id=SHOP,
@@ -97,7 +100,7 @@ async def test_a_request_queued_before_the_unsubscribe_is_suppressed(harness: Ha
     event = ev.make_event(
         type=ev.EMAIL_UNSUBSCRIBED,
         source="tests",
-        id="unsub-1",
+        id=f"unsub-{request.request_key}",
         time=unsubscribed.unsubscribed_at,
         subject=request.customer_key,
         shop_id=SHOP,
@@ -109,6 +112,11 @@ async def test_a_request_queued_before_the_unsubscribe_is_suppressed(harness: Ha
         key=request.customer_key.encode(),
         headers=HEADERS,
     )
+
+
+async def test_a_request_queued_before_the_unsubscribe_is_suppressed(harness: Harness) -> None:
+    request = message_request("queued", email="ada@example.com")  # consent: still subscribed
+    await unsubscribe(harness, request)
     await eventually(lambda: _suppressions(harness), what="the suppression recorded")
     await harness.send(request)
     await eventually(lambda: _status(harness, "queued", "suppressed"), what="the decision")
@@ -117,13 +125,49 @@ async def test_a_request_queued_before_the_unsubscribe_is_suppressed(harness: Ha
     assert harness.mails_to("ada@example.com") == []
 
 
+async def test_a_request_handled_while_the_suppressions_consumer_lags_waits_for_it(
+    infra: Infra,
+    database_url: str,
+    topics: Topics,
+    clock: ManualClock,
+    mail: tuple[MailStore, int],
+) -> None:
+    """The request is on message.requests before the unsubscribe, the unsubscribe is
+    acknowledged before the dispatcher starts, and the suppressions consumer cannot store it
+    (its table is locked): the request must wait for it, then be refused, never sent."""
+    store, port = mail
+    harness = Harness(infra, database_url, topics, clock, store, port)
+    request = message_request("raced", email="bo@example.com")
+    waits_before = _barrier_waits()
+    try:
+        await harness.start_clients()
+        async with harness.engine.connect() as locker:
+            await locker.execute(text("LOCK TABLE dispatcher.suppressions IN EXCLUSIVE MODE"))
+            await harness.send(request)
+            await unsubscribe(harness, request)
+            await harness.start_service(
+                shops=[SHOP_MAIL], tracking_keys=KEYS, suppressions_wait_s=0.3
+            )
+            await eventually(lambda: _barrier_waits() > waits_before, what="the request held back")
+            assert await harness.row("raced") is None
+            await locker.rollback()  # the suppressions consumer can store the unsubscribe now
+        await eventually(lambda: _status(harness, "raced", "suppressed"), what="the decision")
+        row = await harness.row("raced")
+        assert row is not None and row["reason"] == "unsubscribed"
+        assert harness.mails_to("bo@example.com") == []
+    finally:
+        await harness.stop()
+
+
+def _barrier_waits() -> float:
+    return REGISTRY.get_sample_value("rebound_dispatcher_suppression_waits_total") or 0.0
+
+
 async def _status(harness: Harness, key: str, status: str) -> bool:
     row = await harness.row(key)
     return row is not None and row["status"] == status
 
 
 async def _suppressions(harness: Harness) -> bool:
-    from sqlalchemy import text
-
     async with harness.engine.connect() as conn:
         return bool((await conn.execute(text("SELECT 1 FROM dispatcher.suppressions"))).first())

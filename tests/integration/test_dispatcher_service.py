@@ -147,9 +147,16 @@ class Harness:
         return DispatcherSettings(**(fields | overrides))
 
     async def start(self, **overrides: Any) -> DispatcherService:
+        await self.start_clients()
+        return await self.start_service(**overrides)
+
+    async def start_clients(self) -> None:
+        """The test's producer and topic readers, without the dispatcher."""
         await self.producer.start()
         await self.results.start()
         await self.dead_letters.start()
+
+    async def start_service(self, **overrides: Any) -> DispatcherService:
         self.service = DispatcherService(self.settings(**overrides), self.clock)
         await self.service.start()
         return self.service

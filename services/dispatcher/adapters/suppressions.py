@@ -2,8 +2,10 @@
 
 A customer who unsubscribed (from email.events), an address the relay refused for good
 (a 5xx at RCPT or DATA), and a customer a journey sunset (customer.sunset.v1) until their
-next order or opt-in (dispatcher.reengagements). Checked before every marketing send, so a
-request queued before the unsubscribe arrived is still refused.
+next order or opt-in (dispatcher.reengagements). Checked before every marketing send, one
+query per batch, so a request queued before the unsubscribe arrived is still refused
+(suppression_barrier.py makes sure the table holds every unsubscribe already on email.events
+by then).
 """
 
 from __future__ import annotations
@@ -46,12 +48,6 @@ _ADD_ADDRESSES_OF = text("""
     FROM unnest(CAST(:keys AS text[]), CAST(:sinces AS timestamptz[])) AS t(request_key, since)
     JOIN dispatcher.messages m ON m.request_key = t.request_key
     ON CONFLICT DO NOTHING
-""")
-_REASON = text("""
-    SELECT reason FROM dispatcher.suppressions
-    WHERE shop_id = :shop AND ((kind = 'customer' AND value = :customer)
-        OR (kind = 'address' AND value = :address))
-    ORDER BY since LIMIT 1
 """)
 
 # One row per (shop, customer, address) asked, in order: the first suppression's reason or NULL.
@@ -128,13 +124,6 @@ class SuppressionRepository:
                 _LIFT,
                 {"shops": [s for s, _ in touched], "customers": [c for _, c in touched]},
             )
-
-    async def reason(self, shop_id: str, customer_key: str, email: str) -> str | None:
-        async with self._engine.connect() as conn:
-            found = await conn.scalar(
-                _REASON, {"shop": shop_id, "customer": customer_key, "address": email.lower()}
-            )
-        return None if found is None else str(found)
 
     async def reasons(self, asked: Sequence[tuple[str, str, str]]) -> list[str | None]:
         """For (shop_id, customer_key, email) each, its suppression reason or None: one query."""
