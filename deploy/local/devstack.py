@@ -359,6 +359,14 @@ DEV_SHOPS = (
 )
 PARTITIONS = 3
 DEV_ADMIN_TOKEN = "dev-admin-token"  # the control plane's bearer token under `make run`
+# Tracked mail under `make run`: links point at the local ingest (the same key in both services).
+DEV_TRACKING_KEYS = '[{"kid": "dev", "secret": "dev-tracking-secret-only-for-make-run"}]'
+DEV_PUBLIC_BASE_URL = f"http://127.0.0.1:{RUN_PORTS['ingest']}"
+DEV_MAIL_SHOPS = (
+    '[{"shop_id": "demo", "sender_name": "Demo Shop", "sender_address": "hello@shop.example", '
+    '"footer_address": "Demo Shop, 1 Main Street, Springfield", '
+    f'"public_base_url": "{DEV_PUBLIC_BASE_URL}"}}]'
+)
 
 
 def service_env(service: str, pg: Postgres) -> dict[str, str]:
@@ -373,6 +381,8 @@ def service_env(service: str, pg: Postgres) -> dict[str, str]:
     if service == "dispatcher":  # recommended products come from ingest's read API
         env[prefix + "INGEST_URL"] = f"http://127.0.0.1:{RUN_PORTS['ingest']}"
         env[prefix + "INGEST_TOKEN"] = os.environ.get("REBOUND_INGEST_ADMIN_TOKEN", DEV_ADMIN_TOKEN)
+    if service in ("ingest", "dispatcher"):
+        env[prefix + "TRACKING_KEYS"] = os.environ.get(prefix + "TRACKING_KEYS", DEV_TRACKING_KEYS)
     if service == "ingest":
         env[prefix + "SHOPS"] = os.environ.get("REBOUND_INGEST_SHOPS", DEV_SHOPS)
         # One ingest process per core (0), all on port 8001; each also runs a facts consumer.
@@ -382,6 +392,7 @@ def service_env(service: str, pg: Postgres) -> dict[str, str]:
     if service == "dispatcher":
         env[prefix + "SMTP_HOST"] = "127.0.0.1"
         env[prefix + "SMTP_PORT"] = str(RUN_SMTP_PORT)
+        env[prefix + "SHOPS"] = os.environ.get("REBOUND_DISPATCHER_SHOPS", DEV_MAIL_SHOPS)
     return {**os.environ, **env, "PYTHONPATH": str(ROOT)}
 
 
@@ -473,6 +484,9 @@ Rebound is running. Ctrl-C stops everything.
   Control-plane API  http://127.0.0.1:{RUN_PORTS["scheduler"]}/journeys  (docs at /docs)
                      (Bearer {DEV_ADMIN_TOKEN}, or HTTP basic with it as the password)
   Dispatcher         http://127.0.0.1:{RUN_PORTS["dispatcher"]}/readyz
+  Tracked mail       pixel, clicks and unsubscribe in the caught mail point at
+                     {DEV_PUBLIC_BASE_URL}/t/o, /t/c, /u (key id "dev"; open them to
+                     record an open, a click, an unsubscribe)
   Metrics            /metrics on each of the ports above
   Caught mail        {LOCAL / "mail"}/*.eml  (index: {LOCAL / "mail" / "index.jsonl"})
   Logs               {LOCAL / "logs"}/<service>.log
