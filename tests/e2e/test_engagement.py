@@ -28,9 +28,9 @@ from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.db import make_engine
-from shared.topics import Topics
+from shared.topics import MESSAGE_REQUESTS, Topics
 from shared.tracking import Claims, Link, TokenSigner, TrackingKey
-from tests.conftest import Infra, eventually
+from tests.conftest import Infra, eventually, read_topic
 from tests.e2e.test_abandoned_cart import System, _start_scheduler
 from tests.unit.ingest.deliveries import API_TOKEN, CHECKOUT_CUSTOMER_ID, SHOP, SHOP_ID, delivery
 
@@ -123,7 +123,7 @@ async def system(
     finally:
         server.should_exit = True
         await serving
-        for service in (system.scheduler, dispatcher, ingest):
+        for service in (system.scheduler, system.dispatcher, ingest):
             await service.stop()
 
 
@@ -203,20 +203,7 @@ async def test_the_click_url_redirects_to_the_original_link_and_an_altered_one_i
 async def test_one_click_unsubscribe_stops_the_second_reminder_and_a_get_changes_nothing(
     system: System,
 ) -> None:
-    assert (await system.post(delivery("checkouts.create"))).status_code == 200
-    await eventually(lambda: system.timers(), what="the reminder timer")
-    async with httpx.AsyncClient() as client:
-        consent = {
-            "type": ev.CONSENT_CHANGED,
-            "id": "consent-1",
-            "data": {"customer": {"id": CHECKOUT_CUSTOMER_ID}, "state": "subscribed"},
-        }
-        auth = {"authorization": f"Bearer {API_TOKEN}"}
-        response = await client.post(f"{system.ingest_url}/events", json=consent, headers=auth)
-        assert response.status_code == 202, response.text
-    await eventually(lambda: _scheduler_sees_consent(system), what="consent in the scheduler")
-    await system.clock.advance(timedelta(hours=3))
-    await eventually(lambda: len(system.mail.messages) == 1, what="the first reminder")
+    await _first_reminder_to_a_subscriber(system)
     header = str(system.mail.messages[0].message["List-Unsubscribe"])
     assert (
         str(system.mail.messages[0].message["List-Unsubscribe-Post"])
@@ -235,6 +222,58 @@ async def test_one_click_unsubscribe_stops_the_second_reminder_and_a_get_changes
     await system.scheduler.timers.fire_due()
     await asyncio.sleep(0.3)
     assert len(system.mail.messages) == 1
+
+
+@pytest.mark.parametrize("journey", ["abandoned-cart"], indirect=True)
+async def test_a_reminder_queued_before_the_unsubscribe_is_recorded_suppressed_not_sent(
+    system: System,
+) -> None:
+    """The second reminder is already on message.requests (the dispatcher is down) when the
+    customer unsubscribes: once the dispatcher is back it refuses it, never sends it."""
+    await _first_reminder_to_a_subscriber(system)
+    unsubscribe = str(system.mail.messages[0].message["List-Unsubscribe"]).strip("<>")
+
+    async def recorded() -> bool:
+        return await system.messages() == [("sent", None)]
+
+    await eventually(recorded, what="the first reminder recorded sent")
+    await system.dispatcher.stop()
+    await system.clock.advance(timedelta(hours=48))
+    await system.scheduler.timers.fire_due()
+    requests = system.topics.name(MESSAGE_REQUESTS)
+
+    async def queued() -> bool:
+        return len(await read_topic(system.infra.bootstrap, requests)) == 2
+
+    await eventually(queued, what="the second reminder queued")
+    async with httpx.AsyncClient() as client:
+        one_click = await client.post(unsubscribe, content=b"List-Unsubscribe=One-Click")
+        assert one_click.status_code == 200
+    system.dispatcher = DispatcherService(system.dispatcher.settings, system.clock)
+    await system.dispatcher.start()
+
+    async def refused() -> bool:
+        return await system.messages() == [("sent", None), ("suppressed", "unsubscribed")]
+
+    await eventually(refused, 30, "the queued reminder refused")
+    assert len(system.mail.messages) == 1
+
+
+async def _first_reminder_to_a_subscriber(system: System) -> None:
+    assert (await system.post(delivery("checkouts.create"))).status_code == 200
+    await eventually(lambda: system.timers(), what="the reminder timer")
+    consent = {
+        "type": ev.CONSENT_CHANGED,
+        "id": "consent-1",
+        "data": {"customer": {"id": CHECKOUT_CUSTOMER_ID}, "state": "subscribed"},
+    }
+    async with httpx.AsyncClient() as client:
+        auth = {"authorization": f"Bearer {API_TOKEN}"}
+        response = await client.post(f"{system.ingest_url}/events", json=consent, headers=auth)
+        assert response.status_code == 202, response.text
+    await eventually(lambda: _scheduler_sees_consent(system), what="consent in the scheduler")
+    await system.clock.advance(timedelta(hours=3))
+    await eventually(lambda: len(system.mail.messages) == 1, what="the first reminder")
 
 
 async def _consent(system: System) -> str | None:
