@@ -50,7 +50,10 @@ class SuppressionBarrier:
 
     async def wait(self) -> None:
         probe = await self._started()
-        ends = await probe.end_offsets(await self._partitions(probe))
+        partitions = await self._partitions(probe)
+        if not partitions:
+            return  # no such topic yet: nothing was ever unsubscribed through it
+        ends = await probe.end_offsets(partitions)
         loop = asyncio.get_running_loop()
         deadline, poll_s, waited = loop.time() + self._timeout_s, FIRST_POLL_S, False
         while behind(ends, await self._committed(probe, ends)):
