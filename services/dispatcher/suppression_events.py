@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import orjson
+
 from services.dispatcher.adapters.suppressions import (
     HARD_BOUNCE,
     UNSUBSCRIBED,
@@ -69,6 +71,21 @@ def note(changes: Changes, event: ev.CloudEvent) -> None:
         changes.reengaged.append(back)
 
 
+# Most of email.events, and of no concern here.
+_IGNORED_TYPES = frozenset({ev.EMAIL_OPENED, ev.EMAIL_CLICKED})
+
+
+def _ignorable(raw: bytes | None) -> bool:
+    """An open or a click: skipped without validating the whole event (marketing sends wait
+    for this consumer to catch up with email.events). Anything unreadable is not ignorable:
+    the full decode dead-letters it with its reason."""
+    try:
+        event = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(event, dict) and event.get("type") in _IGNORED_TYPES
+
+
 class SuppressionEvents:
     def __init__(self, repository: SuppressionRepository, publisher: Publisher) -> None:
         self._repository = repository
@@ -77,6 +94,8 @@ class SuppressionEvents:
     async def __call__(self, batch: list[Record]) -> None:
         changes = Changes()
         for record in batch:
+            if _ignorable(record.value):
+                continue
             try:
                 note(changes, ev.decode(record.value))
             except ev.InvalidEvent as exc:
