@@ -8,6 +8,7 @@ platforms are strings: Shopify ids exceed 2^53 and must never pass through a flo
 from __future__ import annotations
 
 import functools
+import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -56,6 +57,13 @@ EMAIL_BOUNCED = "email.bounced.v1"
 MESSAGE_UNCERTAIN = "message.uncertain.v1"
 # A discount code handed to one message (engagement.results)
 COUPON_ISSUED = "coupon.issued.v1"
+# Data subject requests (privacy.requests) and each service's answer (privacy.results)
+CUSTOMER_REDACT_REQUESTED = "customer.redact.requested.v1"
+SHOP_REDACT_REQUESTED = "shop.redact.requested.v1"
+CUSTOMER_EXPORT_REQUESTED = "customer.export.requested.v1"
+CUSTOMER_REDACTED = "customer.redacted.v1"  # one per service, for either redact request
+CUSTOMER_EXPORT_PART = "customer.export.part.v1"  # one per service
+PRIVACY_SERVICES: tuple[str, ...] = ("ingest", "scheduler", "dispatcher")
 
 ConsentState = Literal["subscribed", "not_subscribed", "unsubscribed", "pending", "redacted"]
 
@@ -484,6 +492,63 @@ EMAIL_PAYLOADS: dict[str, type[EmailEvent]] = {
     EMAIL_UNSUBSCRIBED: EmailUnsubscribed,
     EMAIL_BOUNCED: EmailBounced,
 }
+
+
+# --- data subject requests (privacy.requests, privacy.results) ---------------------------
+
+PrivacyService = Literal["ingest", "scheduler", "dispatcher"]
+
+
+class PrivacyRequest(Contract):
+    """Erase (customer.redact / shop.redact) or export (customer.export) a data subject.
+
+    The customer is named by any of its keys, e-mail addresses and order ids; every service
+    widens that with what its own data links to them (docs/privacy.md). A shop request names
+    only the shop: everything of that shop goes.
+    """
+
+    request_id: str
+    shop_id: str
+    scope: Literal["customer", "shop"]
+    customer_keys: list[str] = Field(default_factory=list)
+    emails: list[str] = Field(default_factory=list, description="Lower-cased.")
+    order_ids: list[str] = Field(default_factory=list)
+    origin: Literal["shopify", "control_plane"]
+    platform_request_id: str | None = Field(
+        default=None, description="Shopify's data_request.id, for the shop to match an export."
+    )
+    requested_at: Instant
+
+    def subject_keys(self) -> set[str]:
+        """The named keys and the guest key of every named address."""
+        guests = {customer_key(self.shop_id, None, email) for email in self.emails}
+        return set(self.customer_keys) | guests
+
+
+class PrivacyConfirmed(Contract):
+    """customer.redacted.v1: one service erased its part of a redact request."""
+
+    request_id: str
+    shop_id: str
+    service: PrivacyService
+    erased: dict[str, int] = Field(description="Rows deleted or pseudonymised, per table.")
+    completed_at: Instant
+
+
+class ExportPart(Contract):
+    """customer.export.part.v1: one service's data about the subject of an export request."""
+
+    request_id: str
+    shop_id: str
+    service: PrivacyService
+    data: dict[str, list[dict[str, Any]]] = Field(description="Table -> its rows as JSON.")
+    exported_at: Instant
+
+
+def subject_hash(shop_id: str, value: str) -> str:
+    """A customer key or lower-cased address as a SHA-256, for the few records that must
+    outlive an erasure without naming the person (docs/privacy.md)."""
+    return hashlib.sha256(f"{shop_id}\x1f{value}".encode()).hexdigest()
 
 
 # --- the envelope ----------------------------------------------------------------------

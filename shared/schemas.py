@@ -48,6 +48,9 @@ MODELS: dict[str, type[BaseModel]] = {
     "email_clicked": events.EmailClicked,
     "email_unsubscribed": events.EmailUnsubscribed,
     "email_bounced": events.EmailBounced,
+    "privacy_request": events.PrivacyRequest,
+    "privacy_confirmed": events.PrivacyConfirmed,
+    "export_part": events.ExportPart,
 }
 
 # Event type -> (topic it travels on, file stem of its `data` schema).
@@ -75,6 +78,11 @@ EVENT_TYPES: dict[str, tuple[str, str]] = {
     events.EMAIL_UNSUBSCRIBED: (topics.EMAIL_EVENTS, "email_unsubscribed"),
     events.EMAIL_BOUNCED: (topics.EMAIL_EVENTS, "email_bounced"),
     events.MESSAGE_UNCERTAIN: (topics.ENGAGEMENT_RESULTS, "message_result"),
+    events.CUSTOMER_REDACT_REQUESTED: (topics.PRIVACY_REQUESTS, "privacy_request"),
+    events.SHOP_REDACT_REQUESTED: (topics.PRIVACY_REQUESTS, "privacy_request"),
+    events.CUSTOMER_EXPORT_REQUESTED: (topics.PRIVACY_REQUESTS, "privacy_request"),
+    events.CUSTOMER_REDACTED: (topics.PRIVACY_RESULTS, "privacy_confirmed"),
+    events.CUSTOMER_EXPORT_PART: (topics.PRIVACY_RESULTS, "export_part"),
 }
 
 
@@ -86,13 +94,18 @@ def model_schema(stem: str, model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
+def _key_of(topic: str) -> str:
+    privacy = (topics.PRIVACY_REQUESTS, topics.PRIVACY_RESULTS)
+    return "shop id" if topic in privacy else "customer key"
+
+
 def event_schema(event_type: str, topic: str, data_stem: str) -> dict[str, Any]:
     """The envelope narrowed to one type, with its payload: validate a whole record value."""
     return {
         "$schema": DIALECT,
         "$id": f"{event_type}.json",
         "title": event_type,
-        "description": f"Topic {topic}, keyed by the customer key; data is {data_stem}.json.",
+        "description": f"Topic {topic}, keyed by the {_key_of(topic)}; data is {data_stem}.json.",
         "x-rebound-topic": topic,
         "allOf": [{"$ref": f"{ENVELOPE}.json"}],
         "properties": {

@@ -9,10 +9,22 @@ EMAIL_EVENTS = "email.events"
 CUSTOMER_ACTIVITY = "customer.activity"
 MESSAGE_REQUESTS = "message.requests"
 ENGAGEMENT_RESULTS = "engagement.results"
+# Erasure and export requests, and each service's answer to them (docs/privacy.md); keyed by
+# the shop id, so one shop's requests are handled in the order they were made.
+PRIVACY_REQUESTS = "privacy.requests"
+PRIVACY_RESULTS = "privacy.results"
 
 DLQ_SUFFIX = ".dlq"
 
-ALL_TOPICS = (SHOP_EVENTS, EMAIL_EVENTS, CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, ENGAGEMENT_RESULTS)
+ALL_TOPICS = (
+    SHOP_EVENTS,
+    EMAIL_EVENTS,
+    CUSTOMER_ACTIVITY,
+    MESSAGE_REQUESTS,
+    ENGAGEMENT_RESULTS,
+    PRIVACY_REQUESTS,
+    PRIVACY_RESULTS,
+)
 
 
 def dlq(topic: str) -> str:

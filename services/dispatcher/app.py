@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.dispatcher.adapters.coupons import CouponRepository
 from services.dispatcher.adapters.mailer import SmtpConfig, SmtpPool
+from services.dispatcher.adapters.privacy_repository import (
+    DispatcherPrivacyRepository,
+    redactions,
+)
 from services.dispatcher.adapters.recommendations import IngestRecommendations
 from services.dispatcher.adapters.repository import SCHEMA, MessageRepository
 from services.dispatcher.adapters.results import ResultPublisher
@@ -36,6 +41,7 @@ from shared.clock import Clock
 from shared.events import CloudEvent
 from shared.http import ops_router
 from shared.kafka import (
+    BatchHandler,
     ConsumerLoop,
     Publisher,
     make_consumer,
@@ -43,12 +49,16 @@ from shared.kafka import (
     start_with_retry,
     stop_consumer,
 )
+from shared.privacy import PrivacyRequestHandler
+from shared.pruning import Pruner
 from shared.runtime import Loops
 from shared.topics import (
     CUSTOMER_ACTIVITY,
     EMAIL_EVENTS,
     ENGAGEMENT_RESULTS,
     MESSAGE_REQUESTS,
+    PRIVACY_REQUESTS,
+    PRIVACY_RESULTS,
     Topics,
 )
 from shared.tracking import TokenSigner
@@ -96,6 +106,8 @@ class DispatcherService:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._suppression_consumer: AIOKafkaConsumer | None = None
+        self._privacy_consumer: AIOKafkaConsumer | None = None
+        self.privacy = DispatcherPrivacyRepository(self.engine, clock)
         self._loops = Loops(SERVICE)
         self._barrier = SuppressionBarrier(
             settings.kafka_bootstrap_servers,
@@ -139,8 +151,48 @@ class DispatcherService:
             self.topics.name(ENGAGEMENT_RESULTS),  # customer.sunset.v1
             self.topics.name(CUSTOMER_ACTIVITY),  # orders and opt-ins lift a sunset
         )
+        self._privacy_consumer = make_consumer(
+            s.kafka_bootstrap_servers,
+            s.topic_prefix + SERVICE + "-privacy",
+            s.kafka_client_id + "-privacy",
+            self.topics.name(PRIVACY_REQUESTS),
+        )
         self._loops.spawn("requests", self._consume)
         self._loops.spawn("suppressions", self._consume_suppressions)
+        self._loops.spawn("privacy", self._answer_privacy_requests)
+        self._loops.spawn("prune-redactions", self._redaction_pruner().run)
+
+    def _redaction_pruner(self) -> Pruner:
+        """Forgets erased customers' hashes once no request asked before could still come."""
+        return Pruner(
+            self.engine,
+            redactions,
+            "redacted_at",
+            self.clock,
+            timedelta(days=self.settings.redaction_memory_days),
+            self.settings.prune_interval_s,
+        )
+
+    async def _answer_privacy_requests(self) -> None:
+        """privacy.requests -> erase or export messages, suppressions, codes -> privacy.results."""
+        assert self._producer is not None and self._privacy_consumer is not None
+        await start_with_retry(self._producer, f"{SERVICE} producer")
+        publisher = Publisher(self._producer, SERVICE)
+        topic = self.topics.name(PRIVACY_RESULTS)
+        handler = PrivacyRequestHandler("dispatcher", self.privacy, publisher, topic, self.clock)
+        await self._loop(self._privacy_consumer, handler, publisher)
+
+    async def _loop(
+        self, consumer: AIOKafkaConsumer, handler: BatchHandler, publisher: Publisher
+    ) -> None:
+        await ConsumerLoop(
+            consumer,
+            handler,
+            SERVICE,
+            publisher,
+            retry_initial_s=self.settings.retry_initial_s,
+            retry_max_s=self.settings.retry_max_s,
+        ).run()
 
     @property
     def _suppressions_group(self) -> str:
@@ -194,7 +246,7 @@ class DispatcherService:
             coupons=self._coupon_desk(publisher),
             content=self._content(),
         )
-        return RequestHandler(dispatcher, publisher)
+        return RequestHandler(dispatcher, publisher, self.privacy)
 
     def _content(self) -> Content:
         s = self.settings
@@ -234,6 +286,8 @@ class DispatcherService:
         if self._suppression_consumer is not None:
             await stop_consumer(self._suppression_consumer)
         await self._barrier.close()
+        if self._privacy_consumer is not None:
+            await stop_consumer(self._privacy_consumer)
         if self._producer is not None:
             await self._producer.stop()
         await self.engine.dispose()

@@ -9,7 +9,11 @@ retries the batch: decided requests are then merely republished.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from services.dispatcher.dispatch import Dispatcher
+from shared import metrics
 from shared.errors import Transient, Unavailable
 from shared.events import MESSAGE_REQUESTED, InvalidEvent, MessageRequest, decode, payload
 from shared.kafka import Publisher, Record
@@ -22,10 +26,19 @@ def decode_request(raw: bytes | None) -> MessageRequest:
     return payload(event, MessageRequest)
 
 
+class Redactions(Protocol):
+    async def withheld(self, requests: Sequence[MessageRequest]) -> set[str]:
+        """Request keys asked before their customer was erased: never sent (docs/privacy.md)."""
+        ...
+
+
 class RequestHandler:
-    def __init__(self, dispatcher: Dispatcher, publisher: Publisher) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, publisher: Publisher, redactions: Redactions | None = None
+    ) -> None:
         self._dispatcher = dispatcher
         self._publisher = publisher
+        self._redactions = redactions
 
     async def __call__(self, batch: list[Record]) -> None:
         pending: dict[str, tuple[Record, MessageRequest]] = {}
@@ -36,6 +49,7 @@ class RequestHandler:
                 await self._publisher.dead_letter(record, str(exc))
                 continue
             pending.setdefault(request.request_key, (record, request))
+        await self._drop_redacted(pending)
         if not pending:
             return
         outcome = await self._dispatcher.handle([request for _, request in pending.values()])
@@ -45,3 +59,10 @@ class RequestHandler:
             raise Transient(outcome.database_down)
         if outcome.relay_down is not None:
             raise Unavailable(f"SMTP relay unavailable: {outcome.relay_down}")
+
+    async def _drop_redacted(self, pending: dict[str, tuple[Record, MessageRequest]]) -> None:
+        if self._redactions is None or not pending:
+            return
+        for key in await self._redactions.withheld([r for _, r in pending.values()]):
+            del pending[key]
+            metrics.ERRORS.labels("dispatcher", "withheld_redacted").inc()

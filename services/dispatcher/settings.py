@@ -27,6 +27,16 @@ class DispatcherSettings(ServiceSettings):
         default=None, description="Name sent in EHLO; default is this host's FQDN."
     )
     mail_from: str = "Rebound <hello@shop.example>"
+    prune_interval_s: float = Field(
+        default=3600, gt=0, description="How often expired erasure hashes are deleted."
+    )
+    redaction_memory_days: float = Field(
+        default=30,
+        gt=0,
+        description="How long a hash of an erased customer is kept, so a message asked for "
+        "before the erasure and still on its way is dropped unsent (longer than the broker's "
+        "retention of message.requests).",
+    )
 
     max_send_attempts: int = Field(
         default=3,

@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from services.ingest.adapters.broker import BrokerUnavailable, EventSink
-from services.ingest.domain import shopify, woocommerce
+from services.ingest.adapters.privacy_sink import PrivacySink
+from services.ingest.domain import shopify, shopify_privacy, woocommerce
 from services.ingest.domain.canonical import (
     SOURCE_API,
     SOURCE_SHOPIFY,
@@ -104,7 +105,11 @@ async def _emit(sink: EventSink, event: ShopEvent, status_code: int) -> Answer:
 
 
 def shopify_router(
-    shops: ShopDirectory, sink: EventSink, clock: Clock, max_age: timedelta | None = None
+    shops: ShopDirectory,
+    sink: EventSink,
+    clock: Clock,
+    max_age: timedelta | None = None,
+    privacy: PrivacySink | None = None,
 ) -> APIRouter:
     router = APIRouter(tags=["webhooks"])
 
@@ -115,7 +120,9 @@ def shopify_router(
         "X-Shopify-Shop-Domain and produces one canonical event per delivery, the same one for "
         "every delivery of the same X-Shopify-Event-Id (else X-Shopify-Webhook-Id). "
         "Topics Rebound does not use, and deliveries whose X-Shopify-Triggered-At is older "
-        "than the configured age, are acknowledged and ignored.",
+        "than the configured age, are acknowledged and ignored. The privacy topics "
+        "(customers/data_request, customers/redact, shop/redact) become data subject "
+        "requests (docs/privacy.md).",
         responses={
             200: {"model": Accepted | Ignored},
             400: {"model": Problem},
@@ -124,7 +131,7 @@ def shopify_router(
         },
     )
     async def receive_shopify_webhook(request: Request) -> Response:
-        deliver = shopify_delivery(shops, sink, clock, max_age)
+        deliver = shopify_delivery(shops, sink, clock, max_age, privacy)
         return _response(await deliver(request.headers, await request.body()))
 
     return router
@@ -134,7 +141,11 @@ Delivery = Callable[[Mapping[str, str], bytes], Awaitable[Answer]]
 
 
 def shopify_delivery(
-    shops: ShopDirectory, sink: EventSink, clock: Clock, max_age: timedelta | None = None
+    shops: ShopDirectory,
+    sink: EventSink,
+    clock: Clock,
+    max_age: timedelta | None = None,
+    privacy: PrivacySink | None = None,
 ) -> Delivery:
     """The whole handling of one delivery, from its headers and body to the answer.
     `max_age`: a delivery triggered longer ago is stale (None: no such check)."""
@@ -142,6 +153,8 @@ def shopify_delivery(
     async def deliver(headers: Mapping[str, str], body: bytes) -> Answer:
         started = time.perf_counter()
         try:
+            if privacy is not None and shopify_privacy.handles(headers.get("x-shopify-topic")):
+                return await _privacy_delivery(headers, body, shops, privacy, clock)
             return await _shopify_delivery(headers, body, shops, sink, clock, max_age)
         finally:
             _WEBHOOK_LATENCY.observe(time.perf_counter() - started)
@@ -229,6 +242,66 @@ def _shopify_event(
         data=data,
         now=clock.now(),
     )
+
+
+async def _privacy_delivery(
+    headers: Mapping[str, str], body: bytes, shops: ShopDirectory, sink: PrivacySink, clock: Clock
+) -> Answer:
+    """customers/data_request, customers/redact, shop/redact -> privacy.requests; verified and
+    answered like every other Shopify webhook (401, 400, 503 so Shopify retries), never stale."""
+    shop = shops.by_shopify_domain(headers.get("x-shopify-shop-domain"))
+    if shop is None or not shopify_signature_valid(
+        body, shop.shopify_secret, headers.get("x-shopify-hmac-sha256")
+    ):
+        metrics.ERRORS.labels(SERVICE, "webhook_unauthenticated").inc()
+        return _problem(401, "unknown shop or invalid X-Shopify-Hmac-Sha256 signature")
+    _WEBHOOKS_IN.inc()
+    topic = headers.get("x-shopify-topic", "")
+    delivery_key = _shopify_delivery_key(headers, topic)
+    if delivery_key is None:
+        return _problem(400, "X-Shopify-Webhook-Id is missing")
+    assert shop.shopify_domain is not None
+    request_id = stable_event_id("shopify", shop.shopify_domain, *delivery_key)
+    try:
+        event_type, request = shopify_privacy.to_request(
+            topic,
+            _json_body(topic, body),
+            shop_id=shop.shop_id,
+            shop_domain=shop.shopify_domain,
+            request_id=request_id,
+            now=clock.now(),
+        )
+    except shopify.MappingError as exc:
+        metrics.ERRORS.labels(SERVICE, "webhook_invalid").inc()
+        return _problem(400, str(exc))
+    return await _emit_privacy(sink, event_type, request)
+
+
+def _json_body(topic: str, body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise shopify.MappingError(f"{topic}: body is not JSON ({exc})") from exc
+
+
+async def _emit_privacy(sink: PrivacySink, event_type: str, request: ev.PrivacyRequest) -> Answer:
+    event = ev.make_event(
+        type=event_type,
+        source=SOURCE_SHOPIFY,
+        id=request.request_id,
+        time=request.requested_at,
+        subject=None,
+        shop_id=request.shop_id,
+        data=request,
+    )
+    try:
+        await sink.emit_request(event)
+    except BrokerUnavailable as exc:
+        metrics.ERRORS.labels(SERVICE, "broker_unavailable").inc()
+        log.warning("produce_failed", event_id=request.request_id, error=str(exc))
+        return _problem(503, "the request could not be stored now; retry later")
+    log.info("privacy_request_accepted", request_id=request.request_id, type=event_type)
+    return _json({"status": "accepted", "event_id": request.request_id}, 200)
 
 
 # --- WooCommerce webhooks -------------------------------------------------------------------

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.broker import KafkaEventSink
 from services.ingest.adapters.email_events import KafkaEmailEventSink
+from services.ingest.adapters.privacy_repository import IngestPrivacyRepository
+from services.ingest.adapters.privacy_sink import KafkaPrivacySink
 from services.ingest.adapters.tables import processed_events
 from services.ingest.api import (
     IngestApp,
@@ -39,12 +41,15 @@ from shared.db import make_engine, ping
 from shared.http import ReadinessCheck, ops_router
 from shared.kafka import BatchHandler, ConsumerLoop, make_consumer, make_producer, stop_consumer
 from shared.pipeline import PipelinedConsumerLoop, whole_batches
+from shared.privacy import PrivacyRequestHandler
 from shared.pruning import Pruner
 from shared.runtime import Loops
 from shared.topics import (
     CUSTOMER_ACTIVITY,
     EMAIL_EVENTS,
     ENGAGEMENT_RESULTS,
+    PRIVACY_REQUESTS,
+    PRIVACY_RESULTS,
     SHOP_EVENTS,
     Topics,
 )
@@ -87,6 +92,9 @@ class IngestService:
         self._email_sink = KafkaEmailEventSink(
             self._sink, self._topics.name(EMAIL_EVENTS), settings.produce_timeout_s
         )
+        self._privacy_sink = KafkaPrivacySink(
+            self._sink, self._topics.name(PRIVACY_REQUESTS), settings.produce_timeout_s
+        )
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._side_consumers: list[AIOKafkaConsumer] = []
@@ -113,9 +121,10 @@ class IngestService:
         if self.serves_api:
             shops = shop_directory(self.settings.shops)
             max_age = timedelta(seconds=self.settings.shopify_max_delivery_age_s) or None
-            app.include_router(shopify_router(shops, self._sink, self._clock, max_age))
+            privacy = self._privacy_sink
+            app.include_router(shopify_router(shops, self._sink, self._clock, max_age, privacy))
             app.lean_posts["/webhooks/shopify"] = shopify_delivery(
-                shops, self._sink, self._clock, max_age
+                shops, self._sink, self._clock, max_age, privacy
             )
             app.include_router(woocommerce_router(shops, self._sink, self._clock))
             app.include_router(events_router(shops, self._sink, self._clock))
@@ -163,6 +172,7 @@ class IngestService:
             self._loops.spawn("attribution", self._consume_orders_for_attribution)
             self._loops.spawn("stages", self._sweep_stages)
             self._loops.spawn("coupons", self._consume_coupons)
+            self._loops.spawn("privacy", self._answer_privacy_requests)
 
     def pruner(self, engine: AsyncEngine) -> Pruner:
         """Forgets processed event ids the broker can no longer redeliver."""
@@ -242,6 +252,15 @@ class IngestService:
         consumer = self._side_consumer("ingest-coupons", ENGAGEMENT_RESULTS)
         handler = CouponsConsumer(self._require(self._engine), await self._sink.started())
         await self._run_loop(consumer, handler.handle)
+
+    async def _answer_privacy_requests(self) -> None:
+        """privacy.requests -> erase or export the customer's facts -> privacy.results."""
+        consumer = self._side_consumer("ingest-privacy", PRIVACY_REQUESTS)
+        publisher = await self._sink.started()
+        store = IngestPrivacyRepository(self._require(self._engine))
+        topic = self._topics.name(PRIVACY_RESULTS)
+        handler = PrivacyRequestHandler("ingest", store, publisher, topic, self._clock)
+        await self._run_loop(consumer, handler)
 
     async def _consume(self) -> None:
         publisher = await self._sink.started()

@@ -7,13 +7,20 @@ from datetime import timedelta
 
 from fastapi import Depends, FastAPI
 
-from services.scheduler.adapters.tables import contact_log, processed_activities
+from services.scheduler.adapters.privacy_repository import SchedulerPrivacyRepository
+from services.scheduler.adapters.tables import (
+    contact_log,
+    privacy_requests,
+    processed_activities,
+)
 from services.scheduler.api import control_router
 from services.scheduler.consumer import ActivityHandler
 from services.scheduler.contact_gate import ContactGate
 from services.scheduler.loops import OutboxPublisher, OutboxRelay, TimerLoop
 from services.scheduler.predictions.api import predictions_router
 from services.scheduler.predictions.service import PredictionRefresher
+from services.scheduler.privacy import PrivacyDesk
+from services.scheduler.privacy_api import privacy_router
 from services.scheduler.reports.api import DashboardSources, reports_router
 from services.scheduler.reports.consumer import ResultsHandler
 from services.scheduler.reports.service import ReportsService
@@ -34,9 +41,16 @@ from shared.kafka import (
     start_with_retry,
     stop_consumer,
 )
+from shared.privacy import PrivacyRequestHandler
 from shared.pruning import Pruner
 from shared.runtime import Loops
-from shared.topics import CUSTOMER_ACTIVITY, ENGAGEMENT_RESULTS, Topics
+from shared.topics import (
+    CUSTOMER_ACTIVITY,
+    ENGAGEMENT_RESULTS,
+    PRIVACY_REQUESTS,
+    PRIVACY_RESULTS,
+    Topics,
+)
 
 SERVICE = "scheduler"
 CONTACT_LOG_MARGIN = timedelta(days=1)
@@ -135,6 +149,7 @@ class SchedulerService:
             gate.longest_period + CONTACT_LOG_MARGIN,
             settings.prune_interval_s,
         )
+        self._privacy(settings, topics)
         self._loops = Loops(SERVICE)
         self.app = FastAPI(
             title="Rebound scheduler", description="Journeys, enrolments and durable timers."
@@ -156,10 +171,59 @@ class SchedulerService:
                 predictions_router(self.reports_engine, self.predictions),
                 dependencies=[Depends(guard)],
             )
+            # Without the engine in this process, the engine's outbox relay sends the requests.
+            privacy = privacy_router(
+                self.reports_engine,
+                outbox if settings.role == "all" else None,
+                topics.name(PRIVACY_REQUESTS),
+                clock,
+                self.export_retention,
+            )
+            self.app.include_router(privacy, dependencies=[Depends(guard)])
         checks: dict[str, ReadinessCheck] = {"database": lambda: db.ping(self.engine)}
         if settings.role != "api":  # the control plane alone starts no producer
             checks["broker"] = self.publisher.ready
         self.app.include_router(ops_router(checks))
+
+    def _privacy(self, settings: SchedulerSettings, topics: Topics) -> None:
+        """Data subject requests: its own group on privacy.requests and privacy.results."""
+        self.export_retention = timedelta(days=settings.export_retention_days)
+        self.privacy_consumer = make_consumer(
+            settings.kafka_bootstrap_servers,
+            settings.topic_prefix + SERVICE + "-privacy",
+            settings.kafka_client_id + "-privacy",
+            topics.name(PRIVACY_REQUESTS),
+            topics.name(PRIVACY_RESULTS),
+        )
+        store = SchedulerPrivacyRepository(self.engine, self.clock)
+        acting = PrivacyRequestHandler(
+            "scheduler", store, self.publisher, topics.name(PRIVACY_RESULTS), self.clock
+        )
+        desk = PrivacyDesk(
+            self.engine,
+            acting,
+            self.publisher,
+            topics.name(PRIVACY_REQUESTS),
+            self.clock,
+            self.export_retention,
+        )
+        self.privacy_loop = ConsumerLoop(
+            self.privacy_consumer,
+            desk,
+            SERVICE,
+            self.publisher,
+            retry_initial_s=settings.retry_initial_s,
+            retry_max_s=settings.retry_max_s,
+        )
+        # An export's data is deleted when it expires (expires_at is set for exports only).
+        self.export_pruner = Pruner(
+            self.engine,
+            privacy_requests,
+            "expires_at",
+            self.clock,
+            timedelta(0),
+            settings.prune_interval_s,
+        )
 
     async def start(self) -> None:
         if self.settings.role == "api":
@@ -171,6 +235,7 @@ class SchedulerService:
         self._loops.spawn("prune_contact_log", self.contact_pruner.run)
         if self.settings.predictions_refresh_s > 0:
             self._loops.spawn("predictions", self.predictions.run)
+        self._loops.spawn("prune-exports", self.export_pruner.run)
 
     async def _start_producer(self) -> None:
         """The producer first: the relay and the timers need it; then they run forever."""
@@ -178,12 +243,14 @@ class SchedulerService:
         self._loops.spawn("outbox", self.relay.run)
         self._loops.spawn("timers", self.timers.run)
         self._loops.spawn("segments", self.segment_sweeper.run)
+        self._loops.spawn("privacy", self.privacy_loop.run)  # it answers through the producer
 
     async def stop(self) -> None:
         await self._loops.stop()
         self.predictions.close()
         await stop_consumer(self.consumer)
         await stop_consumer(self.results_consumer)
+        await stop_consumer(self.privacy_consumer)
         await self.producer.stop()
         await self.engine.dispose()
         await self.reports_engine.dispose()

@@ -59,6 +59,12 @@ class SchedulerSettings(ServiceSettings):
         description="Bearer token (or HTTP basic password, any user) of the control plane: "
         "journeys, segments, reports, exports and /dashboard. Unset: those answer 503.",
     )
+    export_retention_days: float = Field(
+        default=7,
+        gt=0,
+        description="How long an assembled privacy export (a customer's data) is kept.",
+    )
+
     contact_policies: list[ShopContactPolicy] = Field(
         default_factory=list,
         description="JSON list in REBOUND_SCHEDULER_CONTACT_POLICIES, per shop: limits over "

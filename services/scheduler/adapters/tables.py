@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 SCHEMA = "scheduler"
 TS = sa.DateTime(timezone=True)
@@ -210,4 +210,33 @@ contact_log = sa.Table(
     sa.Column("customer_key", sa.Text, nullable=False),
     sa.Column("released_at", TS, nullable=False),
     sa.Index("contact_log_customer", "customer_key", "released_at"),
+)
+privacy_requests = sa.Table(
+    "privacy_requests",
+    metadata,
+    sa.Column("request_id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("shop_id", sa.Text, nullable=False),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("platform_request_id", sa.Text),
+    sa.Column("subject_hashes", ARRAY(sa.Text), nullable=False),
+    sa.Column("requested_at", TS, nullable=False),
+    sa.Column("erased_at", TS),
+    sa.Column("expires_at", TS),
+    sa.Index("privacy_requests_expiry", "expires_at"),
+)
+privacy_parts = sa.Table(
+    "privacy_parts",
+    metadata,
+    sa.Column(
+        "request_id",
+        sa.Text,
+        sa.ForeignKey("scheduler.privacy_requests.request_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("service", sa.Text, primary_key=True),
+    sa.Column("received_at", TS, nullable=False),
+    sa.Column("erased", JSONB),
+    sa.Column("data", JSONB),
 )
