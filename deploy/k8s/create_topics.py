@@ -13,9 +13,11 @@ import sys
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from shared.topics import ALL_TOPICS, Topics, dlq
+from shared.topics import ALL_TOPICS, PRIVACY_REQUESTS, PRIVACY_RESULTS, Topics, dlq
 
 DLQ_RETENTION_MS_DEFAULT = 30 * 24 * 3600 * 1000
+# Privacy requests name the customer and export parts carry their data (docs/privacy.md).
+PRIVACY_RETENTION_MS_DEFAULT = 7 * 24 * 3600 * 1000
 
 
 def wanted_topics() -> list[NewTopic]:
@@ -27,8 +29,18 @@ def wanted_topics() -> list[NewTopic]:
         **common,
         "retention.ms": os.environ.get("DLQ_RETENTION_MS", str(DLQ_RETENTION_MS_DEFAULT)),
     }
+    private = {
+        **common,
+        "retention.ms": os.environ.get("PRIVACY_RETENTION_MS", str(PRIVACY_RETENTION_MS_DEFAULT)),
+    }
     return [
-        NewTopic(topics.name(t), partitions, replication, topic_configs=common) for t in ALL_TOPICS
+        NewTopic(
+            topics.name(t),
+            partitions,
+            replication,
+            topic_configs=private if t in (PRIVACY_REQUESTS, PRIVACY_RESULTS) else common,
+        )
+        for t in ALL_TOPICS
     ] + [
         NewTopic(topics.name(dlq(t)), partitions, replication, topic_configs=dead)
         for t in ALL_TOPICS

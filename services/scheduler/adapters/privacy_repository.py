@@ -180,9 +180,9 @@ _REQUESTS = """
     SELECT r.request_id, r.kind, r.scope, r.shop_id, r.origin, r.platform_request_id,
         r.requested_at, r.erased_at,
         coalesce(jsonb_object_agg(p.service, p.received_at)
-            FILTER (WHERE p.service IS NOT NULL), '{}')::text AS answered,
+            FILTER (WHERE p.service IS NOT NULL), '{{}}')::text AS answered,
         coalesce(jsonb_object_agg(p.service, p.erased)
-            FILTER (WHERE p.erased IS NOT NULL), '{}')::text AS erased
+            FILTER (WHERE p.erased IS NOT NULL), '{{}}')::text AS erased
     FROM scheduler.privacy_requests r
     LEFT JOIN scheduler.privacy_parts p USING (request_id)
     WHERE {where}
