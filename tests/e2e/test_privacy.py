@@ -151,6 +151,9 @@ REPORT_TOTALS = {
     "engagement": "SELECT count(*), count(first_click_at) FROM ingest.messages",
     "enrolments": "SELECT journey_id, count(*) FROM scheduler.enrollments GROUP BY 1",
     "scheduler engagement": "SELECT count(*), count(clicked_at) FROM scheduler.message_engagement",
+    "report results": "SELECT status, count(*) FROM scheduler.message_results GROUP BY 1",
+    "report orders": "SELECT count(*), sum(total), count(DISTINCT customer_key)"
+    " FROM scheduler.customer_orders",
 }
 
 
