@@ -130,6 +130,9 @@ async def _history(system: System) -> None:
         assert (await system.post(d)).status_code == 200
     await eventually(lambda: system.timers(), what="the reminder timer")
     await system.clock.advance(timedelta(hours=3))
+    final = "SELECT count(*) FROM dispatcher.messages WHERE status NOT IN ('claimed', 'data')"
+    await eventually(lambda: _count(system, final, 1), what="the reminder's outcome")
+    assert await system.messages() == [("sent", None)]
     await eventually(lambda: len(system.mail.messages) == 1, what="the reminder")
     [click] = urls(system.mail.messages[0], "t/c")
     async with httpx.AsyncClient() as client:

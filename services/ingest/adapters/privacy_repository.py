@@ -1,10 +1,11 @@
 """Erasure and export of one customer (or a whole shop) in the ingest schema.
 
 The customer is found by the request's keys, addresses and order ids, widened by what the facts
-link to them (an account's address, a guest's key from it). The profile, its per-category
-figures and engagement summary are deleted; orders, their lines, carts, message engagement,
-conversions and coupons stay for the shop's report totals, under a random pseudonym instead of
-the customer key (a guest's key contains the address), and a cart loses its recovery link.
+link to them (an account's address, a guest's key from it, a guest merged into an account).
+The profile, its per-category figures, engagement summary and guest aliases are deleted;
+orders, their lines, carts, message engagement, conversions and coupons stay for the shop's
+report totals, under a random pseudonym instead of the customer key (a guest's key contains
+the address), and a cart loses its recovery link.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ _BY_KEY_OR_ADDRESS = sa.text("""
 _BY_ORDER = sa.text("""
     SELECT customer_key FROM ingest.orders WHERE shop_id = :shop AND order_id = ANY(:orders)
 """)
+# A guest merged into an account (docs/adr/0004): both keys are the same person.
+_ALIASES = sa.text("""
+    SELECT alias_key, canonical_key, email FROM ingest.customer_aliases
+    WHERE shop_id = :shop AND (alias_key = ANY(:keys) OR canonical_key = ANY(:keys)
+        OR email = ANY(:emails))
+""")
+_FORGET_ALIASES = sa.text("""
+    DELETE FROM ingest.customer_aliases WHERE alias_key = ANY(:keys) OR canonical_key = ANY(:keys)
+""")
 _FORGET_CART_LINKS = sa.text("""
     UPDATE ingest.carts SET recovery_url = NULL WHERE customer_key = ANY(:keys)
 """)
@@ -60,6 +70,10 @@ async def find_subject(conn: AsyncConnection, request: PrivacyRequest) -> Subjec
     if request.order_ids:
         found = await conn.execute(_BY_ORDER, {"shop": shop, "orders": request.order_ids})
         keys |= {row[0] for row in found}
+    params = {"shop": shop, "keys": list(keys), "emails": list(emails)}
+    for alias, canonical, email in await conn.execute(_ALIASES, params):
+        keys |= {alias, canonical}
+        emails.add(email)
     keys |= {customer_key(shop, None, email) for email in emails}
     return Subject(frozenset(k for k in keys if k.startswith(shop + ":")), frozenset(emails))
 
@@ -75,10 +89,11 @@ class IngestPrivacyRepository:
             subject = await find_subject(conn, request)
             keys = sorted(subject.keys)  # rows locked in key order, as the consumer does
             await conn.execute(_FORGET_CART_LINKS, {"keys": keys})
+            aliases = await conn.execute(_FORGET_ALIASES, {"keys": keys})
             erased = await delete_customers(conn, SCHEMA, DELETED, keys)
             renames = {key: pseudonym(request.shop_id) for key in keys}
             erased |= await pseudonymise(conn, SCHEMA, renames, skip=DELETED)
-        return erased
+        return erased | {"customer_aliases": int(aliases.rowcount)}
 
     async def export(self, request: PrivacyRequest) -> ExportData:
         async with self._engine.connect() as conn:

@@ -38,6 +38,15 @@ _SUBJECT = sa.text("""
     WHERE shop_id = :shop
       AND (customer_key = ANY(:keys) OR lower(profile->>'email') = ANY(:emails))
 """)
+# A guest merged into an account: both keys are the same person.
+_ALIASES = sa.text("""
+    SELECT alias_key, canonical_key FROM scheduler.customer_aliases
+    WHERE alias_key = ANY(:keys) OR canonical_key = ANY(:keys)
+""")
+_FORGET_ALIASES = sa.text("""
+    DELETE FROM scheduler.customer_aliases
+    WHERE alias_key = ANY(:keys) OR canonical_key = ANY(:keys)
+""")
 _ENROLLMENTS = sa.text("SELECT id FROM scheduler.enrollments WHERE customer_key = ANY(:keys)")
 _SHOP_ENROLLMENTS = sa.text(
     "SELECT id FROM scheduler.enrollments WHERE starts_with(customer_key, :prefix)"
@@ -86,6 +95,8 @@ async def find_subject(conn: AsyncConnection, request: PrivacyRequest) -> Subjec
         if email:
             emails.add(email)
     keys |= {customer_key(shop, None, email) for email in emails}
+    for alias, canonical in await conn.execute(_ALIASES, {"keys": list(keys)}):
+        keys |= {alias, canonical}
     return Subject(sorted(k for k in keys if k.startswith(shop + ":")), sorted(emails))
 
 
@@ -123,7 +134,12 @@ async def _stop_everything_for(
     timers = await conn.execute(_DELETE_TIMERS, {"ids": ids})
     await conn.execute(_END_ENROLLMENTS, {"ids": ids, "reason": REDACTED, "now": now})
     outbox = await conn.execute(_DELETE_OUTBOX, {"keys": list(keys)})
-    return {"timers": int(timers.rowcount), "outbox": int(outbox.rowcount)}
+    aliases = await conn.execute(_FORGET_ALIASES, {"keys": list(keys)})
+    return {
+        "timers": int(timers.rowcount),
+        "outbox": int(outbox.rowcount),
+        "customer_aliases": int(aliases.rowcount),
+    }
 
 
 async def _erase_shop(conn: AsyncConnection, shop_id: str, now: datetime) -> dict[str, int]:
