@@ -29,7 +29,8 @@ from shared.subject_tables import (
 )
 
 SCHEMA = "scheduler"
-DELETED = ("customers", "contact_queue")
+# A pending segment entry is a message in waiting, like a held one.
+DELETED = ("customers", "contact_queue", "segment_timers")
 PRIVACY_TABLES = ("privacy_requests", "privacy_parts")
 REDACTED = "redacted"
 
