@@ -31,3 +31,17 @@ class ServiceSettings(BaseSettings):
     log_json: bool = True
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+
+
+class DedupeRetention(BaseSettings):
+    """For services that remember processed event ids (shared/pruning.py prunes them)."""
+
+    processed_retention_days: float = Field(
+        default=14,
+        ge=1,
+        description="How long processed event ids are kept to drop redeliveries; longer than "
+        "the broker's retention (Kafka's default is 7 days).",
+    )
+    prune_interval_s: float = Field(
+        default=3600, gt=0, description="How often old processed event ids are deleted."
+    )

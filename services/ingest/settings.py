@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.ingest.domain.customer_facts import FactsSettings
-from shared.settings import ServiceSettings
+from shared.settings import DedupeRetention, ServiceSettings
 from shared.tracking import TrackingKey
 
 Role = Literal["api", "consumer", "all"]
@@ -79,7 +79,7 @@ class ShopConfig(BaseModel):
         )
 
 
-class IngestSettings(ServiceSettings):
+class IngestSettings(ServiceSettings, DedupeRetention):
     model_config = SettingsConfigDict(env_prefix="REBOUND_INGEST_", extra="ignore")
 
     http_port: int = 8001
@@ -105,15 +105,6 @@ class IngestSettings(ServiceSettings):
     )
     consumer_batch_max: int = Field(default=2000, ge=1, description="Records per consumer batch.")
     db_pool_size: int = Field(default=5, ge=1)
-    processed_retention_days: float = Field(
-        default=14,
-        ge=1,
-        description="How long processed event ids are kept to drop redeliveries; longer than "
-        "the broker's retention (Kafka's default is 7 days).",
-    )
-    prune_interval_s: float = Field(
-        default=3600, gt=0, description="How often old processed event ids are deleted."
-    )
     shopify_max_delivery_age_s: float = Field(
         default=86400,
         ge=0,

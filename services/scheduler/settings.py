@@ -9,12 +9,12 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.scheduler.contact_settings import ShopContactPolicy
-from shared.settings import ServiceSettings
+from shared.settings import DedupeRetention, ServiceSettings
 
 DEFAULT_JOURNEYS_DIR = Path(__file__).parent / "journeys"
 
 
-class SchedulerSettings(ServiceSettings):
+class SchedulerSettings(ServiceSettings, DedupeRetention):
     model_config = SettingsConfigDict(env_prefix="REBOUND_SCHEDULER_", extra="ignore")
 
     http_port: int = 8002
@@ -39,15 +39,6 @@ class SchedulerSettings(ServiceSettings):
         ),
     )
     claim_batch: int = Field(default=1000, gt=0, description="Due timers fired per pass.")
-    processed_retention_days: float = Field(
-        default=14,
-        ge=1,
-        description="How long processed event ids are kept to drop redeliveries; longer than "
-        "the broker's retention (Kafka's default is 7 days).",
-    )
-    prune_interval_s: float = Field(
-        default=3600, gt=0, description="How often old processed event ids are deleted."
-    )
     predictions_refresh_s: float = Field(
         default=86_400,
         ge=0,

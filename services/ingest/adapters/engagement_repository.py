@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest.domain.engagement import (
     CustomerEngagement,
@@ -22,21 +21,11 @@ from services.ingest.domain.engagement import (
     Touch,
 )
 from shared import events as ev
+from shared.db import DriverWrites
 
 
-class EngagementRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-        self._driver_conn: Any = None
-
-    async def _driver(self) -> Any:
-        if self._driver_conn is None:
-            await self._conn.exec_driver_sql("SELECT 1")  # begins the caller's transaction
-            driver: Any = (await self._conn.get_raw_connection()).driver_connection
-            if not driver.is_in_transaction():
-                raise RuntimeError("engagement must be written inside the caller's transaction")
-            self._driver_conn = driver
-        return self._driver_conn
+class EngagementRepository(DriverWrites):
+    _what = "engagement"
 
     async def claim_new(self, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:

@@ -9,30 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.ingest.domain.identity import Alias, Link
+from shared.db import DriverWrites
 
 # Namespace of the advisory locks (the first key of the two-key form), so they can never
 # collide with another user of advisory locks on the same database.
 _LOCK_SPACE = 0x1D
 
 
-class IdentityRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-        self._driver_conn: Any = None
-
-    async def _driver(self) -> Any:
-        if self._driver_conn is None:
-            await self._conn.exec_driver_sql("SELECT 1")  # begins the caller's transaction
-            driver: Any = (await self._conn.get_raw_connection()).driver_connection
-            if not driver.is_in_transaction():
-                raise RuntimeError("identities must be written inside the caller's transaction")
-            self._driver_conn = driver
-        return self._driver_conn
+class IdentityRepository(DriverWrites):
+    _what = "identities"
 
     async def lock(self, guest_keys: Sequence[str]) -> None:
         """Hold each guest key until the transaction ends, in the order given (sorted).

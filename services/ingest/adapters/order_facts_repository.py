@@ -12,12 +12,11 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from services.ingest.adapters.facts_repository import order_columns
 from services.ingest.domain.customer_facts import CategoryFacts, OrderFacts, PlacedOrder
 from services.ingest.domain.facts import CustomerRow, OrderRow
 from services.ingest.domain.profile import EngagementSummary, Place
+from shared.db import DriverWrites
 
 
 @dataclass(frozen=True)
@@ -61,19 +60,8 @@ class FactsWrite:
     changed_categories: frozenset[str]  # only these category rows are written
 
 
-class OrderFactsRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-        self._driver_conn: Any = None
-
-    async def _driver(self) -> Any:
-        if self._driver_conn is None:
-            await self._conn.exec_driver_sql("SELECT 1")  # begins the caller's transaction
-            driver: Any = (await self._conn.get_raw_connection()).driver_connection
-            if not driver.is_in_transaction():
-                raise RuntimeError("order facts must be written inside the caller's transaction")
-            self._driver_conn = driver
-        return self._driver_conn
+class OrderFactsRepository(DriverWrites):
+    _what = "order facts"
 
     # --- bulk inserts (the import) ------------------------------------------------------
 

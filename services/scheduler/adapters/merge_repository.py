@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from services.scheduler.domain.engine import Enrollment
+from shared.db import DriverWrites
 from shared.events import CartSnapshot, Profile
 
 
@@ -33,19 +32,8 @@ class Canonical:
     cart: CartSnapshot | None
 
 
-class MergeRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-        self._driver_conn: Any = None
-
-    async def _driver(self) -> Any:
-        if self._driver_conn is None:
-            await self._conn.exec_driver_sql("SELECT 1")  # begins the caller's transaction
-            driver: Any = (await self._conn.get_raw_connection()).driver_connection
-            if not driver.is_in_transaction():
-                raise RuntimeError("merges must be written inside the caller's transaction")
-            self._driver_conn = driver
-        return self._driver_conn
+class MergeRepository(DriverWrites):
+    _what = "merges"
 
     async def add_aliases(self, merges: Sequence[Merge]) -> None:
         await (await self._driver()).execute(
