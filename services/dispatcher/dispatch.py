@@ -288,7 +288,10 @@ class Dispatcher:
         if ask:  # an unsubscribe acknowledged before now must be in the table first
             await self._engagement.barrier.wait()
         found = await self._engagement.suppressions.reasons(
-            [(r.shop_id, r.customer_key, r.recipient.email) for r in (requests[i] for i in ask)]
+            [
+                (r.shop_id, r.customer_key, r.recipient.email, r.requested_at)
+                for r in (requests[i] for i in ask)
+            ]
         )
         for i, reason in zip(ask, found, strict=True):
             reasons[i] = reason

@@ -20,6 +20,7 @@ from tests.integration.test_dispatcher_service import SHOP, Harness, message_req
 
 pytestmark = pytest.mark.integration
 SUNSET_AT = datetime(2026, 3, 1, 12, tzinfo=UTC)
+AFTER = SUNSET_AT + timedelta(days=1)
 
 
 @pytest.fixture
@@ -116,15 +117,18 @@ async def test_a_sunset_customer_gets_no_marketing_mail_until_they_order_again(
     await sunset(harness, "ada@example.com")
     await eventually(lambda: _has_sunset(harness, "ada@example.com"), what="sunset recorded")
 
-    await harness.send(message_request("promo", email="ada@example.com"))
-    care = message_request("care", email="ada@example.com", consent_required=False)
+    await harness.send(message_request("promo", email="ada@example.com", requested_at=AFTER))
+    care = message_request(
+        "care", email="ada@example.com", consent_required=False, requested_at=AFTER
+    )
     await harness.send(care)
 
     assert await outcome(harness, "promo") == ("suppressed", "sunset")
     assert await outcome(harness, "care") == ("sent", None)  # service mail is not marketing
     await activity(harness, "ada@example.com", ev.ORDER_PLACED, SUNSET_AT + timedelta(days=3))
     await eventually(lambda: _no_sunset(harness, "ada@example.com"), what="sunset lifted")
-    await harness.send(message_request("after-order", email="ada@example.com"))
+    later = SUNSET_AT + timedelta(days=4)
+    await harness.send(message_request("after-order", email="ada@example.com", requested_at=later))
     assert await outcome(harness, "after-order") == ("sent", None)
     assert len(harness.mails_to("ada@example.com")) == 2
 
@@ -138,7 +142,7 @@ async def test_an_order_read_before_an_older_sunset_still_wins(harness: Harness)
     await eventually(lambda: _has_sunset(harness, "cy@example.com"), what="later sunset")
 
     assert await sunset_rows(harness, "bob@example.com") == 0
-    await harness.send(message_request("bob-promo", email="bob@example.com"))
+    await harness.send(message_request("bob-promo", email="bob@example.com", requested_at=AFTER))
     assert await outcome(harness, "bob-promo") == ("sent", None)
 
 
@@ -146,14 +150,30 @@ async def test_an_opt_in_lifts_a_sunset_and_an_older_order_does_not(harness: Har
     await activity(harness, "dee@example.com", ev.ORDER_PLACED, SUNSET_AT - timedelta(days=99))
     await sunset(harness, "dee@example.com")
     await eventually(lambda: _has_sunset(harness, "dee@example.com"), what="sunset recorded")
-    await harness.send(message_request("dee-1", email="dee@example.com"))
+    await harness.send(message_request("dee-1", email="dee@example.com", requested_at=AFTER))
     assert await outcome(harness, "dee-1") == ("suppressed", "sunset")
 
     later = SUNSET_AT + timedelta(days=10)
     await activity(harness, "dee@example.com", ev.CONSENT_CHANGED, later, consent="subscribed")
     await eventually(lambda: _no_sunset(harness, "dee@example.com"), what="opt-in lifted it")
-    await harness.send(message_request("dee-2", email="dee@example.com"))
+    after_opt_in = later + timedelta(days=1)
+    await harness.send(
+        message_request("dee-2", email="dee@example.com", requested_at=after_opt_in)
+    )
     assert await outcome(harness, "dee-2") == ("sent", None)
+
+
+async def test_the_goodbye_decided_with_the_sunset_goes_out_even_if_the_sunset_is_read_first(
+    harness: Harness,
+) -> None:
+    await sunset(harness, "eve@example.com")
+    await eventually(lambda: _has_sunset(harness, "eve@example.com"), what="sunset recorded")
+    goodbye = message_request("eve-goodbye", email="eve@example.com", requested_at=SUNSET_AT)
+    await harness.send(goodbye)  # requested in the pass that sunset her
+    assert await outcome(harness, "eve-goodbye") == ("sent", None)
+    after = SUNSET_AT + timedelta(seconds=1)
+    await harness.send(message_request("eve-promo", email="eve@example.com", requested_at=after))
+    assert await outcome(harness, "eve-promo") == ("suppressed", "sunset")
 
 
 async def _has_sunset(harness: Harness, email: str) -> bool:

@@ -50,14 +50,18 @@ _ADD_ADDRESSES_OF = text("""
     ON CONFLICT DO NOTHING
 """)
 
-# One row per (shop, customer, address) asked, in order: the first suppression's reason or NULL.
+# One row per (shop, customer, address, requested_at) asked, in order: the first suppression's
+# reason or NULL. A sunset holds for mail requested after it: the goodbye of the win-back is
+# requested in the pass that sunsets, and the dispatcher may read the sunset first.
 _REASONS = text("""
     SELECT (SELECT s.reason FROM dispatcher.suppressions s
             WHERE s.shop_id = t.shop AND ((s.kind = 'customer' AND s.value = t.customer)
                 OR (s.kind = 'address' AND s.value = t.address))
+                AND NOT (s.reason = 'sunset' AND s.since >= t.requested)
             ORDER BY s.since LIMIT 1)
-    FROM unnest(CAST(:shops AS text[]), CAST(:customers AS text[]), CAST(:addresses AS text[]))
-        WITH ORDINALITY AS t(shop, customer, address, n)
+    FROM unnest(CAST(:shops AS text[]), CAST(:customers AS text[]), CAST(:addresses AS text[]),
+        CAST(:requested AS timestamptz[]))
+        WITH ORDINALITY AS t(shop, customer, address, requested, n)
     ORDER BY t.n
 """)
 
@@ -125,15 +129,21 @@ class SuppressionRepository:
                 {"shops": [s for s, _ in touched], "customers": [c for _, c in touched]},
             )
 
-    async def reasons(self, asked: Sequence[tuple[str, str, str]]) -> list[str | None]:
-        """For (shop_id, customer_key, email) each, its suppression reason or None: one query."""
+    async def reasons(
+        self, asked: Sequence[tuple[str, str, str, datetime]]
+    ) -> list[str | None]:
+        """For (shop_id, customer_key, email, requested_at) each, its suppression reason or
+        None: one query."""
         if not asked:
             return []
-        shops, customers, addresses = (list(column) for column in zip(*asked, strict=True))
+        shops, customers, addresses, requested = (
+            list(column) for column in zip(*asked, strict=True)
+        )
         params = {
             "shops": shops,
             "customers": customers,
             "addresses": [a.lower() for a in addresses],
+            "requested": requested,
         }
         async with self._engine.connect() as conn:
             rows = (await conn.execute(_REASONS, params)).all()
