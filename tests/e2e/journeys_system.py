@@ -31,10 +31,11 @@ from pydantic import SecretStr
 from services.dispatcher.app import DispatcherService
 from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.shops import ShopMailConfig
+from services.ingest.app import IngestService
 from services.ingest.domain.customer_facts import FactsSettings
+from services.ingest.domain.history_csv import GENERIC_COLUMNS
 from services.ingest.history_import import import_orders
 from services.ingest.history_publish import publish_imported
-from services.ingest.app import IngestService
 from services.ingest.settings import IngestSettings
 from services.scheduler.app import SchedulerService
 from services.scheduler.domain.engine import _bucket
@@ -190,6 +191,25 @@ class System:
         if paid:
             await self.event(ev.ORDER_PAID, data)
 
+    async def cart(
+        self,
+        n: int,
+        lines: Sequence[tuple[Product, int]],
+        first_name: str | None = None,
+        updated_at: datetime | None = None,
+    ) -> None:
+        total = sum((p.price * q for p, q in lines), Decimal(0))
+        data = {
+            "cart_id": f"cart-{n}",
+            "customer": self.customer(n, first_name),
+            "lines": [p.line(q) for p, q in lines],
+            "currency": "EUR",
+            "total_price": str(total),
+            "recovery_url": f"{STOREFRONT}/cart/{n}",
+            "updated_at": (updated_at or self.clock.now()).isoformat(),
+        }
+        await self.event(ev.CART_UPDATED, data)
+
     async def import_history(self, rows: Sequence[tuple[int, datetime, Product, int]]) -> None:
         """Orders of the past through the history import (one line each), then their facts
         published as the import command does."""
@@ -197,16 +217,10 @@ class System:
         self._events += 1
         with path.open("w", newline="") as f:
             out = csv.writer(f)
-            out.writerow(
-                ["customer_id", "email", "order_id", "date", "total", "currency", "product_id"]
-                + ["product", "category", "quantity", "price"]
-            )
+            out.writerow(GENERIC_COLUMNS)
             for i, (n, at, p, q) in enumerate(rows):
-                total = p.price * q
-                out.writerow(
-                    [n, email_of(n), f"h-{n}-{i}", at.isoformat(), total, "EUR", p.product_id]
-                    + [p.title, p.category, q, p.price]
-                )
+                order = [n, email_of(n), f"h-{n}-{i}", at.isoformat(), p.price * q, "EUR"]
+                out.writerow([*order, p.product_id, p.title, p.category, q, p.price])
         engine = make_engine(self.database_url, pool_size=1)
         try:
             report = await import_orders(
@@ -360,7 +374,7 @@ async def engagement_arrived(system: System, n: int, column: str, count: int) ->
 
     async def arrived() -> bool:
         rows = await system.sql(
-            f"SELECT count(*) FROM scheduler.message_engagement e"  # noqa: S608 - a column name
+            f"SELECT count(*) FROM scheduler.message_engagement e"
             f" WHERE e.{column} IS NOT NULL AND e.request_key IN (SELECT request_key FROM"
             " scheduler.message_requests r JOIN scheduler.enrollments n"
             " ON n.id = r.enrollment_id WHERE n.customer_key = :k)",
@@ -450,5 +464,5 @@ async def start_system(
         catcher.stop()
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+def utc(year: int, month: int, day: int, hour: int = 0) -> datetime:
+    return datetime(year, month, day, hour, tzinfo=UTC)

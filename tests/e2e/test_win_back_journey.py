@@ -10,15 +10,15 @@ months it covers pass in milliseconds.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Infra, eventually
 from tests.e2e.journeys_system import (
-    DAY,
     DARJEELING,
+    DAY,
     KETTLE,
     OOLONG,
     SENCHA,
@@ -79,7 +79,7 @@ async def test_win_back_reason_offer_last_chance_branches_goodbye_and_sunset(
     reasons = {n: (await system.mail_count(n, 1))[0] for n in (silent, opener, clicker, buyer)}
     for n, mail in reasons.items():
         [enrolment] = await system.enrolments(n, "win-back")
-        assert enrolment["entered_at"].startswith(entry.isoformat()[:26])
+        assert datetime.fromisoformat(enrolment["entered_at"]) == entry
         assert mail.message["Subject"] == f"{names[n]}, new in your favourite category"
         text = mail.part("text/plain")
         assert f"Hi {names[n]}," in text

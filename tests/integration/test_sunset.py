@@ -157,9 +157,7 @@ async def test_an_opt_in_lifts_a_sunset_and_an_older_order_does_not(harness: Har
     await activity(harness, "dee@example.com", ev.CONSENT_CHANGED, later, consent="subscribed")
     await eventually(lambda: _no_sunset(harness, "dee@example.com"), what="opt-in lifted it")
     after_opt_in = later + timedelta(days=1)
-    await harness.send(
-        message_request("dee-2", email="dee@example.com", requested_at=after_opt_in)
-    )
+    await harness.send(message_request("dee-2", email="dee@example.com", requested_at=after_opt_in))
     assert await outcome(harness, "dee-2") == ("sent", None)
 
 

@@ -129,9 +129,7 @@ class SuppressionRepository:
                 {"shops": [s for s, _ in touched], "customers": [c for _, c in touched]},
             )
 
-    async def reasons(
-        self, asked: Sequence[tuple[str, str, str, datetime]]
-    ) -> list[str | None]:
+    async def reasons(self, asked: Sequence[tuple[str, str, str, datetime]]) -> list[str | None]:
         """For (shop_id, customer_key, email, requested_at) each, its suppression reason or
         None: one query."""
         if not asked:
