@@ -485,6 +485,8 @@ def table(results: dict[str, Any]) -> str:
         lines += pbench.table_lines(results["predictions"])
     if "segments" in results:
         lines += sbench.table_lines(results["segments"])
+    if "segment_timers" in results:
+        lines += sbench.pending_lines(results["segment_timers"])
     return "\n".join(lines)
 
 
@@ -529,6 +531,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="at most this many customers for the Python loop (reported per customer)",
     )
     parser.add_argument(
+        "--segment-due", type=int, default=20_000, help="due segment timers fired (segments)"
+    )
+    parser.add_argument(
+        "--segment-pending",
+        type=int,
+        default=1_000_000,
+        help="segment timers not due, in the table while those fire (segments bench)",
+    )
+    parser.add_argument(
         "--only",
         choices=[
             "webhooks",
@@ -571,6 +582,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.only in (None, "segments"):
             results["segments"] = sbench.bench_segments(
                 s.database_url, args.segment_customers, args.naive_segment_customers
+            )
+            results["segment_timers"] = sbench.bench_pending_timers(
+                s.database_url, args.segment_due, args.segment_pending, args.naive_segment_customers
             )
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results), flush=True)
