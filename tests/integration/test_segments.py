@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.scheduler.adapters.tables import customers, enrollments, segment_timers
 from services.scheduler.app import SchedulerService
+from services.scheduler.segments.repository import SegmentRepository, SegmentTimerRow
 from services.scheduler.settings import SchedulerSettings
 from shared import events
 from shared.clock import ManualClock
@@ -386,3 +387,44 @@ async def test_test_mode_sends_to_the_test_recipients_and_lists_whom_it_would_ha
     assert listed["sent_to"] == ["qa@shop.test"]
     assert listed["test"] is True
     assert datetime.fromisoformat(listed["requested_at"]) == start + 90 * DAY
+
+
+ONE_SEND = """
+id: one-send
+version: 1
+name: One message on the 90th day
+trigger: {segment: {field: profile.days_since_last_order, op: gte, value: 90}}
+limits: {reentry: after_exit}
+steps:
+  - {id: hello, send: {template: winback_reason, subject: "Hello"}}
+"""
+
+
+async def test_an_entry_timer_placed_again_after_it_fired_enrols_nobody_twice(
+    settings: SchedulerSettings,
+    topics: Topics,
+    clock: ManualClock,
+    producer: AIOKafkaProducer,
+    scheduler: SchedulerService,
+) -> None:
+    """A sweep (or a batch) that read the clock before the timer fired computes the same entry
+    moment and writes it back; the enrolment it already made stands alone."""
+    await put(scheduler, ONE_SEND)
+    shop = Shop(producer, topics, clock)
+    await shop.order(1)
+    await eventually(lambda: timer_due(settings, 1), what="segment timer stored")
+    [row] = await rows(settings, sa.select(segment_timers))
+    await clock.advance(90 * DAY)
+    await eventually(lambda: enrolled(settings, "one-send"), what="enrolled by the timer")
+    stale = SegmentTimerRow(
+        row["journey_id"], row["customer_key"], row["partition"], row["due_at"], None
+    )
+    engine = make_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            await SegmentRepository(conn).set_timers([stale], [], sweep_at=row["due_at"] - DAY)
+    finally:
+        await engine.dispose()
+    await scheduler.timers.fire_due()
+    assert await timer_due(settings, 1) is None
+    assert [e["status"] for e in await enrolled(settings, "one-send")] == ["completed"]

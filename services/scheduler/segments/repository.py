@@ -44,6 +44,13 @@ LOCK_TIMERS = """
     ORDER BY journey_id, customer_key
     FOR UPDATE
 """
+# The latest entry of each (journey, customer) asked: a timer due at or before it belongs to a
+# stay already entered (placed again by a sweep or batch that read the clock before the firing).
+LATEST_ENTRIES = """
+    SELECT journey_id, customer_key, max(entered_at) FROM scheduler.enrollments
+    WHERE customer_key = ANY($1::text[]) AND journey_id = ANY($2::text[])
+    GROUP BY journey_id, customer_key
+"""
 UPSERT_TIMERS = """
     INSERT INTO scheduler.segment_timers (journey_id, customer_key, partition, due_at, leaves_at)
     SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[],
@@ -139,6 +146,14 @@ class SegmentRepository:
     ) -> dict[tuple[str, str], datetime]:
         rows = await (await self._driver()).fetch(
             LOCK_TIMERS, list(customer_keys), list(journey_ids)
+        )
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    async def latest_entries(
+        self, customer_keys: Sequence[str], journey_ids: Sequence[str]
+    ) -> dict[tuple[str, str], datetime]:
+        rows = await (await self._driver()).fetch(
+            LATEST_ENTRIES, list(customer_keys), list(journey_ids)
         )
         return {(r[0], r[1]): r[2] for r in rows}
 

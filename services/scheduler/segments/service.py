@@ -199,7 +199,9 @@ class SegmentTimers:
             return 0, Published([], [])
         await self.runner.catalog.refresh(conn)
         journeys = {j.id: j for j in segment_journeys(self.runner.catalog)}
-        customers = await repo.customers(sorted({t.customer_key for t in due}))
+        keys = sorted({t.customer_key for t in due})
+        customers = await repo.customers(keys)
+        latest = await repo.latest_entries(keys, sorted({t.journey_id for t in due}))
         entrants: list[tuple[Journey, CustomerFacts]] = []
         rows: list[SegmentTimerRow] = []
         for timer in due:
@@ -207,7 +209,10 @@ class SegmentTimers:
             if journey is None or customer is None:
                 continue  # the journey is off or replaced, the customer gone: the timer goes
             holds, following = on_timer(segment_of(journey), segment_facts(customer, now), now)
-            if holds:
+            entered = latest.get((timer.journey_id, timer.customer_key))
+            if holds and (entered is None or entered < timer.due_at):
+                # An enrolment at or after the due moment already entered this stay: a sweep
+                # or an activity batch that read the clock before it fired placed it again.
                 entrants.append((journey, customer))
             _place(rows, [], journey, customer, following)
         published = await self._enter(conn, entrants, now, isolate)
