@@ -278,6 +278,7 @@ async def _store_pending_journey(url: str) -> None:
 
 async def _pending(url: str, due: int, pending: int, naive_cap: int, batch: int) -> dict[str, Any]:
     await _store_pending_journey(url)
+    await _timed_round(url, 9, min(due, 200), 0, batch)  # warm-up: connections, caches
     empty_s = await _timed_round(url, 0, due, 0, batch)
     naive_empty = await _naive_pass(url, due, naive_cap) * due
     full_s = await _timed_round(url, 1, due, pending, batch)
