@@ -26,7 +26,12 @@ from services.scheduler.reports.consumer import ResultsHandler
 from services.scheduler.reports.service import ReportsService
 from services.scheduler.runner import JourneyCatalog, Runner
 from services.scheduler.segments.api import segments_router
-from services.scheduler.segments.service import SegmentSweeper, SegmentTimers, SegmentTracker
+from services.scheduler.segments.service import (
+    PredictionEntries,
+    SegmentSweeper,
+    SegmentTimers,
+    SegmentTracker,
+)
 from services.scheduler.settings import SchedulerSettings
 from shared import db
 from shared.admin_auth import admin_guard
@@ -138,8 +143,12 @@ class SchedulerService:
             timedelta(days=settings.processed_retention_days),
             settings.prune_interval_s,
         )
+        # A refresh that moved someone's predictions re-evaluates the segments that read them.
         self.predictions = PredictionRefresher(
-            settings.database_url, clock, settings.predictions_refresh_s
+            settings.database_url,
+            clock,
+            settings.predictions_refresh_s,
+            on_refreshed=PredictionEntries(self.engine, self.runner, clock).on_refreshed,
         )
         self.contact_pruner = Pruner(  # the contact log only matters within the longest limit
             self.engine,

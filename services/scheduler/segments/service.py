@@ -23,7 +23,16 @@ from services.scheduler.domain.facts import build_facts
 from services.scheduler.domain.journey import Backfill, Journey, SegmentTrigger
 from services.scheduler.domain.preview import first_message
 from services.scheduler.domain.segment_defaults import DEFAULT_SEGMENTS
-from services.scheduler.domain.segment_time import entered_by_change, next_entry, on_timer
+from services.scheduler.domain.segment_facts import reads_predictions
+from services.scheduler.domain.segment_time import (
+    Entry,
+    entered_by_change,
+    next_entry,
+    on_timer,
+    timeline,
+)
+from services.scheduler.predictions.repository import PredictionRepository
+from services.scheduler.predictions.service import Refreshed
 from services.scheduler.runner import SEGMENT_ENTERED, JourneyCatalog, Published, Runner
 from services.scheduler.segments.repository import (
     Candidates,
@@ -54,7 +63,10 @@ def segment_of(journey: Journey) -> Condition:
 
 
 def segment_facts(customer: CustomerFacts, now: datetime) -> dict[str, Any]:
-    return build_facts(SEGMENT_ENTERED, now, customer.profile, customer.cart, now)
+    return build_facts(
+        SEGMENT_ENTERED, now, customer.profile, customer.cart, now,
+        predictions=customer.predictions,
+    )  # fmt: skip
 
 
 def merge(parts: Sequence[Published]) -> Published:
@@ -111,7 +123,9 @@ class SegmentTracker:
         entrants: list[tuple[Journey, CustomerFacts]] = []
         for activity, partition in batch:
             key = activity.profile.key
-            customer = CustomerFacts(key, partition, activity.profile, activity.cart)
+            known = before.previous.get(key)  # an activity leaves the predictions as they were
+            predictions = None if known is None else known.predictions
+            customer = CustomerFacts(key, partition, activity.profile, activity.cart, predictions)
             facts = segment_facts(customer, now)
             previous = facts_before.get(key)
             if activity.kind == HISTORY_IMPORTED_KIND:
@@ -235,6 +249,65 @@ class SegmentTimers:
                 metrics.ERRORS.labels(SERVICE, "segment_entry").inc()
                 log.error("segment_entry_failed", journey=entrant[0].id, error=repr(exc))
         return merge(parts)
+
+
+# --- entries by a refresh of the predictions --------------------------------------------------
+
+
+@dataclass
+class PredictionEntries:
+    """A refresh moved some customers' predictions (PredictionRefresher.on_refreshed): for each
+    segment journey that reads them, those of them now in the segment get an entry timer due
+    now, the others their next entry moment. Like a backfill, the owner of each customer's
+    partition fires the timer and enrols (an enrolment in progress is not repeated), so the
+    instance that ran the fit writes no enrolment of a partition it does not own."""
+
+    engine: AsyncEngine
+    runner: Runner
+    clock: Clock
+    chunk: int = SWEEP_CHUNK
+
+    async def on_refreshed(self, refreshed: Refreshed) -> None:
+        async with self.engine.connect() as conn:
+            await self.runner.catalog.refresh(conn)
+            journeys = [
+                j for j in segment_journeys(self.runner.catalog) if reads_predictions(segment_of(j))
+            ]
+            if not journeys:
+                return
+            keys = await PredictionRepository(conn).changed_since(
+                refreshed.shop_id, refreshed.fitted_at
+            )
+        now, placed = self.clock.now(), 0
+        for start in range(0, len(keys), self.chunk):
+            async with self.engine.begin() as conn:
+                placed += await self._place(conn, journeys, keys[start : start + self.chunk], now)
+        log.info("prediction_entries_scheduled", shop=refreshed.shop_id, due_now=placed)
+
+    async def _place(
+        self, conn: AsyncConnection, journeys: list[Journey], keys: list[str], now: datetime
+    ) -> int:
+        repo = SegmentRepository(conn)
+        rows: list[SegmentTimerRow] = []
+        gone: list[tuple[str, str]] = []
+        due_now = 0
+        for customer in (await repo.customers(keys)).values():
+            facts = segment_facts(customer, now)
+            for journey in journeys:
+                segment = segment_of(journey)
+                if segment.holds(facts, now):  # in now: an entry, fired by the owner
+                    entry = Entry(now, _stay_end(segment, facts, now))
+                    due_now += 1
+                else:
+                    entry = next_entry(segment, facts, now)
+                _place(rows, gone, journey, customer, entry)
+        await repo.set_timers(rows, gone, sweep_at=now)
+        return due_now
+
+
+def _stay_end(segment: Condition, facts: dict[str, Any], now: datetime) -> datetime | None:
+    spans = timeline(segment, facts, now)
+    return spans[0].end if spans and spans[0].contains(now) else None
 
 
 # --- the safety net and the daily sizes -------------------------------------------------------
