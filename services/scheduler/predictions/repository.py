@@ -176,6 +176,23 @@ class PredictionRepository:
         params = {"shop": shop_id, "since": since}
         return [r[0] for r in await self._conn.execute(text(_CHANGED), params)]
 
+    async def changes_since(
+        self, shop_id: str, since: datetime
+    ) -> list[tuple[str, dict[str, Any] | None]]:
+        """changed_since with each customer's predictions before that change, as facts
+        (None: the change gave them their first)."""
+        params = {"shop": shop_id, "since": since}
+        rows = await self._conn.execute(text(_CHANGES), params)
+        return [(key, _previous_facts(previous)) for key, previous in rows]
+
+
+def _previous_facts(previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    if previous is None:
+        return None
+    at = {k: None if previous[k] is None else datetime.fromisoformat(previous[k])
+          for k in ("as_of", "next_order_at")}  # fmt: skip
+    return prediction_facts({**previous, **at})
+
 
 def prediction_facts(row: Any) -> dict[str, Any]:
     return {
@@ -230,7 +247,8 @@ _NEW_TABLE = """
 _COPY = """COPY new_predictions (customer_key, p_alive, orders_30d, orders_90d, next_order_at,
     order_value) FROM STDIN"""
 
-# Only the rows whose figures moved are written (and counted): `changed_at` says when.
+# Only the rows whose figures moved are written (and counted): `changed_at` says when, and
+# `previous` what they were (a first prediction has none).
 _UPSERT = """
     INSERT INTO scheduler.predictions AS old (customer_key, shop_id, as_of, p_alive, orders_30d,
         orders_90d, next_order_at, order_value, changed_at)
@@ -240,7 +258,10 @@ _UPSERT = """
     ON CONFLICT (customer_key) DO UPDATE SET shop_id = excluded.shop_id, as_of = excluded.as_of,
         p_alive = excluded.p_alive, orders_30d = excluded.orders_30d,
         orders_90d = excluded.orders_90d, next_order_at = excluded.next_order_at,
-        order_value = excluded.order_value, changed_at = excluded.changed_at
+        order_value = excluded.order_value, changed_at = excluded.changed_at,
+        previous = jsonb_build_object('as_of', old.as_of, 'p_alive', old.p_alive,
+            'orders_30d', old.orders_30d, 'orders_90d', old.orders_90d,
+            'next_order_at', old.next_order_at, 'order_value', old.order_value)
     WHERE (old.shop_id, old.p_alive, old.orders_30d, old.orders_90d, old.next_order_at,
         old.order_value) IS DISTINCT FROM (excluded.shop_id, excluded.p_alive,
         excluded.orders_30d, excluded.orders_90d, excluded.next_order_at, excluded.order_value)
@@ -273,4 +294,6 @@ _ONE = f"""SELECT {_COLUMNS} FROM scheduler.predictions
     WHERE shop_id = :shop AND customer_key = ANY(:keys)"""
 _FACTS_FOR = f"SELECT {_COLUMNS} FROM scheduler.predictions WHERE customer_key = ANY(:keys)"
 _CHANGED = """SELECT customer_key FROM scheduler.predictions
+    WHERE shop_id = :shop AND changed_at >= :since ORDER BY customer_key"""
+_CHANGES = """SELECT customer_key, previous FROM scheduler.predictions
     WHERE shop_id = :shop AND changed_at >= :since ORDER BY customer_key"""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -257,10 +257,11 @@ class SegmentTimers:
 @dataclass
 class PredictionEntries:
     """A refresh moved some customers' predictions (PredictionRefresher.on_refreshed): for each
-    segment journey that reads them, those of them now in the segment get an entry timer due
-    now, the others their next entry moment. Like a backfill, the owner of each customer's
-    partition fires the timer and enrols (an enrolment in progress is not repeated), so the
-    instance that ran the fit writes no enrolment of a partition it does not own."""
+    segment journey that reads them, those the new figures put into the segment (out of it on
+    the figures before) get an entry timer due now; everyone changed gets their next entry
+    moment. As with a backfill, the owner of each customer's partition fires the timer and
+    enrols, so the instance that ran the fit writes no enrolment of a partition it does not
+    own, and nobody is evaluated who did not change."""
 
     engine: AsyncEngine
     runner: Runner
@@ -275,34 +276,42 @@ class PredictionEntries:
             ]
             if not journeys:
                 return
-            keys = await PredictionRepository(conn).changed_since(
+            changes = await PredictionRepository(conn).changes_since(
                 refreshed.shop_id, refreshed.fitted_at
             )
-        now, placed = self.clock.now(), 0
-        for start in range(0, len(keys), self.chunk):
+        now, entered = self.clock.now(), 0
+        for start in range(0, len(changes), self.chunk):
             async with self.engine.begin() as conn:
-                placed += await self._place(conn, journeys, keys[start : start + self.chunk], now)
-        log.info("prediction_entries_scheduled", shop=refreshed.shop_id, due_now=placed)
+                part = dict(changes[start : start + self.chunk])
+                entered += await self._place(conn, journeys, part, now)
+        log.info("prediction_entries_scheduled", shop=refreshed.shop_id, entered=entered)
 
     async def _place(
-        self, conn: AsyncConnection, journeys: list[Journey], keys: list[str], now: datetime
+        self,
+        conn: AsyncConnection,
+        journeys: list[Journey],
+        previous: dict[str, dict[str, Any] | None],
+        now: datetime,
     ) -> int:
         repo = SegmentRepository(conn)
+        pending = await repo.lock_timers(sorted(previous), [j.id for j in journeys])
         rows: list[SegmentTimerRow] = []
         gone: list[tuple[str, str]] = []
-        due_now = 0
-        for customer in (await repo.customers(keys)).values():
-            facts = segment_facts(customer, now)
+        entered = 0
+        for customer in (await repo.customers(sorted(previous))).values():
+            after = segment_facts(customer, now)
+            before = segment_facts(replace(customer, predictions=previous[customer.key]), now)
             for journey in journeys:
                 segment = segment_of(journey)
-                if segment.holds(facts, now):  # in now: an entry, fired by the owner
-                    entry = Entry(now, _stay_end(segment, facts, now))
-                    due_now += 1
+                due = pending.get((journey.id, customer.key))
+                if entered_by_change(segment, before, after, due, now):
+                    entry = Entry(now, _stay_end(segment, after, now))
+                    entered += 1
                 else:
-                    entry = next_entry(segment, facts, now)
+                    entry = next_entry(segment, after, now)
                 _place(rows, gone, journey, customer, entry)
-        await repo.set_timers(rows, gone, sweep_at=now)
-        return due_now
+        await repo.set_timers(rows, gone, sweep_at=now)  # a timer already due stays due
+        return entered
 
 
 def _stay_end(segment: Condition, facts: dict[str, Any], now: datetime) -> datetime | None:
