@@ -16,6 +16,7 @@ from services.scheduler.adapters.tables import (
 from services.scheduler.api import control_router
 from services.scheduler.consumer import ActivityHandler
 from services.scheduler.contact_gate import ContactGate
+from services.scheduler.dashboard_feeds import dashboard_sources
 from services.scheduler.loops import OutboxPublisher, OutboxRelay, TimerLoop
 from services.scheduler.predictions.api import predictions_router
 from services.scheduler.predictions.service import PredictionRefresher
@@ -174,7 +175,8 @@ class SchedulerService:
             self.app.include_router(
                 segments_router(self.reports_engine, clock), dependencies=[Depends(guard)]
             )
-            reports = reports_router(ReportsService(self.reports_engine), clock, dashboard)
+            feeds = dashboard or dashboard_sources(self.reports_engine, clock)
+            reports = reports_router(ReportsService(self.reports_engine), clock, feeds)
             self.app.include_router(reports, dependencies=[Depends(guard)])
             self.app.include_router(
                 predictions_router(self.reports_engine, self.predictions),

@@ -140,6 +140,10 @@ class PredictionRepository:
         row = (await self._conn.execute(text(_FIT), {"shop": shop_id})).mappings().first()
         return None if row is None else dict(row)
 
+    async def fits(self) -> list[dict[str, Any]]:
+        """Every shop's last fit, by shop."""
+        return [dict(r) for r in (await self._conn.execute(text(_FITS))).mappings()]
+
     async def summary(self, shop_id: str) -> tuple[dict[str, Any], list[int]]:
         totals = (await self._conn.execute(text(_SUMMARY), {"shop": shop_id})).mappings().one()
         counts = [0] * P_ALIVE_BUCKETS
@@ -273,11 +277,12 @@ _FORGET_OTHERS = """
 """
 
 _FIT = "SELECT * FROM scheduler.prediction_fits WHERE shop_id = :shop"
+_FITS = "SELECT * FROM scheduler.prediction_fits ORDER BY shop_id"
 
 _SUMMARY = """
     SELECT count(*) AS customers, coalesce(sum(orders_30d), 0) AS orders_30d,
         coalesce(sum(orders_90d), 0) AS orders_90d,
-        sum(orders_90d * order_value) AS revenue_90d
+        sum(orders_30d * order_value) AS revenue_30d, sum(orders_90d * order_value) AS revenue_90d
     FROM scheduler.predictions WHERE shop_id = :shop
 """
 _BUCKETS = """
