@@ -16,7 +16,7 @@ import pytest
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from playwright.async_api import Browser, Page, async_playwright
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 
 from services.scheduler.adapters.tables import prediction_fits, predictions, segment_sizes
 from services.scheduler.app import SchedulerService
@@ -107,6 +107,8 @@ async def seed_segments_and_predictions(database_url: str, clock: ManualClock) -
     ]  # fmt: skip
     engine = make_engine(database_url, pool_size=1)
     async with engine.begin() as conn:
+        # in place of today's count the running scheduler took (once a day) of the scenario
+        await conn.execute(delete(segment_sizes))
         await conn.execute(insert(segment_sizes), sizes)
         await conn.execute(insert(prediction_fits), [fit])
         await conn.execute(insert(predictions), rows)
@@ -133,7 +135,7 @@ async def _check_segments_and_predictions(page: Page) -> None:
     }
     for name, value in figures.items():
         assert await shop.locator(f'[data-figure="{name}"]').inner_text() == value, name
-    titles = await shop.locator("svg rect title").all_inner_texts()
+    titles = await shop.locator("svg rect title").all_text_contents()
     assert titles[0] == "0.0-0.1: 1" and titles[1] == "0.1-0.2: 2" and titles[9] == "0.9-1.0: 3"
 
 
