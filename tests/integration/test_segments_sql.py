@@ -1,6 +1,6 @@
-"""A segment counted in SQL over scheduler.customers (and the predictions) means what the same condition means in
-Python (conditions.py over facts.build_facts); the default segments' sizes, members and the
-daily sizes through the control plane."""
+"""A segment counted in SQL over scheduler.customers (with the purchase predictions joined)
+means what the same condition means in Python (conditions.py over facts.build_facts); the
+default segments' sizes, members and the daily sizes through the control plane."""
 
 from __future__ import annotations
 
