@@ -1,7 +1,7 @@
 """predictions keep the figures a refresh replaced, so a segment over them sees who entered
 
-Revision ID: 0009_insight_predictions
-Revises: 0008_segments
+Revision ID: 0010_insight_predictions
+Revises: 0009_privacy
 Create Date: 2026-11-26
 """
 
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0009_insight_predictions"
-down_revision: str | None = "0008_segments"
+revision: str = "0010_insight_predictions"
+down_revision: str | None = "0009_privacy"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
