@@ -16,6 +16,7 @@ from services.scheduler.adapters.tables import (
 from services.scheduler.api import control_router
 from services.scheduler.consumer import ActivityHandler
 from services.scheduler.contact_gate import ContactGate
+from services.scheduler.dashboard_feeds import dashboard_sources
 from services.scheduler.loops import OutboxPublisher, OutboxRelay, TimerLoop
 from services.scheduler.predictions.api import predictions_router
 from services.scheduler.predictions.service import PredictionRefresher
@@ -26,7 +27,12 @@ from services.scheduler.reports.consumer import ResultsHandler
 from services.scheduler.reports.service import ReportsService
 from services.scheduler.runner import JourneyCatalog, Runner
 from services.scheduler.segments.api import segments_router
-from services.scheduler.segments.service import SegmentSweeper, SegmentTimers, SegmentTracker
+from services.scheduler.segments.service import (
+    PredictionEntries,
+    SegmentSweeper,
+    SegmentTimers,
+    SegmentTracker,
+)
 from services.scheduler.settings import SchedulerSettings
 from shared import db
 from shared.admin_auth import admin_guard
@@ -138,8 +144,12 @@ class SchedulerService:
             timedelta(days=settings.processed_retention_days),
             settings.prune_interval_s,
         )
+        # A refresh that moved someone's predictions re-evaluates the segments that read them.
         self.predictions = PredictionRefresher(
-            settings.database_url, clock, settings.predictions_refresh_s
+            settings.database_url,
+            clock,
+            settings.predictions_refresh_s,
+            on_refreshed=PredictionEntries(self.engine, self.runner, clock).on_refreshed,
         )
         self.contact_pruner = Pruner(  # the contact log only matters within the longest limit
             self.engine,
@@ -165,7 +175,8 @@ class SchedulerService:
             self.app.include_router(
                 segments_router(self.reports_engine, clock), dependencies=[Depends(guard)]
             )
-            reports = reports_router(ReportsService(self.reports_engine), clock, dashboard)
+            feeds = dashboard or dashboard_sources(self.reports_engine, clock)
+            reports = reports_router(ReportsService(self.reports_engine), clock, feeds)
             self.app.include_router(reports, dependencies=[Depends(guard)])
             self.app.include_router(
                 predictions_router(self.reports_engine, self.predictions),

@@ -9,7 +9,7 @@ publishes them from memory after the commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -39,7 +39,8 @@ from services.scheduler.domain.facts import (
     build_facts,
     for_enrollment,
 )
-from services.scheduler.domain.journey import Journey
+from services.scheduler.domain.journey import Journey, journey_reads_predictions
+from services.scheduler.predictions.repository import PredictionRepository
 from services.scheduler.reports.repository import ReportFactsRepository
 from shared import events
 from shared.events import Activity, MessageRequest, Profile, Recipient
@@ -56,6 +57,7 @@ class JourneyCatalog:
         self._versions: dict[tuple[str, int], Journey] = {}
         self._active: list[Journey] = []
         self._stamp: tuple[int, datetime | None] | None = None
+        self.reads_predictions = False  # some stored version's conditions look at them
 
     async def refresh(self, conn: AsyncConnection) -> None:
         """One cheap query per batch; definitions are re-read only when they changed."""
@@ -67,6 +69,7 @@ class JourneyCatalog:
         stored = await repo.all_versions(conn)
         self._versions = {(j.id, j.version): j for j, _ in stored}
         self._active = [j for j, active in stored if active]
+        self.reads_predictions = any(journey_reads_predictions(j) for j, _ in stored)
 
     def active(self) -> list[Journey]:
         return self._active
@@ -170,12 +173,17 @@ class Runner:
         steps = {t.enrollment_id: t.step_id for t in due}
         plan = _Plan()
         last = await self.engagement.last_messages(conn, steps)
-        for enrollment, customer in await repo.timer_targets(list(steps)):
+        targets = await repo.timer_targets(list(steps))
+        predictions = await self._predictions(conn, (c.key for _, c in targets))
+        for enrollment, customer in targets:
             journey = self.catalog.version(enrollment.journey_id, enrollment.journey_version)
             if journey is None:
                 continue
             assert enrollment.id is not None
-            facts = build_facts("timer", now, customer.profile, customer.cart, now)
+            facts = build_facts(
+                "timer", now, customer.profile, customer.cart, now,
+                predictions=predictions.get(customer.key),
+            )  # fmt: skip
             scoped = _scoped(facts, journey, enrollment, last.get(enrollment.id))
             outcome = engine.on_timer(journey, enrollment, steps[enrollment.id], scoped, now)
             plan.apply(
@@ -213,8 +221,9 @@ class Runner:
         last = await self.engagement.last_messages(
             conn, (t.enrollment.id for t in plan.tracked if t.enrollment.id is not None)
         )
+        predictions = await self._predictions(conn, latest)
         for activity, partition in batch:
-            customer = _customer(activity, partition)
+            customer = _customer(activity, partition, predictions.get(activity.profile.key))
             seen = _Seen(by_customer[customer.key], ever, last)
             self._on_activity(plan, seen, activity, customer, now)
         return await self._write(repo, plan, now)
@@ -229,8 +238,9 @@ class Runner:
     ) -> None:
         about = activity.message.request_key if activity.message else None
         facts = build_facts(
-            activity.kind, activity.occurred_at, customer.profile, customer.cart, now, about
-        )
+            activity.kind, activity.occurred_at, customer.profile, customer.cart, now, about,
+            customer.predictions,
+        )  # fmt: skip
         enrolled, ever = seen.enrolled, seen.ever
         active: set[str] = set()
         for tracked in enrolled:
@@ -275,13 +285,24 @@ class Runner:
             pair = (journey.id, customer.key)
             if pair in active or (journey.limits.reentry == "never" and pair in ever):
                 continue
-            facts = build_facts(SEGMENT_ENTERED, now, customer.profile, customer.cart, now)
+            facts = build_facts(
+                SEGMENT_ENTERED, now, customer.profile, customer.cart, now,
+                predictions=customer.predictions,
+            )  # fmt: skip
             outcome = engine.enter(journey, customer.key, facts, now)
             plan.apply(
                 plan.track(_Tracked(journey, outcome.enrollment, customer, True)), outcome, customer
             )
             active.add(pair)
         return await self._write(repo, plan, now)
+
+    async def _predictions(
+        self, conn: AsyncConnection, keys: Iterable[str]
+    ) -> dict[str, dict[str, Any]]:
+        """The customers' purchase predictions, in one statement, when a journey reads them."""
+        if not self.catalog.reads_predictions:
+            return {}
+        return await PredictionRepository(conn).facts_for(keys)
 
     async def _within_caps(self, repo: BatchRepository, plan: _Plan) -> None:
         """`limits.max_enrolments`: new enrolments past a journey's cap are not made."""
@@ -544,5 +565,8 @@ def _summary(profile: Profile) -> dict[str, Any]:
     return profile.model_dump(mode="json", include=_SUMMARY_FIELDS)
 
 
-def _customer(activity: Activity, partition: int) -> CustomerFacts:
-    return CustomerFacts(activity.profile.key, partition, activity.profile, activity.cart)
+def _customer(
+    activity: Activity, partition: int, predictions: dict[str, Any] | None = None
+) -> CustomerFacts:
+    key = activity.profile.key
+    return CustomerFacts(key, partition, activity.profile, activity.cart, predictions)

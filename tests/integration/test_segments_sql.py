@@ -1,23 +1,27 @@
-"""A segment counted in SQL over scheduler.customers means what the same condition means in
-Python (conditions.py over facts.build_facts); the default segments' sizes, members and the
-daily sizes through the control plane."""
+"""A segment counted in SQL over scheduler.customers (with the purchase predictions joined)
+means what the same condition means in Python (conditions.py over facts.build_facts); the
+default segments' sizes, members and the daily sizes through the control plane."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.repository import BatchRepository, CustomerFacts
+from services.scheduler.adapters.tables import predictions
 from services.scheduler.domain.conditions import Condition
 from services.scheduler.domain.segment_defaults import DEFAULT_SEGMENTS
+from services.scheduler.predictions.repository import PredictionRepository
 from services.scheduler.runner import JourneyCatalog, Runner
 from services.scheduler.segments.api import segments_router
 from services.scheduler.segments.repository import SegmentRepository
@@ -66,6 +70,16 @@ LEAVES: list[dict[str, Any]] = [
     {"field": "profile.expected_next_order_at", "op": "not_exists"},
     {"field": "cart.item_count", "op": "gt", "value": 1},
     {"field": "cart.updated_at", "op": "older_than", "value": "1h"},
+    # the purchase predictions (scheduler.predictions joined in SQL)
+    {"field": "profile.p_alive", "op": "lt", "value": 0.3},
+    {"field": "profile.p_alive", "op": "gte", "value": "0.5"},
+    {"field": "profile.expected_orders_30d", "op": "gt", "value": 0.2},
+    {"field": "profile.expected_orders_90d", "op": "gte", "ref": "profile.orders_count"},
+    {"field": "profile.expected_order_value", "op": "lte", "value": 40},
+    {"field": "profile.predicted_next_order_at", "op": "within", "value": "20d"},
+    {"field": "profile.predicted_next_order_at", "op": "exists"},
+    {"field": "profile.days_until_predicted_order", "op": "lte", "value": 10},
+    {"field": "profile.p_alive", "op": "not_exists"},
 ]
 
 
@@ -130,12 +144,31 @@ async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+def predicted(rng: random.Random, c: CustomerFacts) -> dict[str, Any]:
+    """A fit's row for the customer (p_alive rounded as stored: 3 decimals)."""
+    return {
+        "customer_key": c.key,
+        "shop_id": c.profile.shop_id,
+        "as_of": NOW - DAY,
+        "p_alive": round(rng.random(), 3),
+        "orders_30d": round(rng.uniform(0, 1), 3),
+        "orders_90d": round(rng.uniform(0, 3), 3),
+        "next_order_at": maybe(rng, NOW + rng.randint(-40, 60) * DAY),
+        "order_value": maybe(rng, round(rng.uniform(10, 80), 2)),
+        "changed_at": NOW - DAY,
+    }
+
+
 async def stored(db: AsyncEngine, n: int) -> list[CustomerFacts]:
+    """Customers, most of them with predictions (as the conditions then see them)."""
     rng = random.Random(11)
     made = [customer(rng, i) for i in range(n)]
+    fitted = [predicted(rng, c) for c in made if rng.random() < 0.7]
     async with db.begin() as conn:
         await BatchRepository(conn).save_customers(made, NOW)
-    return made
+        await conn.execute(sa.insert(predictions), fitted)
+        found = await PredictionRepository(conn).facts_for(c.key for c in made)
+    return [replace(c, predictions=found.get(c.key)) for c in made]
 
 
 async def test_sql_counts_what_python_counts_for_random_conditions(db: AsyncEngine) -> None:
@@ -148,6 +181,10 @@ async def test_sql_counts_what_python_counts_for_random_conditions(db: AsyncEngi
             condition = conditions.validate_python(random_condition(rng))
             in_python = sum(1 for f in facts if condition.holds(f, NOW))
             assert await repo.count(repo.candidates(condition, NOW)) == in_python, condition
+        # the segment timers' reads carry the same predictions the conditions were given
+        read = await repo.customers([c.key for c in made])
+        assert {k: c.predictions for k, c in read.items()} == {c.key: c.predictions for c in made}
+        assert sum(c.predictions is not None for c in made) > len(made) / 2
 
 
 async def test_default_segments_sizes_members_and_history_through_the_control_plane(

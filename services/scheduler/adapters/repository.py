@@ -8,7 +8,7 @@ building and result handling cost more than the database did.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,9 @@ class CustomerFacts:
     partition: int
     profile: Profile
     cart: CartSnapshot | None
+    # The purchase predictions (PredictionRepository.facts_for), read only where a condition
+    # needs them; None: none read, or none fitted for this customer.
+    predictions: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,7 @@ predictions = sa.Table(
     sa.Column("next_order_at", TS),
     sa.Column("order_value", _F),
     sa.Column("changed_at", TS, nullable=False),
+    sa.Column("previous", JSONB),  # the figures the refresh of changed_at replaced
     sa.Index("predictions_by_shop", "shop_id", "changed_at"),
 )
 customer_aliases = sa.Table(

@@ -20,6 +20,10 @@ NO_PREDICTIONS: Mapping[str, Any] = {
     "expected_order_value": None,
     "predictions_as_of": None,
 }
+# Every fact a fit provides on `profile` (with the days until the predicted order, derived).
+PREDICTION_FACTS = frozenset(
+    f"profile.{name}" for name in (*NO_PREDICTIONS, "days_until_predicted_order")
+)
 
 
 def build_facts(
@@ -40,6 +44,10 @@ def build_facts(
     profile_facts["days_since_first_order"] = _days_since(profile.first_order_at, now)
     expected = profile.expected_next_order_at
     profile_facts["days_until_expected_order"] = None if expected is None else -_days(expected, now)
+    predicted = profile_facts.get("predicted_next_order_at")
+    profile_facts["days_until_predicted_order"] = (
+        None if predicted is None else -_days(predicted, now)
+    )
     profile_facts["categories"] = _categories(profile, now)
     cart_facts: dict[str, Any] | None = None
     if cart is not None:

@@ -16,7 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from services.scheduler.domain.conditions import Condition
-from services.scheduler.domain.segment_facts import check_segment
+from services.scheduler.domain.facts import PREDICTION_FACTS
+from services.scheduler.domain.segment_facts import check_segment, reads_predictions
 from shared.clock import parse_duration
 from shared.events import EMAIL_CLICKED, EMAIL_OPENED, HISTORY_IMPORTED_KIND
 
@@ -341,6 +342,31 @@ def _cycle_without_wait(journey: Journey) -> list[str]:
         if cycle:
             return [journey.steps[i].id for i in cycle]
     return []
+
+
+def conditions_of(journey: Journey) -> list[Condition]:
+    """Every condition the journey evaluates: trigger, backfill bound, exits, branches."""
+    found: list[Condition | None] = [e.if_ for e in journey.exit]
+    trigger = journey.trigger
+    if isinstance(trigger, EventTrigger):
+        found.append(trigger.if_)
+    else:
+        rule = trigger.backfill_rule
+        found += [trigger.segment, None if rule is None else rule.if_]
+    for step in journey.steps:
+        found += [b.if_ for b in step.branch or []]
+    return [c for c in found if c is not None]
+
+
+def journey_reads_predictions(journey: Journey) -> bool:
+    """Whether any of its conditions looks at a purchase prediction (the facts then carry
+    them: one read per batch, made only when some journey needs it)."""
+    if any(reads_predictions(c) for c in conditions_of(journey)):
+        return True
+    paths = [s.wait.from_ for s in journey.steps if s.wait is not None]
+    if isinstance(journey.trigger, EventTrigger):
+        paths.append(journey.trigger.max_age_from)
+    return any(p in PREDICTION_FACTS for p in paths)
 
 
 def parse_journey(text: str) -> Journey:

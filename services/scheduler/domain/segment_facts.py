@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from services.scheduler.domain.conditions import All, Any_, Condition, Leaf
-from services.scheduler.domain.facts import NO_PREDICTIONS
+from services.scheduler.domain.facts import NO_PREDICTIONS, PREDICTION_FACTS
 from shared.events import CartSnapshot, CategoryFacts, Profile
 
 Kind = Literal["number", "decimal", "days", "text", "bool", "time", "list"]
@@ -24,6 +24,7 @@ DAYS_FACTS: dict[str, tuple[str, int]] = {
     "profile.days_since_first_order": ("profile.first_order_at", 1),
     "profile.days_since_registration": ("profile.registered_at", 1),
     "profile.days_until_expected_order": ("profile.expected_next_order_at", -1),
+    "profile.days_until_predicted_order": ("profile.predicted_next_order_at", -1),
 }
 _CATEGORY_DAYS = re.compile(r"^(profile\.categories\.[^.]+)\.days_since_last_order$")
 ORDERING_OPS = ("gt", "gte", "lt", "lte")
@@ -40,6 +41,16 @@ KIND_OPS: dict[str, tuple[str, ...]] = {
     "list": ("contains",),
 }
 NUMERIC_KINDS = ("number", "decimal", "days")
+# The purchase predictions on `profile` (domain/facts.py NO_PREDICTIONS; none before a fit).
+PREDICTION_KINDS: dict[str, Kind] = {
+    "p_alive": "number",
+    "expected_orders_30d": "number",
+    "expected_orders_90d": "number",
+    "predicted_next_order_at": "time",
+    "expected_order_value": "number",
+    "predictions_as_of": "time",
+}
+assert set(PREDICTION_KINDS) == set(NO_PREDICTIONS)
 
 
 class SegmentError(ValueError):
@@ -66,8 +77,8 @@ def fact_kind(path: str) -> Kind:
         return _field_kind(CartSnapshot, parts, path, "cart")
     if root != "profile":
         raise SegmentError(f"{path}: a segment is about the customer (profile.*, cart.*)")
-    if parts[0] in NO_PREDICTIONS:
-        raise SegmentError(f"{path}: purchase predictions are not available to segments yet")
+    if parts[0] in PREDICTION_KINDS and len(parts) == 1:
+        return PREDICTION_KINDS[parts[0]]
     if parts[0] == "categories":
         if len(parts) != 3:
             raise SegmentError(f"{path} is not a fact; use profile.categories.<name>.<fact>")
@@ -126,6 +137,13 @@ def leaves(condition: Condition) -> Iterable[Leaf]:
             yield from leaves(part)
     else:
         yield from leaves(condition.not_)
+
+
+def reads_predictions(condition: Condition) -> bool:
+    """Whether the condition looks at a purchase prediction (it moves at each refresh)."""
+    return any(
+        leaf.field in PREDICTION_FACTS or leaf.ref in PREDICTION_FACTS for leaf in leaves(condition)
+    )
 
 
 def _check_leaf(leaf: Leaf) -> None:

@@ -78,12 +78,12 @@ def _fit(row: dict[str, Any]) -> schemas.Fit:
 
 def _summary(totals: dict[str, Any], buckets: list[int]) -> schemas.Summary:
     width = 1.0 / P_ALIVE_BUCKETS
-    revenue = totals["revenue_90d"]
     return schemas.Summary(
         customers=totals["customers"],
         expected_orders_30d=round(float(totals["orders_30d"]), 1),
         expected_orders_90d=round(float(totals["orders_90d"]), 1),
-        expected_revenue_90d=None if revenue is None else round(float(revenue), 2),
+        expected_revenue_30d=_money(totals["revenue_30d"]),
+        expected_revenue_90d=_money(totals["revenue_90d"]),
         p_alive=[
             schemas.Bucket(
                 p_alive_from=round(i * width, 2), p_alive_to=round((i + 1) * width, 2), customers=n
@@ -91,6 +91,10 @@ def _summary(totals: dict[str, Any], buckets: list[int]) -> schemas.Summary:
             for i, n in enumerate(buckets)
         ],
     )
+
+
+def _money(value: Any) -> float | None:
+    return None if value is None else round(float(value), 2)
 
 
 def _customer(row: dict[str, Any]) -> schemas.CustomerPrediction:

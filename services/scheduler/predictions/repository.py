@@ -140,6 +140,10 @@ class PredictionRepository:
         row = (await self._conn.execute(text(_FIT), {"shop": shop_id})).mappings().first()
         return None if row is None else dict(row)
 
+    async def fits(self) -> list[dict[str, Any]]:
+        """Every shop's last fit, by shop."""
+        return [dict(r) for r in (await self._conn.execute(text(_FITS))).mappings()]
+
     async def summary(self, shop_id: str) -> tuple[dict[str, Any], list[int]]:
         totals = (await self._conn.execute(text(_SUMMARY), {"shop": shop_id})).mappings().one()
         counts = [0] * P_ALIVE_BUCKETS
@@ -175,6 +179,23 @@ class PredictionRepository:
         fitted_at): whose segment membership may have moved."""
         params = {"shop": shop_id, "since": since}
         return [r[0] for r in await self._conn.execute(text(_CHANGED), params)]
+
+    async def changes_since(
+        self, shop_id: str, since: datetime
+    ) -> list[tuple[str, dict[str, Any] | None]]:
+        """changed_since with each customer's predictions before that change, as facts
+        (None: the change gave them their first)."""
+        params = {"shop": shop_id, "since": since}
+        rows = await self._conn.execute(text(_CHANGES), params)
+        return [(key, _previous_facts(previous)) for key, previous in rows]
+
+
+def _previous_facts(previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    if previous is None:
+        return None
+    at = {k: None if previous[k] is None else datetime.fromisoformat(previous[k])
+          for k in ("as_of", "next_order_at")}  # fmt: skip
+    return prediction_facts({**previous, **at})
 
 
 def prediction_facts(row: Any) -> dict[str, Any]:
@@ -230,7 +251,8 @@ _NEW_TABLE = """
 _COPY = """COPY new_predictions (customer_key, p_alive, orders_30d, orders_90d, next_order_at,
     order_value) FROM STDIN"""
 
-# Only the rows whose figures moved are written (and counted): `changed_at` says when.
+# Only the rows whose figures moved are written (and counted): `changed_at` says when, and
+# `previous` what they were (a first prediction has none).
 _UPSERT = """
     INSERT INTO scheduler.predictions AS old (customer_key, shop_id, as_of, p_alive, orders_30d,
         orders_90d, next_order_at, order_value, changed_at)
@@ -240,7 +262,10 @@ _UPSERT = """
     ON CONFLICT (customer_key) DO UPDATE SET shop_id = excluded.shop_id, as_of = excluded.as_of,
         p_alive = excluded.p_alive, orders_30d = excluded.orders_30d,
         orders_90d = excluded.orders_90d, next_order_at = excluded.next_order_at,
-        order_value = excluded.order_value, changed_at = excluded.changed_at
+        order_value = excluded.order_value, changed_at = excluded.changed_at,
+        previous = jsonb_build_object('as_of', old.as_of, 'p_alive', old.p_alive,
+            'orders_30d', old.orders_30d, 'orders_90d', old.orders_90d,
+            'next_order_at', old.next_order_at, 'order_value', old.order_value)
     WHERE (old.shop_id, old.p_alive, old.orders_30d, old.orders_90d, old.next_order_at,
         old.order_value) IS DISTINCT FROM (excluded.shop_id, excluded.p_alive,
         excluded.orders_30d, excluded.orders_90d, excluded.next_order_at, excluded.order_value)
@@ -252,11 +277,12 @@ _FORGET_OTHERS = """
 """
 
 _FIT = "SELECT * FROM scheduler.prediction_fits WHERE shop_id = :shop"
+_FITS = "SELECT * FROM scheduler.prediction_fits ORDER BY shop_id"
 
 _SUMMARY = """
     SELECT count(*) AS customers, coalesce(sum(orders_30d), 0) AS orders_30d,
         coalesce(sum(orders_90d), 0) AS orders_90d,
-        sum(orders_90d * order_value) AS revenue_90d
+        sum(orders_30d * order_value) AS revenue_30d, sum(orders_90d * order_value) AS revenue_90d
     FROM scheduler.predictions WHERE shop_id = :shop
 """
 _BUCKETS = """
@@ -273,4 +299,6 @@ _ONE = f"""SELECT {_COLUMNS} FROM scheduler.predictions
     WHERE shop_id = :shop AND customer_key = ANY(:keys)"""
 _FACTS_FOR = f"SELECT {_COLUMNS} FROM scheduler.predictions WHERE customer_key = ANY(:keys)"
 _CHANGED = """SELECT customer_key FROM scheduler.predictions
+    WHERE shop_id = :shop AND changed_at >= :since ORDER BY customer_key"""
+_CHANGES = """SELECT customer_key, previous FROM scheduler.predictions
     WHERE shop_id = :shop AND changed_at >= :since ORDER BY customer_key"""

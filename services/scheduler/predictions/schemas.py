@@ -59,6 +59,9 @@ class Summary(BaseModel):
     customers: int = Field(description="Customers with predictions")
     expected_orders_30d: float
     expected_orders_90d: float
+    expected_revenue_30d: float | None = Field(
+        description="Sum of expected orders in 30 days times expected order value"
+    )
     expected_revenue_90d: float | None = Field(
         description="Sum of expected orders in 90 days times expected order value"
     )

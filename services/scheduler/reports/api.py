@@ -23,6 +23,8 @@ from services.scheduler.reports.schemas import (
     JourneyReport,
     JourneysReport,
     SegmentSize,
+    SegmentTrend,
+    ShopForecast,
 )
 from services.scheduler.reports.service import ReportsService
 from shared.clock import Clock
@@ -32,15 +34,16 @@ DEFAULT_WINDOW_DAYS = 7
 DEFAULT_COHORT_MONTHS = 12
 TEMPLATES = Path(__file__).parent / "templates"
 
-SegmentSource = Callable[[], Awaitable[list[SegmentSize]]]
-# (label, value) pairs per customer group, e.g. ("expected orders, next 90 days", "0.42").
-PredictionSource = Callable[[], Awaitable[list[tuple[str, str]]]]
+# The default segments' daily sizes (segments package: scheduler.segment_sizes).
+SegmentSource = Callable[[], Awaitable[list[SegmentTrend]]]
+# Per shop its last fit and what it predicts (predictions package).
+PredictionSource = Callable[[], Awaitable[list[ShopForecast]]]
 
 
 @dataclass(frozen=True)
 class DashboardSources:
-    """Sections other packages feed: segments (sizes of the default segments) and
-    predictions. None: the section says what will appear there."""
+    """Sections other packages feed (app.py wires dashboard_feeds.py): segments (sizes of the
+    default segments over time) and predictions. None: the section says what will appear."""
 
     segment_sizes: SegmentSource | None = None
     predictions: PredictionSource | None = None

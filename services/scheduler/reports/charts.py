@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from markupsafe import Markup, escape
 
-from services.scheduler.reports.schemas import Funnel, HoldoutLift, SegmentSize
+from services.scheduler.reports.schemas import Funnel, HoldoutLift, SegmentSize, SizeOnDay
 
 WIDTH = 360
 BAR_H = 22
@@ -115,6 +115,48 @@ def bars(items: Sequence[tuple[str, int]], label: str) -> Markup:
 
 def sizes(items: Sequence[SegmentSize], label: str) -> Markup:
     return bars([(s.name, s.customers) for s in items], label)
+
+
+def trend(days: Sequence[SizeOnDay], label: str) -> Markup:
+    """A small line of daily sizes (a sparkline): the first and last day under it."""
+    height, pad = 60.0, 4.0
+    if not days:
+        return _svg(height, "", label)
+    low = min(d.size for d in days)
+    high = max(d.size for d in days)
+    step = (WIDTH - 2 * pad) / max(1, len(days) - 1)
+
+    def y(size: int) -> float:
+        return height - 18 - (size - low) / ((high - low) or 1) * (height - 18 - pad)
+
+    points = " ".join(f"{pad + i * step:.1f},{y(d.size):.1f}" for i, d in enumerate(days))
+    body = (
+        f'<polyline points="{points}" fill="none" stroke="{BAR}" stroke-width="2"/>'
+        f'<text x="{pad}" y="{height - 2}" fill="{INK}" font-size="11">{days[0].day}</text>'
+        f'<text x="{WIDTH - pad}" y="{height - 2}" fill="{INK}" font-size="11" '
+        f'text-anchor="end">{days[-1].day}</text>'
+    )
+    return _svg(height, body, label)
+
+
+def distribution(counts: Sequence[int], label: str) -> Markup:
+    """Customers per P(alive) bucket of 0.1, as vertical bars from 0 to 1."""
+    height, base = 90.0, 72.0
+    top = max(counts, default=0) or 1
+    width = WIDTH / max(1, len(counts))
+    rows = []
+    for i, n in enumerate(counts):
+        h = (base - 4) * n / top
+        rows.append(
+            f'<rect x="{i * width + 1:.1f}" y="{base - h:.1f}" width="{width - 2:.1f}" '
+            f'height="{max(h, 0.5):.1f}" fill="{BAR}"><title>{i / 10:.1f}-{(i + 1) / 10:.1f}: '
+            f"{n}</title></rect>"
+        )
+    axis = (
+        f'<text x="0" y="{height - 2}" fill="{INK}" font-size="11">P(alive) 0</text>'
+        f'<text x="{WIDTH}" y="{height - 2}" fill="{INK}" font-size="11" text-anchor="end">1</text>'
+    )
+    return _svg(height, "".join(rows) + axis, label)
 
 
 def _svg(height: float, body: str, label: str) -> Markup:

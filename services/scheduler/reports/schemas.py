@@ -139,3 +139,34 @@ class CohortMatrix(Schema):
 class SegmentSize(Schema):
     name: str
     customers: int
+
+
+class SizeOnDay(Schema):
+    day: date
+    size: int
+
+
+class SegmentTrend(Schema):
+    """A default segment's daily sizes (all shops together), oldest first."""
+
+    segment: str
+    days: list[SizeOnDay]
+
+    @property
+    def latest(self) -> int:
+        return self.days[-1].size if self.days else 0
+
+
+class ShopForecast(Schema):
+    """A shop's last fit and what it predicts, as the dashboard shows it."""
+
+    shop_id: str
+    status: str
+    note: str
+    fitted_at: datetime
+    customers: int = Field(description="Customers with predictions")
+    expected_orders_30d: float
+    expected_orders_90d: float
+    expected_revenue_30d: float | None
+    expected_revenue_90d: float | None
+    p_alive: list[int] = Field(description="Customers per P(alive) bucket of 0.1, lowest first")

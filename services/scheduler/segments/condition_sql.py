@@ -1,4 +1,5 @@
-"""A segment condition as one SQL predicate over scheduler.customers (`c.profile`, `c.cart`),
+"""A segment condition as one SQL predicate over scheduler.customers (`c.profile`, `c.cart`)
+and, when it reads purchase predictions, scheduler.predictions joined as `pr` (see `source`),
 so counting, listing and backfilling a million customers is one set-based statement.
 
 It means exactly what conditions.py means in Python (tests/integration/test_segments_sql.py
@@ -19,6 +20,19 @@ from services.scheduler.domain.segment_facts import days_fact, fact_kind
 from shared.clock import parse_duration
 
 _SQL_OPS = {"eq": "=", "ne": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+# profile.<fact> -> its column of scheduler.predictions (what facts_for names them)
+PREDICTION_COLUMNS = {
+    "p_alive": "p_alive",
+    "expected_orders_30d": "orders_30d",
+    "expected_orders_90d": "orders_90d",
+    "predicted_next_order_at": "next_order_at",
+    "expected_order_value": "order_value",
+    "predictions_as_of": "as_of",
+}
+CUSTOMERS = "scheduler.customers c"
+WITH_PREDICTIONS = (
+    "scheduler.customers c LEFT JOIN scheduler.predictions pr ON pr.customer_key = c.customer_key"
+)
 
 
 @dataclass
@@ -27,10 +41,16 @@ class Params:
 
     values: list[Any] = field(default_factory=list)
     now_ref: str = "$1"
+    predictions: bool = False  # a leaf reads scheduler.predictions (`pr`)
 
     def add(self, value: Any, cast: str) -> str:
         self.values.append(value)
         return f"${len(self.values)}::{cast}"
+
+
+def source(params: Params) -> str:
+    """The FROM of a statement over the predicate: customers, with predictions if it reads them."""
+    return WITH_PREDICTIONS if params.predictions else CUSTOMERS
 
 
 def predicate(condition: Condition, params: Params) -> str:
@@ -91,14 +111,18 @@ def _value(path: str, kind: str, params: Params) -> str:
     moving = days_fact(path)
     if moving is not None:
         anchor, direction = moving
-        since = f"extract(epoch FROM {params.now_ref} - {_json(anchor, 'time')}) / 86400"
+        since = f"extract(epoch FROM {params.now_ref} - {_json(anchor, 'time', params)}) / 86400"
         return f"({since})" if direction == 1 else f"(-({since}))"
-    return _json(path, kind)
+    return _json(path, kind, params)
 
 
-def _json(path: str, kind: str) -> str:
+def _json(path: str, kind: str, params: Params) -> str:
     root, _, rest = path.partition(".")
     parts = rest.split(".")
+    if root == "profile" and parts[0] in PREDICTION_COLUMNS and len(parts) == 1:
+        params.predictions = True
+        cast = "::numeric" if kind == "number" else ""
+        return f"pr.{PREDICTION_COLUMNS[parts[0]]}{cast}"
     if root == "cart" and parts == ["item_count"]:
         return (
             "COALESCE((SELECT sum((l->>'quantity')::numeric) "

@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scheduler.adapters.repository import CustomerFacts
 from services.scheduler.domain.conditions import Condition
-from services.scheduler.segments.condition_sql import Params, predicate
+from services.scheduler.predictions.repository import prediction_facts
+from services.scheduler.segments.condition_sql import WITH_PREDICTIONS, Params, predicate, source
 from shared.events import CartSnapshot, Profile
 
 # name: claim_due_segment_timers
@@ -67,15 +68,17 @@ DELETE_TIMERS = """
     USING unnest($1::text[], $2::text[]) AS d(j, k)
     WHERE t.journey_id = d.j AND t.customer_key = d.k AND ($3::timestamptz IS NULL OR t.due_at > $3)
 """
-CUSTOMERS = """
-    SELECT customer_key, partition, profile::text AS profile, cart::text AS cart
-    FROM scheduler.customers WHERE customer_key = ANY($1::text[])
+# A customer's facts as conditions see them: with the purchase predictions, if fitted.
+_FACTS_COLUMNS = """c.customer_key, c.partition, c.profile::text AS profile,
+    c.cart::text AS cart, pr.as_of, pr.p_alive, pr.orders_30d, pr.orders_90d, pr.next_order_at,
+    pr.order_value"""
+CUSTOMERS = f"""
+    SELECT {_FACTS_COLUMNS} FROM {WITH_PREDICTIONS} WHERE c.customer_key = ANY($1::text[])
 """
-PARTITION_CHUNK = """
-    SELECT customer_key, partition, profile::text AS profile, cart::text AS cart
-    FROM scheduler.customers
-    WHERE partition = $1 AND customer_key > $2
-    ORDER BY customer_key
+PARTITION_CHUNK = f"""
+    SELECT {_FACTS_COLUMNS} FROM {WITH_PREDICTIONS}
+    WHERE c.partition = $1 AND c.customer_key > $2
+    ORDER BY c.customer_key
     LIMIT $3
 """
 SWEPT = """
@@ -212,14 +215,13 @@ class SegmentRepository:
         return Candidates(where, params)
 
     async def count(self, candidates: Candidates) -> int:
-        sql = f"SELECT count(*) FROM scheduler.customers c WHERE {candidates.where}"
+        sql = f"SELECT count(*) FROM {source(candidates.params)} WHERE {candidates.where}"
         return int(await (await self._driver()).fetchval(sql, *candidates.params.values))
 
     async def members(self, candidates: Candidates, after: str, limit: int) -> list[CustomerFacts]:
         params = Params(list(candidates.params.values))
         sql = (
-            "SELECT customer_key, partition, profile::text AS profile, cart::text AS cart "
-            f"FROM scheduler.customers c WHERE {candidates.where} "
+            f"SELECT {_FACTS_COLUMNS} FROM {WITH_PREDICTIONS} WHERE {candidates.where} "
             f"AND c.customer_key > {params.add(after, 'text')} "
             f"ORDER BY c.customer_key LIMIT {params.add(limit, 'int')}"
         )
@@ -235,7 +237,7 @@ class SegmentRepository:
         journey = params.add(journey_id, "text")
         status = "" if never_again else "AND e.status = 'active'"
         sql = (
-            "SELECT c.customer_key, c.partition FROM scheduler.customers c "
+            f"SELECT c.customer_key, c.partition FROM {source(candidates.params)} "
             f"WHERE {candidates.where} AND NOT EXISTS (SELECT 1 FROM scheduler.enrollments e "
             f"WHERE e.journey_id = {journey} AND e.customer_key = c.customer_key {status}) "
             "ORDER BY (c.profile->>'last_order_at')::timestamptz DESC NULLS LAST, c.customer_key"
@@ -313,7 +315,7 @@ class SegmentRepository:
             f"count(*) FILTER (WHERE {predicate(segments[n], params)})" for n in names
         )
         rows = await (await self._driver()).fetch(
-            f"SELECT c.shop_id, {counts} FROM scheduler.customers c "
+            f"SELECT c.shop_id, {counts} FROM {source(params)} "
             "WHERE $1::timestamptz IS NOT NULL GROUP BY c.shop_id",
             *params.values,
         )
@@ -374,4 +376,6 @@ class SegmentRepository:
 def customer_of(row: Any) -> CustomerFacts:
     cart = None if row["cart"] is None else CartSnapshot.model_validate_json(row["cart"])
     profile = Profile.model_validate_json(row["profile"])
-    return CustomerFacts(row["customer_key"], row["partition"], profile, cart)
+    # A row read without the predictions' columns (or without a fit) has none.
+    predictions = None if row.get("as_of") is None else prediction_facts(row)
+    return CustomerFacts(row["customer_key"], row["partition"], profile, cart, predictions)

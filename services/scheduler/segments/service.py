@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,16 @@ from services.scheduler.domain.facts import build_facts
 from services.scheduler.domain.journey import Backfill, Journey, SegmentTrigger
 from services.scheduler.domain.preview import first_message
 from services.scheduler.domain.segment_defaults import DEFAULT_SEGMENTS
-from services.scheduler.domain.segment_time import entered_by_change, next_entry, on_timer
+from services.scheduler.domain.segment_facts import reads_predictions
+from services.scheduler.domain.segment_time import (
+    Entry,
+    entered_by_change,
+    next_entry,
+    on_timer,
+    timeline,
+)
+from services.scheduler.predictions.repository import PredictionRepository
+from services.scheduler.predictions.service import Refreshed
 from services.scheduler.runner import SEGMENT_ENTERED, JourneyCatalog, Published, Runner
 from services.scheduler.segments.repository import (
     Candidates,
@@ -54,7 +63,10 @@ def segment_of(journey: Journey) -> Condition:
 
 
 def segment_facts(customer: CustomerFacts, now: datetime) -> dict[str, Any]:
-    return build_facts(SEGMENT_ENTERED, now, customer.profile, customer.cart, now)
+    return build_facts(
+        SEGMENT_ENTERED, now, customer.profile, customer.cart, now,
+        predictions=customer.predictions,
+    )  # fmt: skip
 
 
 def merge(parts: Sequence[Published]) -> Published:
@@ -111,7 +123,9 @@ class SegmentTracker:
         entrants: list[tuple[Journey, CustomerFacts]] = []
         for activity, partition in batch:
             key = activity.profile.key
-            customer = CustomerFacts(key, partition, activity.profile, activity.cart)
+            known = before.previous.get(key)  # an activity leaves the predictions as they were
+            predictions = None if known is None else known.predictions
+            customer = CustomerFacts(key, partition, activity.profile, activity.cart, predictions)
             facts = segment_facts(customer, now)
             previous = facts_before.get(key)
             if activity.kind == HISTORY_IMPORTED_KIND:
@@ -240,6 +254,74 @@ class SegmentTimers:
                 metrics.ERRORS.labels(SERVICE, "segment_entry").inc()
                 log.error("segment_entry_failed", journey=entrant[0].id, error=repr(exc))
         return merge(parts)
+
+
+# --- entries by a refresh of the predictions --------------------------------------------------
+
+
+@dataclass
+class PredictionEntries:
+    """A refresh moved some customers' predictions (PredictionRefresher.on_refreshed): for each
+    segment journey that reads them, those the new figures put into the segment (out of it on
+    the figures before) get an entry timer due now; everyone changed gets their next entry
+    moment. As with a backfill, the owner of each customer's partition fires the timer and
+    enrols, so the instance that ran the fit writes no enrolment of a partition it does not
+    own, and nobody is evaluated who did not change."""
+
+    engine: AsyncEngine
+    runner: Runner
+    clock: Clock
+    chunk: int = SWEEP_CHUNK
+
+    async def on_refreshed(self, refreshed: Refreshed) -> None:
+        async with self.engine.connect() as conn:
+            await self.runner.catalog.refresh(conn)
+            journeys = [
+                j for j in segment_journeys(self.runner.catalog) if reads_predictions(segment_of(j))
+            ]
+            if not journeys:
+                return
+            changes = await PredictionRepository(conn).changes_since(
+                refreshed.shop_id, refreshed.fitted_at
+            )
+        now, entered = self.clock.now(), 0
+        for start in range(0, len(changes), self.chunk):
+            async with self.engine.begin() as conn:
+                part = dict(changes[start : start + self.chunk])
+                entered += await self._place(conn, journeys, part, now)
+        log.info("prediction_entries_scheduled", shop=refreshed.shop_id, entered=entered)
+
+    async def _place(
+        self,
+        conn: AsyncConnection,
+        journeys: list[Journey],
+        previous: dict[str, dict[str, Any] | None],
+        now: datetime,
+    ) -> int:
+        repo = SegmentRepository(conn)
+        pending = await repo.lock_timers(sorted(previous), [j.id for j in journeys])
+        rows: list[SegmentTimerRow] = []
+        gone: list[tuple[str, str]] = []
+        entered = 0
+        for customer in (await repo.customers(sorted(previous))).values():
+            after = segment_facts(customer, now)
+            before = segment_facts(replace(customer, predictions=previous[customer.key]), now)
+            for journey in journeys:
+                segment = segment_of(journey)
+                due = pending.get((journey.id, customer.key))
+                if entered_by_change(segment, before, after, due, now):
+                    entry = Entry(now, _stay_end(segment, after, now))
+                    entered += 1
+                else:
+                    entry = next_entry(segment, after, now)
+                _place(rows, gone, journey, customer, entry)
+        await repo.set_timers(rows, gone, sweep_at=now)  # a timer already due stays due
+        return entered
+
+
+def _stay_end(segment: Condition, facts: dict[str, Any], now: datetime) -> datetime | None:
+    spans = timeline(segment, facts, now)
+    return spans[0].end if spans and spans[0].contains(now) else None
 
 
 # --- the safety net and the daily sizes -------------------------------------------------------

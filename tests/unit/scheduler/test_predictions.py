@@ -3,7 +3,7 @@ the facts the scheduler receives summarise the same way; scores, verdicts and th
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +11,12 @@ import pytest
 
 from services.scheduler.domain.conditions import Leaf
 from services.scheduler.domain.facts import build_facts
+from services.scheduler.domain.journey import (
+    SegmentTrigger,
+    journey_reads_predictions,
+    parse_journey,
+)
+from services.scheduler.domain.segment_time import next_entry
 from services.scheduler.predictions import quality
 from services.scheduler.predictions.model import (
     BgNbd,
@@ -166,3 +172,37 @@ def test_segment_conditions_see_the_predictions_on_the_profile() -> None:
     assert lapsing.holds(build_facts("timer", now, profile, None, now, predictions=predicted), now)
     # before any fit the figure is unknown, and a comparison with it does not hold
     assert not lapsing.holds(build_facts("timer", now, profile, None, now), now)
+
+
+def test_a_segment_on_predictions_is_accepted_and_the_predicted_date_moves_with_time() -> None:
+    soon = parse_journey(PREDICTED_SOON)
+    assert journey_reads_predictions(soon)
+    rhythm = PREDICTED_SOON.replace("days_until_predicted", "days_until_expected")
+    assert not journey_reads_predictions(parse_journey(rhythm.replace("p_alive", "orders_count")))
+    with pytest.raises(ValueError, match=r"profile\.p_alive\.x is not a fact"):
+        parse_journey(PREDICTED_SOON.replace("days_until_predicted_order", "p_alive.x"))
+    assert isinstance(soon.trigger, SegmentTrigger)
+    profile = Profile(key="s:c:1", shop_id="s", email=None)
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    predicted = {"p_alive": 0.9, "predicted_next_order_at": now + timedelta(days=20)}
+    facts = build_facts("timer", now, profile, None, now, predictions=predicted)
+    assert facts["profile"]["days_until_predicted_order"] == 20
+    # 7 days before the predicted order: the entry time is computed, not polled for
+    entry = next_entry(soon.trigger.segment, facts, now)
+    assert entry.at == now + timedelta(days=13)
+    assert (
+        next_entry(soon.trigger.segment, build_facts("timer", now, profile, None, now), now).at
+        is None
+    )
+
+
+PREDICTED_SOON = """
+id: predicted-soon
+version: 1
+name: A week before the predicted order
+trigger:
+  segment: {all: [{field: profile.days_until_predicted_order, op: lte, value: 7},
+                  {field: profile.p_alive, op: gte, value: 0.5}]}
+steps:
+  - {id: hello, send: {template: winback_reason, subject: "Hello"}}
+"""
