@@ -32,7 +32,8 @@ from tests.integration.test_predictions import (
     sample_rows,
 )
 
-pytestmark = pytest.mark.integration
+# The CDNOW history (23,570 customers) is imported for real: minutes on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 PARTITION = 0  # import_and_announce keeps every customer on partition 0
 
 LAPSING = """

@@ -37,7 +37,8 @@ from shared.db import make_engine
 from shared.topics import Topics
 from tests.conftest import ADMIN, ADMIN_TOKEN, ROOT, Infra
 
-pytestmark = pytest.mark.integration
+# The CDNOW history (23,570 customers) is imported for real: minutes on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 SAMPLE = ROOT / "tests" / "fixtures" / "cdnow" / "CDNOW_sample.txt"
 SHOP = "cdnow"
 CALIBRATION_END = date(1997, 9, 30)

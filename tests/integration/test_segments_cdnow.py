@@ -25,7 +25,8 @@ from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
 from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually, read_topic
 from tests.integration.test_history_import import cdnow_purchases, generic_csv
 
-pytestmark = pytest.mark.integration
+# The CDNOW history (23,570 customers) is imported for real: minutes on a loaded machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 AS_OF = datetime(1998, 7, 1, tzinfo=UTC)
 WIN_BACK = """
 id: win-back
