@@ -1,9 +1,11 @@
 """The scheduler's background work: fire due timers in sets, publish what commits wrote.
 
 A pass claims up to `batch` due timers in one statement and fires them in one transaction,
-then lets the contact gate release the held messages the shop's policy allows now (its own
-transaction); the events are published from memory right after the commits
-(`OutboxPublisher`), and the `OutboxRelay` sends whatever a crash or a broker outage left.
+then fires due segment timers and lets the contact gate release the held messages the shop's
+policy allows now (their own transactions); the events are published from memory right after
+the commits (`OutboxPublisher`), and the `OutboxRelay` sends whatever a crash or a broker
+outage left. The two side steps cost nothing per pass where nobody uses them: when they last
+found nothing, they look again when their next row falls due, or after a poll interval.
 """
 
 from __future__ import annotations
@@ -105,11 +107,14 @@ class TimerLoop:
     _attempts: dict[int, int] = field(default_factory=dict)  # failed firings per enrolment
     _publishing: asyncio.Task[None] | None = None
     _gauge_at: float = 0.0
+    # When the side steps (segment timers, held messages) look next; None: at the next pass.
+    _side_at: datetime | None = None
 
     def __post_init__(self) -> None:
         self.assignment.on_change.append(self._on_assignment)
 
     async def _on_assignment(self) -> None:
+        self._side_at = None  # partitions taken over may have held messages due
         self.wake.set()
 
     async def run(self) -> None:
@@ -135,6 +140,7 @@ class TimerLoop:
     async def fire_due(self) -> int:
         """One pass, published before it returns; the number of timers claimed (or of
         customers whose held messages were looked at, if more)."""
+        self._side_at = None  # every step, whatever the last one found
         fired, published = await self._pass()
         await self.outbox.publish(published)
         return fired
@@ -165,14 +171,25 @@ class TimerLoop:
                 raise error from exc
             log.warning("timer_pass_failed_firing_one_by_one", error=errors.describe(exc))
             fired, published = await self._isolating_pass(partitions, now)
+        if self._side_at is not None and now < self._side_at:
+            self._count(fired, now)
+            return fired, published
+        entered, looked = 0, 0
         if self.segments is not None:
             entered, more = await self.segments.fire_due(partitions, now, self.batch)
             fired, published = fired + entered, _merge([published, more])
+        self._count(fired, now)
+        looked, released = await self._release_held(partitions, now)
+        # Found nothing: the sleep's look-ahead or a poll interval says when to look again.
+        idle = not entered and not looked
+        self._side_at = now + timedelta(seconds=self.poll_interval_s) if idle else None
+        return max(fired, looked), _merge([published, released])
+
+    @staticmethod
+    def _count(fired: int, now: datetime) -> None:
         if fired:
             metrics.TIMERS_FIRED.labels(SERVICE).inc(fired)
             log.info("timers_fired", count=fired, at=now.isoformat())
-        looked, released = await self._release_held(partitions, now)
-        return max(fired, looked), _merge([published, released])
 
     async def _release_held(self, partitions: list[int], now: datetime) -> tuple[int, Published]:
         """The contact gate's step: held messages whose moment came, into the outbox."""
@@ -245,6 +262,19 @@ class TimerLoop:
         log.error("timer_failed_enrollment_ended", enrollment_id=timer.enrollment_id, reason=reason)
         await repo.fail_enrollment(timer.enrollment_id, reason[:EXIT_REASON_MAX_CHARS], now)
 
+    async def _side_due_at(
+        self, conn: AsyncConnection, partitions: list[int], horizon: datetime
+    ) -> datetime | None:
+        """When a segment timer or a held message falls due within the horizon; the side
+        steps of the passes until then are skipped (looked at again by the next sleep)."""
+        held = await self.runner.contact.next_check(conn, partitions, horizon)
+        segment = None
+        if self.segments is not None:
+            segment = await self.segments.next_due_at(conn, partitions, horizon)
+        due = min((t for t in (held, segment) if t is not None), default=None)
+        self._side_at = horizon if due is None else due
+        return due
+
     async def _refresh_gauge(self) -> None:
         clock_s = asyncio.get_running_loop().time()
         partitions = sorted(self.assignment.partitions)
@@ -266,14 +296,11 @@ class TimerLoop:
         now = self.clock.now()
         next_due = None
         if partitions:
+            horizon = now + timedelta(seconds=self.poll_interval_s)
             async with self.engine.connect() as conn:
-                horizon = now + timedelta(seconds=self.poll_interval_s)
                 timer = await BatchRepository(conn).next_due_at(partitions, horizon)
-                held = await self.runner.contact.next_check(conn, partitions, horizon)
-            segment = None
-            if self.segments is not None:
-                segment = await self.segments.next_due_at(partitions, horizon)
-            next_due = min((t for t in (timer, held, segment) if t is not None), default=None)
+                side = await self._side_due_at(conn, partitions, horizon)
+            next_due = min((t for t in (timer, side) if t is not None), default=None)
         clock_s, real_s = self.poll_interval_s, self.poll_interval_s
         if next_due is not None:
             clock_s = (next_due - now).total_seconds()

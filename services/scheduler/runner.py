@@ -9,6 +9,7 @@ publishes them from memory after the commit.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -58,11 +59,19 @@ class JourneyCatalog:
         self._active: list[Journey] = []
         self._stamp: tuple[int, datetime | None] | None = None
         self.reads_predictions = False  # some stored version's conditions look at them
+        self._checked_in: weakref.ref[object] | None = None  # the transaction that looked last
 
     async def refresh(self, conn: AsyncConnection) -> None:
-        """One cheap query per batch; definitions are re-read only when they changed."""
+        """One cheap query per transaction (the activity handler, the segment tracker and
+        the runner all ask in the same one); definitions are re-read only when they changed."""
+        transaction = conn.sync_connection.get_transaction() if conn.sync_connection else None
+        seen = self._checked_in() if self._checked_in is not None else None
+        if transaction is not None and seen is transaction:
+            return
         repo = JourneyRepository()
         stamp = await repo.stamp(conn)
+        looked = conn.sync_connection.get_transaction() if conn.sync_connection else None
+        self._checked_in = None if looked is None else weakref.ref(looked)
         if stamp == self._stamp:
             return
         self._stamp = stamp

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -45,6 +45,8 @@ from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "tm."
+PENDING_PREFIX = "tmp."  # the round with `--pending` timers: its own topics and database
+PENDING_DATABASE = "bench_pending"
 WAIT = timedelta(hours=1)
 # The timers fall due this long after the scheduler starts: start-up and group join, then
 # enrolment at no less than ASSUMED_ENROL_PER_S (the table says if enrolment was slower).
@@ -76,6 +78,12 @@ class Where:
     bootstrap: str
     bench_dir: Path
     partitions: int
+    prefix: str = PREFIX  # topics of one Rebound round
+
+    def fresh(self, database: str, prefix: str) -> Where:
+        """Another database on the same server and other topics: a second, separate round."""
+        url = self.database_url.rsplit("/", 1)[0] + "/" + database
+        return replace(self, database_url=url, prefix=prefix)
 
     @property
     def dsn(self) -> str:
@@ -127,7 +135,7 @@ def _activity(n: int, at: datetime) -> bytes:
 
 
 async def _prepare(w: Where, count: int, at: datetime) -> None:
-    await ensure_topics(w.bootstrap, Topics(PREFIX).all_with_dlq(), w.partitions)
+    await ensure_topics(w.bootstrap, Topics(w.prefix).all_with_dlq(), w.partitions)
     engine = make_engine(w.database_url, pool_size=1)
     async with engine.begin() as conn:
         await JourneyRepository().add(conn, parse_journey(JOURNEY), at)
@@ -135,7 +143,7 @@ async def _prepare(w: Where, count: int, at: datetime) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=w.bootstrap, acks="all", linger_ms=20)
     await producer.start()
     try:
-        topic = PREFIX + CUSTOMER_ACTIVITY
+        topic = w.prefix + CUSTOMER_ACTIVITY
         sent = [
             await producer.send(topic, _activity(n, at), key=_key(n).encode()) for n in range(count)
         ]
@@ -150,14 +158,17 @@ def _scheduler(w: Where, name: str, offset_s: float = 0.0) -> subprocess.Popen[b
         "PYTHONPATH": str(ROOT),
         "REBOUND_SCHEDULER_DATABASE_URL": w.database_url,
         "REBOUND_SCHEDULER_KAFKA_BOOTSTRAP_SERVERS": w.bootstrap,
-        "REBOUND_SCHEDULER_TOPIC_PREFIX": PREFIX,
+        "REBOUND_SCHEDULER_TOPIC_PREFIX": w.prefix,
         "REBOUND_SCHEDULER_HTTP_PORT": str(_free_port()),
         "REBOUND_SCHEDULER_LOG_LEVEL": "WARNING",
         "REBOUND_SCHEDULER_CLOCK_OFFSET_S": repr(offset_s),
     }
+    # REBOUND_BENCH_PROFILE=1: the scheduler runs under cProfile (scheduler-<name>.prof).
+    profile = ["-m", "tests.bench.profiled", str(w.bench_dir / f"scheduler-{name}.prof")]
+    wrap = profile if os.environ.get("REBOUND_BENCH_PROFILE") else ["-m"]
     with (w.bench_dir / f"scheduler-{name}.log").open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.scheduler", "run"],
+            [sys.executable, *wrap, "services.scheduler", "run"],
             env=env,
             cwd=ROOT,
             stdout=out,
@@ -215,7 +226,7 @@ async def _published(
 ) -> list[Any]:
     """Read message.requests until `count` records that `keep` arrived (or the timeout)."""
     consumer = AIOKafkaConsumer(
-        PREFIX + MESSAGE_REQUESTS,
+        w.prefix + MESSAGE_REQUESTS,
         bootstrap_servers=w.bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -311,7 +322,7 @@ async def _add_steady(w: Where, start: datetime, seconds: float) -> dict[int, fl
     return {r[0]: r[1].timestamp() for r in rows}
 
 
-def bench_rebound(w: Where, args: Any) -> dict[str, Any]:
+def bench_rebound(w: Where, args: Any, pending: int = 0, steady_s: float = 0) -> dict[str, Any]:
     count = args.timers
     t0 = datetime.now(UTC).replace(microsecond=0)
     due_at = t0 + WAIT
@@ -319,10 +330,10 @@ def bench_rebound(w: Where, args: Any) -> dict[str, Any]:
     log(f"Rebound: producing {count} customer.activity events (not timed)")
     asyncio.run(_prepare(w, count, t0))
     result: dict[str, Any] = {}
-    if args.pending:
-        log(f"Rebound: adding {args.pending} pending timers due in 30 days (not timed)")
-        seconds = asyncio.run(_add_pending(w, args.pending, due_at + timedelta(days=30)))
-        result.update({"pending_timers": args.pending, "pending_insert_s": round(seconds, 1)})
+    if pending:
+        log(f"Rebound: adding {pending} pending timers due in 30 days (not timed)")
+        seconds = asyncio.run(_add_pending(w, pending, due_at + timedelta(days=30)))
+        result.update({"pending_timers": pending, "pending_insert_s": round(seconds, 1)})
     due_in_s = LEAD_S + count / ASSUMED_ENROL_PER_S
     offset_s = due_at.timestamp() - (time.time() + due_in_s)
     log(f"Rebound: one scheduler process; {count} timers fall due {due_in_s:.0f} s after start")
@@ -342,8 +353,8 @@ def bench_rebound(w: Where, args: Any) -> dict[str, Any]:
                 "lateness": percentiles(late),
             }
         )
-        if args.steady_s:
-            result["steady"] = asyncio.run(_steady(w, offset_s, args.steady_s))
+        if steady_s:
+            result["steady"] = asyncio.run(_steady(w, offset_s, steady_s))
     finally:
         _stop(proc)
     return result
@@ -421,16 +432,32 @@ def bench_apscheduler(w: Where, args: Any) -> dict[str, Any]:
     }
 
 
+async def _create_database(w: Where, name: str) -> None:
+    conn = await asyncpg.connect(w.dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def bench_pending(w: Where, args: Any) -> dict[str, Any]:
+    """The same burst again, in a database of its own, with `--pending` timers not due."""
+    loaded = w.fresh(PENDING_DATABASE, PENDING_PREFIX)
+    asyncio.run(_create_database(w, PENDING_DATABASE))
+    return bench_rebound(loaded, args, pending=args.pending)
+
+
 def bench_timers(w: Where, args: Any) -> dict[str, Any]:
-    rebound = bench_rebound(w, args)
-    peer = bench_apscheduler(w, args)
-    return {
-        "timers": args.timers,
-        "rebound": rebound,
-        "apscheduler": peer,
-        "ratio_enrol": round(rebound["enrol_per_s"] / peer["enrol_per_s"], 1),
-        "ratio_fire": round(rebound["fire_per_s"] / peer["fire_per_s"], 1),
-    }
+    rebound = bench_rebound(w, args, steady_s=args.steady_s)
+    result: dict[str, Any] = {"timers": args.timers, "rebound": rebound}
+    if args.pending:
+        loaded = result["with_pending"] = bench_pending(w, args)
+        result["ratio_fire_pending"] = round(loaded["fire_per_s"] / rebound["fire_per_s"], 2)
+    peer = result["apscheduler"] = bench_apscheduler(w, args)
+    result["ratio_enrol"] = round(rebound["enrol_per_s"] / peer["enrol_per_s"], 1)
+    result["ratio_fire"] = round(rebound["fire_per_s"] / peer["fire_per_s"], 1)
+    return result
 
 
 def table(r: dict[str, Any]) -> list[str]:
@@ -452,8 +479,14 @@ def table(r: dict[str, Any]) -> list[str]:
         f"{'published / fired':28} {reb['published']:>12} {ap['fired']:>12}"
         f"   ({reb['distinct_requests']} distinct request keys)"
     )
-    if "pending_timers" in reb:
-        lines.append(f"  with {reb['pending_timers']} pending timers not due (Rebound)")
+    if "with_pending" in r:
+        pend = r["with_pending"]
+        lines.append(
+            f"  same burst with {pend['pending_timers']} timers pending, not due (Rebound): "
+            f"fire/s {pend['fire_per_s']:.0f} vs {reb['fire_per_s']:.0f} without "
+            f"({r['ratio_fire_pending']:.2f}x), lateness p99 {pend['lateness']['p99_s']:.2f} s, "
+            f"published {pend['published']}"
+        )
     if "steady" in reb:
         st = reb["steady"]
         lines.append(

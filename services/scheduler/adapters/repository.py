@@ -172,10 +172,12 @@ class BatchRepository:
     async def _driver(self) -> Any:
         """The asyncpg connection of this transaction (same connection, same transaction)."""
         if self._driver_conn is None:
-            # SQLAlchemy begins the database transaction lazily, at its first statement;
-            # without one the raw statements would autocommit, outside the caller's transaction.
-            await self._conn.exec_driver_sql("SELECT 1")
             driver: Any = (await self._conn.get_raw_connection()).driver_connection
+            if not driver.is_in_transaction():
+                # SQLAlchemy begins the database transaction lazily, at its first statement;
+                # without one the raw statements would autocommit, outside the caller's
+                # transaction. (Begun already by an earlier statement: no round trip.)
+                await self._conn.exec_driver_sql("SELECT 1")
             if not driver.is_in_transaction():
                 raise RuntimeError("batch statements must run inside the caller's transaction")
             self._driver_conn = driver

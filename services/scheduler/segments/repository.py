@@ -126,8 +126,10 @@ class SegmentRepository:
 
     async def _driver(self) -> Any:
         if self._raw is None:
-            await self._conn.exec_driver_sql("SELECT 1")  # begins the transaction
-            self._raw = (await self._conn.get_raw_connection()).driver_connection
+            raw: Any = (await self._conn.get_raw_connection()).driver_connection
+            if not raw.is_in_transaction():
+                await self._conn.exec_driver_sql("SELECT 1")  # begins the transaction
+            self._raw = raw
         return self._raw
 
     # --- timers ------------------------------------------------------------------------------

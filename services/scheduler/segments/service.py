@@ -195,9 +195,10 @@ class SegmentTimers:
         async with self.engine.begin() as conn:
             return await self._fire(conn, partitions, now, limit, isolate=True)
 
-    async def next_due_at(self, partitions: Sequence[int], until: datetime) -> datetime | None:
-        async with self.engine.connect() as conn:
-            return await SegmentRepository(conn).next_due_at(partitions, until)
+    async def next_due_at(
+        self, conn: AsyncConnection, partitions: Sequence[int], until: datetime
+    ) -> datetime | None:
+        return await SegmentRepository(conn).next_due_at(partitions, until)
 
     async def _fire(
         self,
