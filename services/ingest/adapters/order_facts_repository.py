@@ -171,8 +171,13 @@ class OrderFactsRepository(DriverWrites):
         rows = await (await self._driver()).fetch(_CLAIM_DUE, now, limit)
         return [r[0] for r in rows]
 
-    async def compute_high_value(self, shop_id: str, share: float, now: datetime) -> None:
-        await (await self._driver()).execute(_COMPUTE_HIGH_VALUE, shop_id, 1 - share, now)
+    async def compute_high_value(
+        self, shop_id: str, share: float, min_buyers: int, now: datetime
+    ) -> None:
+        """The shop's top-share cut; none while it has fewer than `min_buyers` buyers."""
+        await (await self._driver()).execute(
+            _COMPUTE_HIGH_VALUE, shop_id, 1 - share, now, min_buyers
+        )
 
 
 def _order_facts(row: Any, categories: dict[str, CategoryFacts]) -> OrderFacts:
@@ -347,7 +352,8 @@ _CLAIM_DUE = """
 
 _COMPUTE_HIGH_VALUE = """
     INSERT INTO ingest.shop_stats AS old (shop_id, high_value_from, computed_at)
-    SELECT $1, percentile_disc($2) WITHIN GROUP (ORDER BY total_spent), $3
+    SELECT $1, CASE WHEN count(*) >= $4
+            THEN percentile_disc($2) WITHIN GROUP (ORDER BY total_spent) END, $3
     FROM ingest.customers WHERE shop_id = $1 AND orders_count > 0
     ON CONFLICT (shop_id) DO UPDATE SET high_value_from = excluded.high_value_from,
         computed_at = excluded.computed_at

@@ -36,6 +36,9 @@ class FactsSettings:
     inactive_days: int = 90
     high_value_spend: Decimal | None = None  # None: the shop's top `high_value_share` by spend
     high_value_share: float = 0.10
+    # The top share means nothing among a handful of buyers (one of three is not "top 10 %"):
+    # below this many buyers only `high_value_spend` makes anyone high value.
+    high_value_min_buyers: int = 50
     time_zone: str = "UTC"
 
     @property
@@ -282,9 +285,10 @@ def next_stage_change_at(
     return None
 
 
-def high_value_cut(spends: list[Decimal], share: float) -> Decimal | None:
-    """The spend from which a customer is in the top `share` of buyers (None: no buyers)."""
-    if not spends:
+def high_value_cut(spends: list[Decimal], share: float, min_buyers: int = 1) -> Decimal | None:
+    """The spend from which a customer is in the top `share` of buyers (None: fewer buyers than
+    `min_buyers`, or none). The SQL of the stage sweep (`compute_high_value`) does the same."""
+    if not spends or len(spends) < min_buyers:
         return None
     ranked = sorted(spends, reverse=True)
     return ranked[max(0, int(len(ranked) * share + 0.5) - 1)]

@@ -137,6 +137,16 @@ def test_high_value_until_falling_asleep_and_the_next_change_is_due() -> None:
     assert cf.high_value_cut([Decimal(n) for n in range(1, 101)], 0.10) == Decimal(91)
 
 
+def test_the_top_share_needs_enough_buyers_a_shop_threshold_does_not() -> None:
+    three = [Decimal(10), Decimal(20), Decimal(900)]
+
+    assert cf.high_value_cut(three, 0.10, SETTINGS.high_value_min_buyers) is None
+    assert cf.high_value_cut([Decimal(n) for n in range(1, 51)], 0.10, 50) == Decimal(46)
+    with_threshold = cf.FactsSettings(high_value_spend=Decimal(500))
+    assert cf.high_value_from(with_threshold, None) == Decimal(500)
+    assert cf.high_value_from(SETTINGS, None) is None
+
+
 def test_time_zone_explicit_then_country_then_shop() -> None:
     assert cf.time_zone("Asia/Tokyo", "DE", "UTC") == "Asia/Tokyo"
     assert cf.time_zone(None, "de", "UTC") == "Europe/Berlin"
