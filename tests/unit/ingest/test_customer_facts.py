@@ -4,6 +4,7 @@ time zones, the history CSV layouts and the Shopify product mapping."""
 from __future__ import annotations
 
 import itertools
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -17,6 +18,7 @@ from tests.unit.ingest.deliveries import fixture_body
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 SETTINGS = cf.FactsSettings()
 
 
@@ -232,3 +234,25 @@ def test_shopify_product_webhooks_map_to_the_catalog_contract() -> None:
     assert product.tags == ["example", "mens", "t-shirt"]
     assert isinstance(deleted, ev.ProductDeleted)
     assert deleted.product_id == product.product_id
+
+
+def test_a_new_customers_history_in_one_pass_equals_adding_its_orders_one_by_one() -> None:
+    rng = random.Random(8)
+    for _ in range(2_000):
+        orders = sorted(
+            (
+                cf.PlacedOrder(
+                    "k",
+                    NOW - rng.choice([rng.randrange(800 * 24), rng.randrange(48), 5]) * HOUR,
+                    Decimal(rng.randrange(1, 100)),
+                    {c: Decimal(rng.randrange(1, 50)) for c in rng.sample("abc", rng.randrange(3))},
+                )
+                for _ in range(rng.randrange(1, 9))
+            ),
+            key=lambda o: o.placed_at,
+        )
+        one_by_one = cf.OrderFacts()
+        for o in orders:
+            one_by_one = cf.add_order(one_by_one, o, SETTINGS.keep)
+
+        assert cf.from_orders(orders, SETTINGS.keep) == one_by_one
