@@ -89,6 +89,7 @@ async def import_orders(
             report.rejected = orders.rejected
             job = _Job(shop_id, settings_for, clock, progress, range_orders)
             await _apply(conn, history, job, report)
+            await _refresh_high_value(conn, job)
         finally:
             await history.drop()
             await conn.commit()
@@ -154,6 +155,16 @@ async def _apply(
         done += orders
         if job.progress:
             job.progress.applied(done, report.orders)
+
+
+async def _refresh_high_value(conn: AsyncConnection, job: _Job) -> None:
+    """The shop's top-share cut from the facts the import left, so the profiles published
+    next (history_publish) say who is high value without waiting for the stage sweep."""
+    settings = job.settings_for(job.shop_id)
+    async with conn.begin():
+        await OrderFactsRepository(conn).compute_high_value(
+            job.shop_id, settings.high_value_share, settings.high_value_min_buyers, job.clock.now()
+        )
 
 
 async def _grow(

@@ -24,6 +24,7 @@ from services.ingest.domain.facts import CustomerRow, OrderRow
 from services.ingest.domain.history_csv import HistoryOrder, OrderReader
 from services.ingest.history_import import import_orders
 from services.ingest.order_facts import apply_orders, with_categories
+from services.ingest.profiles import grown_profiles
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.db import make_engine
@@ -312,3 +313,33 @@ async def test_imported_facts_are_those_the_live_consumer_keeps(
         # Shopify's export names no product id or category: no categories, no sales.
         assert live or (layout == "shopify" and what in ("categories", "sales")), what
         assert await rows(db, sql, shop=IMPORTED) == live, what
+
+
+async def test_the_top_tenth_by_spend_needs_fifty_buyers_a_shop_threshold_does_not(
+    db: AsyncEngine, tmp_path: Path
+) -> None:
+    def shop_file(name: str, spends: list[int]) -> Path:
+        return write_csv(
+            tmp_path / f"{name}.csv",
+            ["customer_id", "order_id", "date", "total"],
+            [[str(n), f"o{n}", "2024-06-20", str(spend)] for n, spend in enumerate(spends)],
+        )
+
+    settings = {"fixed": FactsSettings(high_value_spend=Decimal(500))}
+    clock = ManualClock(NOW)
+    for shop, spends in [
+        ("few", [10, 20, 900]),
+        ("fixed", [10, 20, 900]),
+        ("many", [10 * n for n in range(1, 61)]),
+    ]:
+        await import_orders(
+            db, shop_file(shop, spends), shop, lambda s: settings.get(s, FactsSettings()), clock
+        )
+
+    async with db.begin() as conn:
+        keys = [r[0] for r in await conn.execute(text("SELECT customer_key FROM ingest.customers"))]
+        profiles = await grown_profiles(
+            OrderFactsRepository(conn), keys, lambda s: settings.get(s, FactsSettings()), NOW
+        )
+    high = sorted((p.shop_id, p.total_spent) for p in profiles.values() if p.high_value)
+    assert high == [("fixed", 900), *(("many", Decimal(10 * n)) for n in range(55, 61))]

@@ -141,10 +141,9 @@ class OrderFactsRepository(DriverWrites):
     async def compute_high_value(
         self, shop_id: str, share: float, min_buyers: int, now: datetime
     ) -> None:
-        """The shop's top-share cut; none while it has fewer than `min_buyers` buyers."""
-        await (await self._driver()).execute(
-            _COMPUTE_HIGH_VALUE, shop_id, 1 - share, now, min_buyers
-        )
+        """The shop's top-share cut (customer_facts.high_value_cut: the spend of the
+        round(buyers x share)-th biggest buyer); none below `min_buyers` buyers."""
+        await (await self._driver()).execute(_COMPUTE_HIGH_VALUE, shop_id, share, now, min_buyers)
 
 
 def _order_facts(row: Any, categories: dict[str, CategoryFacts]) -> OrderFacts:
@@ -283,10 +282,16 @@ _CLAIM_DUE = """
 """
 
 _COMPUTE_HIGH_VALUE = """
+    WITH buyers AS (
+        SELECT total_spent, row_number() OVER (ORDER BY total_spent DESC) AS n,
+            count(*) OVER () AS buyers
+        FROM ingest.customers WHERE shop_id = $1 AND orders_count > 0
+    )
     INSERT INTO ingest.shop_stats AS old (shop_id, high_value_from, computed_at)
-    SELECT $1, CASE WHEN count(*) >= $4
-            THEN percentile_disc($2) WITHIN GROUP (ORDER BY total_spent) END, $3
-    FROM ingest.customers WHERE shop_id = $1 AND orders_count > 0
+    SELECT $1, (
+        SELECT total_spent FROM buyers
+        WHERE buyers >= $4 AND n = greatest(1, floor(buyers * $2::float8 + 0.5))
+    ), $3
     ON CONFLICT (shop_id) DO UPDATE SET high_value_from = excluded.high_value_from,
         computed_at = excluded.computed_at
 """
