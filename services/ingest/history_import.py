@@ -1,11 +1,14 @@
 """A shop's order history from a CSV file into the facts, by the live consumer's rules
-(order_facts.grow_facts), in two steps on one database session:
+(order_facts.grow_facts), in two steps on `sessions` database sessions, each owning the
+customers whose key hashes to it:
 
-1. read: the file is parsed and COPYed, as it is read, into a temporary table;
+1. read: the file is parsed once and each order's rows are COPYed, as the file is read, into
+   its session's temporary table;
 2. apply: a range of customers per transaction (about `range_orders` orders), their orders
    and lines are inserted in one statement that returns those not stored before, and each
    customer's facts grow once by all of their new orders (new customers are inserted with
-   their facts in one statement).
+   their facts in one statement). The sessions run at once: while one folds facts in Python,
+   PostgreSQL writes another's.
 
 Idempotent: an order already stored (same shop and order id) changes nothing. An interrupted
 import leaves whole ranges applied; running it again finishes the rest. No activity is
@@ -15,8 +18,10 @@ event-triggered journey; segment-based journeys see the facts it leaves (docs/im
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +46,12 @@ from services.ingest.order_facts import SettingsFor, grow_facts
 from shared.clock import Clock
 
 IMPORT_RANGE_ORDERS = 20_000
-READ_PROGRESS_EVERY = 20_000  # rows
+# Sessions that COPY and apply at once, each for its share of the customers: while one folds
+# facts in Python, PostgreSQL writes another's (two: this process and the database).
+IMPORT_SESSIONS = 2
+COPY_CHUNK_ROWS = 5_000
+QUEUED_CHUNKS = 4  # per session: what the parser may run ahead of a COPY
+READ_PROGRESS_EVERY = 20_000  # orders
 
 
 class Progress(Protocol):
@@ -59,6 +69,7 @@ class ImportReport:
     new_orders: int = 0
     rejected: list[Rejected] = field(default_factory=list)
     customers: set[str] = field(default_factory=set)  # whose facts new orders changed
+    applied: int = 0  # orders of the file applied so far
 
 
 def count_rows(path: Path) -> int:
@@ -75,25 +86,87 @@ async def import_orders(
     clock: Clock,
     progress: Progress | None = None,
     range_orders: int = IMPORT_RANGE_ORDERS,
+    sessions: int = IMPORT_SESSIONS,
 ) -> ImportReport:
     """Raises RowError when the header matches no known layout; bad rows are only reported."""
     report = ImportReport()
-    async with engine.connect() as conn:
-        history = HistoryRepository(conn)
-        try:
-            with path.open(newline="", encoding="utf-8-sig") as f:
-                reader = csv.reader(f)
-                orders = OrderReader(shop_id, next(reader, []))
-                async with conn.begin():
-                    await history.stage(_staged(orders, reader, report, progress))
-            report.rejected = orders.rejected
-            job = _Job(shop_id, settings_for, clock, progress, range_orders)
-            await _apply(conn, history, job, report)
-            await _refresh_high_value(conn, job)
-        finally:
-            await history.drop()
-            await conn.commit()
+    job = _Job(shop_id, settings_for, clock, progress, range_orders)
+    async with AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(engine.connect()) for _ in range(sessions)]
+        for conn in conns:
+            stack.push_async_callback(_drop, conn)
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            orders = OrderReader(shop_id, next(reader, []))
+            await _read(conns, orders, reader, report, progress)
+        report.rejected = orders.rejected
+        ranges = [await _ranges(conn, range_orders) for conn in conns]
+        report.orders = sum(n for session in ranges for _, _, n in session)
+        async with asyncio.TaskGroup() as group:
+            for conn, session in zip(conns, ranges, strict=True):
+                group.create_task(_apply(conn, session, job, report))
+        await _refresh_high_value(conns[0], job)
     return report
+
+
+async def _drop(conn: AsyncConnection) -> None:
+    """The session's temporary tables, before the connection goes back to the pool; a
+    connection that cannot (the import failed mid-statement) is closed, which drops them."""
+    try:
+        await HistoryRepository(conn).drop()
+        await conn.commit()
+    except Exception:
+        await conn.invalidate()
+
+
+async def _read(
+    conns: list[AsyncConnection],
+    orders: OrderReader,
+    reader: Any,
+    report: ImportReport,
+    progress: Progress | None,
+) -> None:
+    """The file parsed once; each customer's rows COPYed to one session (by the key's hash),
+    all sessions at once, as the file is read."""
+    queues: list[asyncio.Queue[list[StagedRow] | None]] = [
+        asyncio.Queue(maxsize=QUEUED_CHUNKS) for _ in conns
+    ]
+    async with asyncio.TaskGroup() as group:
+        for conn, queue in zip(conns, queues, strict=True):
+            group.create_task(_copy(conn, queue))
+        chunks: list[list[StagedRow]] = [[] for _ in conns]
+        for read, order in enumerate(_all(orders, reader, report), start=1):
+            session = hash(order.customer_key) % len(conns)
+            chunk = chunks[session]
+            chunk.extend(_rows_of(order))
+            if len(chunk) >= COPY_CHUNK_ROWS:
+                await queues[session].put(chunk)
+                chunks[session] = []
+                await asyncio.sleep(0)  # the COPYs send while the file is parsed
+            if progress and read % READ_PROGRESS_EVERY == 0:
+                progress.read(report.rows)
+        for queue, chunk in zip(queues, chunks, strict=True):
+            await queue.put(chunk)
+            await queue.put(None)
+    if progress:
+        progress.read(report.rows)
+
+
+async def _copy(conn: AsyncConnection, queue: asyncio.Queue[list[StagedRow] | None]) -> None:
+    async def rows() -> AsyncIterator[StagedRow]:
+        while (chunk := await queue.get()) is not None:
+            for row in chunk:
+                yield row
+
+    async with conn.begin():
+        await HistoryRepository(conn).stage(rows())
+
+
+def _all(orders: OrderReader, reader: Any, report: ImportReport) -> Iterator[HistoryOrder]:
+    yield from orders.feed(_numbered(reader, report))
+    last = orders.close()
+    if last is not None:
+        yield last
 
 
 def _numbered(reader: Any, report: ImportReport) -> Iterator[tuple[int, list[str]]]:
@@ -103,31 +176,12 @@ def _numbered(reader: Any, report: ImportReport) -> Iterator[tuple[int, list[str
             yield reader.line_num, row
 
 
-async def _staged(
-    orders: OrderReader, reader: Any, report: ImportReport, progress: Progress | None
-) -> AsyncIterator[StagedRow]:
-    """The file's orders as COPY rows; reports progress every READ_PROGRESS_EVERY orders."""
-    for read, order in enumerate(orders.feed(_numbered(reader, report)), start=1):
-        for row in _rows_of(order):
-            yield row
-        if progress and read % READ_PROGRESS_EVERY == 0:
-            progress.read(report.rows)
-    last = orders.close()
-    if last is not None:
-        for row in _rows_of(last):
-            yield row
-    if progress:
-        progress.read(report.rows)
-
-
-def _rows_of(o: HistoryOrder) -> Iterator[StagedRow]:
-    head = (o.customer_key, o.order_id)
+def _rows_of(o: HistoryOrder) -> list[StagedRow]:
+    head = (o.customer_key, o.order_id, o.first_line, o.first_line)
     money = (o.currency, o.total, o.status, o.placed_at)
     if not o.lines:
-        yield (*head, o.first_line, o.first_line, 0, *money, None, None, None, None, None, None)
-        return
-    for n, line in enumerate(o.lines, start=1):
-        yield (*head, o.first_line, o.first_line, n, *money, *line)
+        return [(*head, 0, *money, None, None, None, None, None, None)]
+    return [(*head, n, *money, *line) for n, line in enumerate(o.lines, start=1)]
 
 
 @dataclass(frozen=True)
@@ -139,22 +193,26 @@ class _Job:
     range_orders: int
 
 
-async def _apply(
-    conn: AsyncConnection, history: HistoryRepository, job: _Job, report: ImportReport
-) -> None:
+async def _ranges(conn: AsyncConnection, range_orders: int) -> list[tuple[str, str, int]]:
     async with conn.begin():
-        ranges = await history.customer_ranges(job.range_orders)
-    report.orders = sum(n for _, _, n in ranges)
-    done = 0
+        return await HistoryRepository(conn).customer_ranges(range_orders)
+
+
+async def _apply(
+    conn: AsyncConnection, ranges: list[tuple[str, str, int]], job: _Job, report: ImportReport
+) -> None:
+    """One session's ranges, a transaction each (the other sessions run meanwhile: while
+    this one folds facts in Python, PostgreSQL inserts theirs)."""
+    history = HistoryRepository(conn)
     for first, last, orders in ranges:
         async with conn.begin():
             new = await history.insert_orders(job.shop_id, first, last)
             await _grow(conn, history, job.shop_id, new, job.settings_for, job.clock.now())
         report.new_orders += len(new)
+        report.applied += orders
         report.customers.update(o.placed.customer_key for o in new)
-        done += orders
         if job.progress:
-            job.progress.applied(done, report.orders)
+            job.progress.applied(report.applied, report.orders)
 
 
 async def _refresh_high_value(conn: AsyncConnection, job: _Job) -> None:

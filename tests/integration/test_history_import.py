@@ -232,7 +232,13 @@ async def apply_live(db: AsyncEngine, header: list[str], body: list[list[str]]) 
                 for k in sorted({o.customer_key for o in batch})
             )
             new = await repo.add_orders(batch)
-            await apply_orders(order_repo, new, (), defaults, NOW)
+            await apply_orders(order_repo, new, (), no_cut, NOW)
+
+
+def no_cut(shop_id: str) -> FactsSettings:
+    # The import computes the shop's high-value cut at its end (the live path: the stage
+    # sweep); without one, the stages compare.
+    return FactsSettings(high_value_min_buyers=10_000)
 
 
 def as_order_row(o: HistoryOrder) -> OrderRow:
@@ -300,10 +306,10 @@ async def test_imported_facts_are_those_the_live_consumer_keeps(
     await apply_live(db, header, body)
     clock = ManualClock(NOW)
     part = await import_orders(
-        db, write_csv(tmp_path / "part.csv", header, body[:cut]), IMPORTED, defaults, clock
+        db, write_csv(tmp_path / "part.csv", header, body[:cut]), IMPORTED, no_cut, clock
     )
     grown = await import_orders(
-        db, write_csv(tmp_path / "all.csv", header, body), IMPORTED, defaults, clock
+        db, write_csv(tmp_path / "all.csv", header, body), IMPORTED, no_cut, clock
     )
 
     assert part.rejected == grown.rejected == []
@@ -312,7 +318,13 @@ async def test_imported_facts_are_those_the_live_consumer_keeps(
         live = await rows(db, sql, shop=LIVE)
         # Shopify's export names no product id or category: no categories, no sales.
         assert live or (layout == "shopify" and what in ("categories", "sales")), what
-        assert await rows(db, sql, shop=IMPORTED) == live, what
+        imported = await rows(db, sql, shop=IMPORTED)
+        differ = [
+            {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+            for a, b in zip(imported, live, strict=False)
+            if a != b
+        ]
+        assert (len(imported), differ[:1]) == (len(live), []), what
 
 
 async def test_the_top_tenth_by_spend_needs_fifty_buyers_a_shop_threshold_does_not(
