@@ -4,6 +4,7 @@ reported with their line numbers and the rest is imported."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import random
 from collections import defaultdict
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
 
+from rebound.__main__ import cli
 from services.ingest.adapters.facts_repository import FactsRepository
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
 from services.ingest.domain.customer_facts import FactsSettings
@@ -28,7 +31,9 @@ from services.ingest.profiles import grown_profiles
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.db import make_engine
-from tests.conftest import ROOT
+from shared.topics import Topics
+from tests.conftest import ROOT, Infra
+from tests.integration.test_ingest_consumer import activities
 
 pytestmark = pytest.mark.integration
 CDNOW = ROOT / "tests" / "fixtures" / "cdnow" / "CDNOW_master.txt"
@@ -355,3 +360,36 @@ async def test_the_top_tenth_by_spend_needs_fifty_buyers_a_shop_threshold_does_n
         )
     high = sorted((p.shop_id, p.total_spent) for p in profiles.values() if p.high_value)
     assert high == [("fixed", 900), *(("many", Decimal(10 * n)) for n in range(55, 61))]
+
+
+async def test_the_command_lists_rejected_rows_and_publishes_the_imported_facts(
+    database_url: str, infra: Infra, topics: Topics, tmp_path: Path
+) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "customer_id,email,order_id,date,total,currency\n"
+        "1,,A1,2024-01-10,10.00,EUR\n"
+        ",,A2,2024-01-11,10.00,EUR\n"
+        "2,,A3,2024-01-12,30.00,EUR\n"
+        "1,,A4,2024-02-12,5.00,EUR\n"
+    )
+    env = {
+        "REBOUND_INGEST_DATABASE_URL": database_url,
+        "REBOUND_INGEST_KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap,
+        "REBOUND_INGEST_TOPIC_PREFIX": topics.prefix,
+    }
+    command = ["import", "orders", str(path), "--shop", "s1"]
+
+    first = await asyncio.to_thread(CliRunner().invoke, cli, command, env=env)
+    again = await asyncio.to_thread(CliRunner().invoke, cli, command, env=env)
+
+    assert first.exit_code == 1, first.output  # a row was rejected
+    assert "line 3: neither a customer id nor an e-mail address" in first.output
+    assert "4 rows: 3 orders, 3 new, 0 already imported, 1 rows rejected" in first.output
+    assert "3 orders, 0 new, 3 already imported" in again.output
+    imported = [
+        a.data["profile"]
+        for a in await activities(infra, topics)
+        if a.data["kind"] == ev.HISTORY_IMPORTED_KIND
+    ]
+    assert sorted((p["key"], p["orders_count"]) for p in imported) == [("s1:c:1", 2), ("s1:c:2", 1)]
