@@ -13,6 +13,7 @@ import pytest
 from services.ingest.domain import customer_facts as cf
 from services.ingest.domain import shopify
 from services.ingest.domain.history_csv import OrderReader, parse_time
+from services.ingest.settings import ShopConfig
 from shared import events as ev
 from tests.unit.ingest.deliveries import fixture_body
 
@@ -256,3 +257,18 @@ def test_a_new_customers_history_in_one_pass_equals_adding_its_orders_one_by_one
             one_by_one = cf.add_order(one_by_one, o, SETTINGS.keep)
 
         assert cf.from_orders(orders, SETTINGS.keep) == one_by_one
+
+
+def test_a_shops_own_thresholds_move_the_stage() -> None:
+    shop = ShopConfig(
+        shop_id="s", active_days=10, falling_asleep_days=20, inactive_days=40,
+        high_value_min_buyers=5,
+    ).facts_settings()  # fmt: skip
+    f = facts(order(60, "10"), order(15, "10"))
+
+    assert shop.high_value_min_buyers == 5
+    assert cf.stage(f, NOW, shop, high_value=False) == "repeat_buyer"  # 15 days: past 10
+    assert cf.stage(f, NOW, SETTINGS, high_value=False) == "active"  # the default 30
+    assert cf.next_stage_change_at(f, NOW, shop) == NOW + 5 * DAY
+    assert cf.stage(f, NOW + 5 * DAY, shop, high_value=False) == "falling_asleep"
+    assert cf.stage(f, NOW + 25 * DAY, shop, high_value=False) == "inactive"
