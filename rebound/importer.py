@@ -29,7 +29,12 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.domain.history_csv import RowError
-from services.ingest.history_import import ImportReport, count_rows, import_orders
+from services.ingest.history_import import (
+    IMPORT_SESSIONS,
+    ImportReport,
+    count_rows,
+    import_orders,
+)
 from services.ingest.history_publish import publish_imported
 from services.ingest.settings import IngestSettings, facts_settings_for
 from shared.clock import SystemClock
@@ -75,7 +80,7 @@ def orders_command(
 
 async def _run(file: Path, shop: str, console: Console, publish: bool) -> ImportReport:
     settings = IngestSettings()
-    engine = make_engine(settings.database_url, pool_size=1)
+    engine = make_engine(settings.database_url, pool_size=IMPORT_SESSIONS)
     try:
         report = await _import(engine, file, shop, console, settings)
         if publish and report.customers:

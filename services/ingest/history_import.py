@@ -278,4 +278,11 @@ def _new_customer(
     )
 
 
-__all__ = ["ImportReport", "Progress", "RowError", "count_rows", "import_orders"]
+__all__ = [
+    "IMPORT_SESSIONS",
+    "ImportReport",
+    "Progress",
+    "RowError",
+    "count_rows",
+    "import_orders",
+]

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 
 from services.ingest.domain.customer_facts import FactsSettings
-from services.ingest.history_import import import_orders
+from services.ingest.history_import import IMPORT_SESSIONS, import_orders
 from shared.clock import SystemClock
 from shared.db import make_engine
 
@@ -67,7 +67,7 @@ def generated_csv(path: Path, orders: int, seed: int = 11) -> int:
 
 
 async def _rebound(database_url: str, path: Path, shop_id: str) -> float:
-    engine = make_engine(database_url, pool_size=1)
+    engine = make_engine(database_url, pool_size=IMPORT_SESSIONS)
     try:
         started = time.perf_counter()
         report = await import_orders(
@@ -175,7 +175,7 @@ def _rebound_command(database_url: str, path: Path, shop_id: str) -> tuple[float
 
 async def _rebound_again(database_url: str, path: Path) -> float:
     """The same file a second time: nothing new (idempotence), how long it takes to find out."""
-    engine = make_engine(database_url, pool_size=1)
+    engine = make_engine(database_url, pool_size=IMPORT_SESSIONS)
     try:
         started = time.perf_counter()
         report = await import_orders(
