@@ -12,10 +12,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from services.ingest.adapters.order_facts_repository import FactsWrite
 from services.ingest.domain.customer_facts import PlacedOrder
+from shared.db import DriverWrites
 
 # (customer_key, order_id, line, first_line, line_no, currency, total, status, placed_at,
 #  product_id, sku, title, quantity, price, category): one per order line, or one with
@@ -49,13 +48,8 @@ class NewCustomer:
     facts: FactsWrite | None
 
 
-class HistoryRepository:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-
-    async def _driver(self) -> Any:
-        await self._conn.exec_driver_sql("SELECT 1")  # begins the caller's transaction
-        return (await self._conn.get_raw_connection()).driver_connection
+class HistoryRepository(DriverWrites):
+    _what = "the history import"
 
     async def stage(self, rows: AsyncIterable[StagedRow]) -> None:
         """The file into this session's temporary tables (COPY, streamed as it is read)."""
