@@ -1,8 +1,9 @@
 """python -m rebound import orders FILE --shop SHOP: a shop's order history into the facts.
 
 Reads REBOUND_INGEST_DATABASE_URL and REBOUND_INGEST_SHOPS (for the shop's facts settings),
-like the ingest service. Shows a progress bar (rows, rows/s, ETA); rejected rows are listed
-with their line number and reason after the import, which does not stop for them.
+like the ingest service. Shows progress bars (the file read: rows, rows/s, ETA; then the facts
+applied: orders/s); rejected rows are listed with their line number and reason after the
+import, which does not stop for them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -27,7 +29,12 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.domain.history_csv import RowError
-from services.ingest.history_import import ImportReport, count_rows, import_orders
+from services.ingest.history_import import (
+    IMPORT_SESSIONS,
+    ImportReport,
+    count_rows,
+    import_orders,
+)
 from services.ingest.history_publish import publish_imported
 from services.ingest.settings import IngestSettings, facts_settings_for
 from shared.clock import SystemClock
@@ -39,10 +46,11 @@ import_cli = typer.Typer(help="Import a shop's history into the facts.", no_args
 SHOWN_REJECTIONS = 50
 
 
-class RowsPerSecond(ProgressColumn):
+class PerSecond(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("- rows/s" if speed is None else f"{speed:,.0f} rows/s")
+        unit = task.fields.get("unit", "rows")
+        return Text(f"- {unit}/s" if speed is None else f"{speed:,.0f} {unit}/s")
 
 
 @import_cli.command("orders")
@@ -72,7 +80,7 @@ def orders_command(
 
 async def _run(file: Path, shop: str, console: Console, publish: bool) -> ImportReport:
     settings = IngestSettings()
-    engine = make_engine(settings.database_url, pool_size=1)
+    engine = make_engine(settings.database_url, pool_size=IMPORT_SESSIONS)
     try:
         report = await _import(engine, file, shop, console, settings)
         if publish and report.customers:
@@ -106,21 +114,37 @@ async def _import(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        RowsPerSecond(),
+        PerSecond(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"importing {file.name}", total=count_rows(file))
         return await import_orders(
             engine,
             file,
             shop,
             facts_settings_for(settings.shops),
             SystemClock(),
-            progress=lambda rows: progress.update(task, completed=rows),
+            progress=Bars(progress, file.name, count_rows(file)),
         )
+
+
+class Bars:
+    """Two bars: the file read (rows), then the facts applied (orders)."""
+
+    def __init__(self, progress: Progress, name: str, rows: int) -> None:
+        self._progress = progress
+        self._read = progress.add_task(f"reading {name}", total=rows, unit="rows")
+        self._applied: TaskID | None = None
+
+    def read(self, rows: int) -> None:
+        self._progress.update(self._read, completed=rows)
+
+    def applied(self, orders: int, total: int) -> None:
+        if self._applied is None:
+            self._applied = self._progress.add_task("applying", total=total, unit="orders")
+        self._progress.update(self._applied, completed=orders)
 
 
 def _summary(report: ImportReport, console: Console) -> None:

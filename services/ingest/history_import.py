@@ -1,29 +1,65 @@
-"""A shop's order history from a CSV file into the facts, by the live consumer's own path
-(order_facts.apply_orders), a chunk of orders per transaction.
+"""A shop's order history from a CSV file into the facts, by the live consumer's rules
+(order_facts.grow_facts), in two steps on `sessions` database sessions, each owning the
+customers whose key hashes to it:
 
-Idempotent: an order already stored (same shop and order id) changes nothing. No activity is
+1. read: the file is parsed once and each order's rows are COPYed, as the file is read, into
+   its session's temporary table;
+2. apply: a range of customers per transaction (about `range_orders` orders), their orders
+   and lines are inserted in one statement that returns those not stored before, and each
+   customer's facts grow once by all of their new orders (new customers are inserted with
+   their facts in one statement). The sessions run at once: while one folds facts in Python,
+   PostgreSQL writes another's.
+
+Idempotent: an order already stored (same shop and order id) changes nothing. An interrupted
+import leaves whole ranges applied; running it again finishes the rest. No activity is
 published: an imported order is history, not something a customer just did, so it starts no
 event-triggered journey; segment-based journeys see the facts it leaves (docs/import.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest.adapters.order_facts_repository import OrderFactsRepository
-from services.ingest.domain.facts import CustomerRow, OrderRow
-from services.ingest.domain.history_csv import OrderReader, Rejected, RowError
-from services.ingest.order_facts import SettingsFor, apply_orders, with_categories
+from services.ingest.adapters.history_repository import (
+    HistoryRepository,
+    NewCustomer,
+    NewOrder,
+    StagedRow,
+)
+from services.ingest.adapters.order_facts_repository import (
+    FactsWrite,
+    OrderFactsRepository,
+    StoredFacts,
+)
+from services.ingest.domain import customer_facts as cf
+from services.ingest.domain.history_csv import HistoryOrder, OrderReader, Rejected, RowError
+from services.ingest.order_facts import SettingsFor, grow_facts
 from shared.clock import Clock
 
-IMPORT_CHUNK_ORDERS = 10_000
-Progress = Callable[[int], None]  # called with the number of rows read so far
+IMPORT_RANGE_ORDERS = 20_000
+# Sessions that COPY and apply at once, each for its share of the customers: while one folds
+# facts in Python, PostgreSQL writes another's (two: this process and the database).
+IMPORT_SESSIONS = 2
+COPY_CHUNK_ROWS = 5_000
+QUEUED_CHUNKS = 4  # per session: what the parser may run ahead of a COPY
+READ_PROGRESS_EVERY = 20_000  # orders
+
+
+class Progress(Protocol):
+    def read(self, rows: int) -> None:
+        """Rows of the file read so far."""
+
+    def applied(self, orders: int, total: int) -> None:
+        """Orders of the file applied to the facts so far, of `total`."""
 
 
 @dataclass
@@ -33,6 +69,7 @@ class ImportReport:
     new_orders: int = 0
     rejected: list[Rejected] = field(default_factory=list)
     customers: set[str] = field(default_factory=set)  # whose facts new orders changed
+    applied: int = 0  # orders of the file applied so far
 
 
 def count_rows(path: Path) -> int:
@@ -48,27 +85,88 @@ async def import_orders(
     settings_for: SettingsFor,
     clock: Clock,
     progress: Progress | None = None,
-    chunk_orders: int = IMPORT_CHUNK_ORDERS,
+    range_orders: int = IMPORT_RANGE_ORDERS,
+    sessions: int = IMPORT_SESSIONS,
 ) -> ImportReport:
     """Raises RowError when the header matches no known layout; bad rows are only reported."""
     report = ImportReport()
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        orders = OrderReader(shop_id, next(reader, []))
-        chunk: list[OrderRow] = []
-        for order in orders.feed(_numbered(reader, report)):
-            chunk.append(order)
-            if len(chunk) >= chunk_orders:
-                await _store(engine, chunk, settings_for, clock, report)
-                chunk = []
-                if progress:
-                    progress(report.rows)
-        last = orders.close()
-        await _store(engine, [*chunk, *([last] if last else [])], settings_for, clock, report)
-    if progress:
-        progress(report.rows)
-    report.rejected = orders.rejected
+    job = _Job(shop_id, settings_for, clock, progress, range_orders)
+    async with AsyncExitStack() as stack:
+        conns = [await stack.enter_async_context(engine.connect()) for _ in range(sessions)]
+        for conn in conns:
+            stack.push_async_callback(_drop, conn)
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            orders = OrderReader(shop_id, next(reader, []))
+            await _read(conns, orders, reader, report, progress)
+        report.rejected = orders.rejected
+        ranges = [await _ranges(conn, range_orders) for conn in conns]
+        report.orders = sum(n for session in ranges for _, _, n in session)
+        async with asyncio.TaskGroup() as group:
+            for conn, session in zip(conns, ranges, strict=True):
+                group.create_task(_apply(conn, session, job, report))
+        await _refresh_high_value(conns[0], job)
     return report
+
+
+async def _drop(conn: AsyncConnection) -> None:
+    """The session's temporary tables, before the connection goes back to the pool; a
+    connection that cannot (the import failed mid-statement) is closed, which drops them."""
+    try:
+        await HistoryRepository(conn).drop()
+        await conn.commit()
+    except Exception:
+        await conn.invalidate()
+
+
+async def _read(
+    conns: list[AsyncConnection],
+    orders: OrderReader,
+    reader: Any,
+    report: ImportReport,
+    progress: Progress | None,
+) -> None:
+    """The file parsed once; each customer's rows COPYed to one session (by the key's hash),
+    all sessions at once, as the file is read."""
+    queues: list[asyncio.Queue[list[StagedRow] | None]] = [
+        asyncio.Queue(maxsize=QUEUED_CHUNKS) for _ in conns
+    ]
+    async with asyncio.TaskGroup() as group:
+        for conn, queue in zip(conns, queues, strict=True):
+            group.create_task(_copy(conn, queue))
+        chunks: list[list[StagedRow]] = [[] for _ in conns]
+        for read, order in enumerate(_all(orders, reader, report), start=1):
+            session = hash(order.customer_key) % len(conns)
+            chunk = chunks[session]
+            chunk.extend(_rows_of(order))
+            if len(chunk) >= COPY_CHUNK_ROWS:
+                await queues[session].put(chunk)
+                chunks[session] = []
+                await asyncio.sleep(0)  # the COPYs send while the file is parsed
+            if progress and read % READ_PROGRESS_EVERY == 0:
+                progress.read(report.rows)
+        for queue, chunk in zip(queues, chunks, strict=True):
+            await queue.put(chunk)
+            await queue.put(None)
+    if progress:
+        progress.read(report.rows)
+
+
+async def _copy(conn: AsyncConnection, queue: asyncio.Queue[list[StagedRow] | None]) -> None:
+    async def rows() -> AsyncIterator[StagedRow]:
+        while (chunk := await queue.get()) is not None:
+            for row in chunk:
+                yield row
+
+    async with conn.begin():
+        await HistoryRepository(conn).stage(rows())
+
+
+def _all(orders: OrderReader, reader: Any, report: ImportReport) -> Iterator[HistoryOrder]:
+    yield from orders.feed(_numbered(reader, report))
+    last = orders.close()
+    if last is not None:
+        yield last
 
 
 def _numbered(reader: Any, report: ImportReport) -> Iterator[tuple[int, list[str]]]:
@@ -78,47 +176,113 @@ def _numbered(reader: Any, report: ImportReport) -> Iterator[tuple[int, list[str
             yield reader.line_num, row
 
 
-async def _store(
-    engine: AsyncEngine,
-    chunk: list[OrderRow],
-    settings_for: SettingsFor,
-    clock: Clock,
-    report: ImportReport,
+def _rows_of(o: HistoryOrder) -> list[StagedRow]:
+    head = (o.customer_key, o.order_id, o.first_line, o.first_line)
+    money = (o.currency, o.total, o.status, o.placed_at)
+    if not o.lines:
+        return [(*head, 0, *money, None, None, None, None, None, None)]
+    return [(*head, n, *money, *line) for n, line in enumerate(o.lines, start=1)]
+
+
+@dataclass(frozen=True)
+class _Job:
+    shop_id: str
+    settings_for: SettingsFor
+    clock: Clock
+    progress: Progress | None
+    range_orders: int
+
+
+async def _ranges(conn: AsyncConnection, range_orders: int) -> list[tuple[str, str, int]]:
+    async with conn.begin():
+        return await HistoryRepository(conn).customer_ranges(range_orders)
+
+
+async def _apply(
+    conn: AsyncConnection, ranges: list[tuple[str, str, int]], job: _Job, report: ImportReport
 ) -> None:
-    if not chunk:
+    """One session's ranges, a transaction each (the other sessions run meanwhile: while
+    this one folds facts in Python, PostgreSQL inserts theirs)."""
+    history = HistoryRepository(conn)
+    for first, last, orders in ranges:
+        async with conn.begin():
+            new = await history.insert_orders(job.shop_id, first, last)
+            await _grow(conn, history, job.shop_id, new, job.settings_for, job.clock.now())
+        report.new_orders += len(new)
+        report.applied += orders
+        report.customers.update(o.placed.customer_key for o in new)
+        if job.progress:
+            job.progress.applied(report.applied, report.orders)
+
+
+async def _refresh_high_value(conn: AsyncConnection, job: _Job) -> None:
+    """The shop's top-share cut from the facts the import left, so the profiles published
+    next (history_publish) say who is high value without waiting for the stage sweep."""
+    settings = job.settings_for(job.shop_id)
+    async with conn.begin():
+        await OrderFactsRepository(conn).compute_high_value(
+            job.shop_id, settings.high_value_share, settings.high_value_min_buyers, job.clock.now()
+        )
+
+
+async def _grow(
+    conn: AsyncConnection,
+    history: HistoryRepository,
+    shop_id: str,
+    new: list[NewOrder],
+    settings_for: SettingsFor,
+    now: datetime,
+) -> None:
+    """The range's customers' facts grown by their new orders: customers not stored yet are
+    inserted with their facts, the others updated like the consumer does."""
+    if not new:
         return
-    report.orders += len(chunk)
-    async with engine.begin() as conn:
-        repo = OrderFactsRepository(conn)
-        await repo.add_customers(_customers(chunk))
-        new = await repo.insert_orders(await with_categories(repo, chunk))
-        await apply_orders(repo, new, (), settings_for, clock.now())
-    report.new_orders += len(new)
-    report.customers.update(o.customer_key for o in new)
+    repo = OrderFactsRepository(conn)
+    by_key: dict[str, list[cf.PlacedOrder]] = {}
+    first_at: dict[str, datetime] = {}
+    for cancelled, o in new:  # oldest first per customer: new customers need no recount
+        first_at.setdefault(o.customer_key, o.placed_at)
+        if not cancelled:
+            by_key.setdefault(o.customer_key, []).append(o)
+    # A customer whose new orders are all cancelled gets a row, but no facts (as live).
+    stored = await repo.load(by_key)
+    fresh = [key for key in first_at if key not in stored]
+    cut = await history.shop_cut(shop_id)
+    blank = {
+        key: StoredFacts(shop_id, cf.OrderFacts(), None, high_value_cut=cut)
+        for key in fresh
+        if key in by_key
+    }
+    writes, _ = await grow_facts(repo, blank, by_key, (), settings_for, now)
+    facts = {w.customer_key: w for w in writes}
+    inserted = await history.insert_customers(
+        shop_id, [_new_customer(shop_id, key, first_at[key], facts.get(key)) for key in fresh]
+    )
+    # Stored before, or created meanwhile by the live consumer: grown from what is stored.
+    meanwhile = await repo.load(k for k in fresh if k not in inserted and k in by_key)
+    writes, _ = await grow_facts(repo, {**stored, **meanwhile}, by_key, (), settings_for, now)
+    await repo.save(writes)
 
 
-def _customers(chunk: list[OrderRow]) -> list[CustomerRow]:
-    first: dict[str, OrderRow] = {}
-    for order in chunk:
-        first.setdefault(order.customer_key, order)
-    return [_customer(o) for _, o in sorted(first.items())]
-
-
-def _customer(order: OrderRow) -> CustomerRow:
+def _new_customer(
+    shop_id: str, key: str, first_at: datetime, facts: FactsWrite | None
+) -> NewCustomer:
     # The key says which it is: `shop:c:<id>` or `shop:e:<normalised e-mail>`.
-    kind, _, value = order.customer_key[len(order.shop_id) + 1 :].partition(":")
-    return CustomerRow(
-        customer_key=order.customer_key,
-        shop_id=order.shop_id,
+    kind, _, value = key[len(shop_id) + 1 :].partition(":")
+    return NewCustomer(
+        customer_key=key,
         customer_id=value if kind == "c" else None,
         email=value if kind == "e" else None,
-        first_name=None,
-        last_name=None,
-        locale=None,
-        marketing_consent=None,
-        registered_at=None,
-        updated_at=order.placed_at,
+        updated_at=first_at,
+        facts=facts,
     )
 
 
-__all__ = ["ImportReport", "RowError", "count_rows", "import_orders"]
+__all__ = [
+    "IMPORT_SESSIONS",
+    "ImportReport",
+    "Progress",
+    "RowError",
+    "count_rows",
+    "import_orders",
+]

@@ -5,6 +5,7 @@ entry: only a backfill enrols those it finds already in a segment)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -29,16 +30,25 @@ async def publish_imported(
     now: datetime,
     chunk: int = PUBLISH_CHUNK,
 ) -> int:
-    """Publishes in chunks (one read of the facts each); returns how many were published."""
+    """Publishes in chunks (one read of the facts each; a chunk is sent while the next one is
+    read); returns how many were published."""
     keys = sorted(set(customer_keys))
-    for start in range(0, len(keys), chunk):
-        async with engine.begin() as conn:
-            profiles = await grown_profiles(
-                OrderFactsRepository(conn), keys[start : start + chunk], settings_for, now
-            )
-        await publisher.publish_many(
-            [(activity_topic, key, _event(profile, now)) for key, profile in profiles.items()]
-        )
+    sending: asyncio.Task[None] | None = None
+    try:
+        for start in range(0, len(keys), chunk):
+            async with engine.begin() as conn:
+                profiles = await grown_profiles(
+                    OrderFactsRepository(conn), keys[start : start + chunk], settings_for, now
+                )
+            items = [(activity_topic, k, ev.encode(_event(p, now))) for k, p in profiles.items()]
+            if sending is not None:
+                await sending
+            sending = asyncio.create_task(publisher.publish_raw(items))
+        if sending is not None:
+            await sending
+    finally:
+        if sending is not None and not sending.done():
+            sending.cancel()
     return len(keys)
 
 

@@ -5,7 +5,7 @@ domain/customer_facts.py in between. The caller owns the transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -72,8 +72,26 @@ async def apply_orders(
         by_key.setdefault(o.customer_key, []).append(
             cf.placed(o.customer_key, o.placed_at, o.total_price, o.lines)
         )
+    writes, changes = await grow_facts(repo, stored, by_key, rebuild, settings_for, now)
+    await repo.save(writes)
+    await repo.add_sales(cf.daily_units((o.shop_id, o.placed_at, o.lines) for o in counted))
+    return changes
+
+
+async def grow_facts(
+    repo: OrderFactsRepository,
+    stored: Mapping[str, StoredFacts],
+    by_key: Mapping[str, Sequence[cf.PlacedOrder]],
+    rebuild_keys: Iterable[str],
+    settings_for: SettingsFor,
+    now: datetime,
+) -> tuple[list[FactsWrite], list[StageChange]]:
+    """The `stored` customers' facts with their new orders (`by_key`) added, or recomputed
+    from their stored orders (`rebuild_keys`, and whoever only that can count); the writes
+    for the caller to save, and the stage changes. The history import takes this path too."""
+    rebuild = set(rebuild_keys)
     grown = {
-        key: cf.with_orders(old.facts, by_key.get(key, []), settings_for(old.shop_id).keep)
+        key: cf.with_orders(old.facts, by_key.get(key, ()), settings_for(old.shop_id).keep)
         for key, old in stored.items()
         if key not in rebuild
     }
@@ -91,14 +109,12 @@ async def apply_orders(
             touched = frozenset(facts.categories)
         else:
             facts = grown[key]
-            touched = frozenset(c for o in by_key.get(key, []) for c in o.category_spend)
+            touched = frozenset(c for o in by_key.get(key, ()) for c in o.category_spend)
         write, change = _staged(key, old, facts, touched, settings, now)
         writes.append(write)
         if change:
             changes.append(change)
-    await repo.save(writes)
-    await repo.add_sales(cf.daily_units((o.shop_id, o.placed_at, o.lines) for o in counted))
-    return changes
+    return writes, changes
 
 
 def _staged(
@@ -109,12 +125,13 @@ def _staged(
     settings: cf.FactsSettings,
     now: datetime,
 ) -> tuple[FactsWrite, StageChange | None]:
-    derived = cf.derive(facts, now, settings, cf.high_value_from(settings, old.high_value_cut))
+    high = cf.is_high_value(facts, cf.high_value_from(settings, old.high_value_cut))
+    stage = cf.stage(facts, now, settings, high)  # as derive() has it, without the rest
     due = cf.next_stage_change_at(facts, now, settings)
-    write = FactsWrite(key, facts, derived.stage, due, touched)
+    write = FactsWrite(key, facts, stage, due, touched)
     # A customer nobody staged yet counts as new (they had not ordered).
-    changed = (old.stage or "new") != derived.stage
-    return write, StageChange(key, old.shop_id, old.stage, derived.stage) if changed else None
+    changed = (old.stage or "new") != stage
+    return write, StageChange(key, old.shop_id, old.stage, stage) if changed else None
 
 
 async def sweep_stages(

@@ -63,6 +63,12 @@ class ShopConfig(BaseModel):
         "unset: the top `high_value_share` of the shop's buyers.",
     )
     high_value_share: float = Field(default=0.10, gt=0, lt=1)
+    high_value_min_buyers: int = Field(
+        default=50,
+        ge=1,
+        description="The top `high_value_share` applies once the shop has this many buyers; "
+        "before that only `high_value_spend` makes a customer high value.",
+    )
     time_zone: str = Field(
         default="UTC", description="IANA zone of customers whose own zone is not known."
     )
@@ -75,6 +81,7 @@ class ShopConfig(BaseModel):
             inactive_days=self.inactive_days,
             high_value_spend=self.high_value_spend,
             high_value_share=self.high_value_share,
+            high_value_min_buyers=self.high_value_min_buyers,
             time_zone=self.time_zone,
         )
 

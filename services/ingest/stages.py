@@ -46,7 +46,9 @@ class StageSweeper:
             repo = OrderFactsRepository(conn)
             for shop_id in self.shop_ids:
                 settings = self.settings_for(shop_id)
-                await repo.compute_high_value(shop_id, settings.high_value_share, now)
+                await repo.compute_high_value(
+                    shop_id, settings.high_value_share, settings.high_value_min_buyers, now
+                )
 
     async def sweep(self) -> int:
         """One batch of due customers; returns how many were due."""

@@ -223,3 +223,37 @@ async def stage_published(infra: Infra, topics: Topics, stage: str) -> dict[str,
 
     await eventually(published, what=f"stage {stage} published")
     return found[0]
+
+
+async def test_the_published_profile_carries_rhythm_periods_categories_and_time_zone(
+    client: httpx.AsyncClient, clock: ManualClock, infra: Infra, topics: Topics
+) -> None:
+    now = clock.now()
+    await submit(client, ev.PRODUCT_UPDATED, "p-T", product("T", "tea", now))
+    customer = {"id": "kiko", "email": "kiko@example.com", "country": "JP",
+                "registered_at": (now - timedelta(days=400)).isoformat()}  # fmt: skip
+    for n, (days_ago, lines) in enumerate([(120, [("T", 1)]), (60, [("T", 2)]), (10, [("U", 1)])]):
+        placed = order(f"k{n}", "kiko", now - timedelta(days=days_ago), *lines)
+        await submit(client, ev.ORDER_PLACED, f"k{n}", {**placed, "customer": customer})
+
+    found: list[dict[str, Any]] = []
+
+    async def third_order_published() -> bool:
+        found[:] = [
+            a.data["profile"]
+            for a in await activities(infra, topics)
+            if a.subject == f"{SHOP_ID}:c:kiko" and a.data["profile"]["orders_count"] == 3
+        ]
+        return bool(found)
+
+    await eventually(third_order_published, what="the profile after the third order")
+    p = found[-1]
+    assert p["time_zone"] == "Asia/Tokyo"  # from the country: no zone was given
+    assert p["registered_at"].startswith((now - timedelta(days=400)).date().isoformat())
+    assert (p["average_days_between_orders"], p["days_since_last_order"]) == (55, 10)
+    assert p["expected_next_order_at"].startswith((now + timedelta(days=45)).date().isoformat())
+    assert (p["orders_last_period"], p["orders_previous_period"], p["period_days"]) == (2, 1, 90)
+    # T's category comes from the catalog; U is unknown, so the last order has no category.
+    assert [(c["category"], c["orders"], c["average_days_between_orders"]) for c in
+            p["categories"]] == [("tea", 2, 60)]  # fmt: skip
+    assert (p["last_order_categories"], p["stage"]) == ([], "active")

@@ -332,7 +332,7 @@ def _columns(rows: Sequence[Any], names: Sequence[str]) -> list[list[Any]]:
 
 
 def order_columns(rows: Sequence[Any]) -> list[list[Any]]:
-    """Orders as the column arrays `_INSERT_ORDERS` takes (the import writes them too)."""
+    """Orders as the column arrays `_INSERT_ORDERS` takes."""
     return _columns(rows, _ORDER_COLUMNS)
 
 

@@ -1,5 +1,5 @@
-"""All SQL of the order facts (per customer, per category, daily product sales) and of bulk
-order inserts. Set-based: one statement per table and batch, `unnest` of one array per column,
+"""All SQL of the order facts (per customer, per category, daily product sales). Set-based:
+one statement per table and batch, `unnest` of one array per column,
 through the asyncpg connection of the caller's transaction.
 """
 
@@ -12,9 +12,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from services.ingest.adapters.facts_repository import order_columns
 from services.ingest.domain.customer_facts import CategoryFacts, OrderFacts, PlacedOrder
-from services.ingest.domain.facts import CustomerRow, OrderRow
 from services.ingest.domain.profile import EngagementSummary, Place
 from shared.db import DriverWrites
 
@@ -62,37 +60,6 @@ class FactsWrite:
 
 class OrderFactsRepository(DriverWrites):
     _what = "order facts"
-
-    # --- bulk inserts (the import) ------------------------------------------------------
-
-    async def add_customers(self, rows: Sequence[CustomerRow]) -> None:
-        """Customers the history names; one already known keeps everything it has."""
-        if rows:
-            columns = [[getattr(r, n) for r in rows] for n in _CUSTOMER_COLUMNS]
-            await (await self._driver()).execute(_ADD_CUSTOMERS, *columns)
-
-    async def insert_orders(self, rows: Sequence[OrderRow]) -> list[OrderRow]:
-        """Insert orders and their lines; returns those not stored before (idempotence)."""
-        if not rows:
-            return []
-        driver = await self._driver()
-        columns = order_columns(rows)
-        inserted = {(r[0], r[1]) for r in await driver.fetch(_INSERT_ORDERS, *columns)}
-        new = [r for r in rows if (r.shop_id, r.order_id) in inserted]
-        await self.insert_lines(new)
-        return new
-
-    async def insert_lines(self, orders: Sequence[OrderRow]) -> None:
-        lines = [(o, n, line) for o in orders for n, line in enumerate(o.lines, start=1)]
-        if not lines:
-            return
-        columns: list[list[Any]] = [
-            [o.shop_id for o, _, _ in lines],
-            [o.order_id for o, _, _ in lines],
-            [n for _, n, _ in lines],
-            *([getattr(line, name) for _, _, line in lines] for name in _LINE_FIELDS),
-        ]
-        await (await self._driver()).execute(_INSERT_LINES, *columns)
 
     # --- the catalog's categories and sales -------------------------------------------
 
@@ -171,8 +138,12 @@ class OrderFactsRepository(DriverWrites):
         rows = await (await self._driver()).fetch(_CLAIM_DUE, now, limit)
         return [r[0] for r in rows]
 
-    async def compute_high_value(self, shop_id: str, share: float, now: datetime) -> None:
-        await (await self._driver()).execute(_COMPUTE_HIGH_VALUE, shop_id, 1 - share, now)
+    async def compute_high_value(
+        self, shop_id: str, share: float, min_buyers: int, now: datetime
+    ) -> None:
+        """The shop's top-share cut (customer_facts.high_value_cut: the spend of the
+        round(buyers x share)-th biggest buyer); none below `min_buyers` buyers."""
+        await (await self._driver()).execute(_COMPUTE_HIGH_VALUE, shop_id, share, now, min_buyers)
 
 
 def _order_facts(row: Any, categories: dict[str, CategoryFacts]) -> OrderFacts:
@@ -222,41 +193,6 @@ def _array(items: Iterable[str]) -> str:
     quoted = ('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items)
     return "{" + ",".join(quoted) + "}"
 
-
-_CUSTOMER_COLUMNS = ("customer_key", "shop_id", "customer_id", "email", "updated_at")
-_LINE_FIELDS = (
-    "product_id",
-    "variant_id",
-    "sku",
-    "title",
-    "variant_title",
-    "quantity",
-    "price",
-    "category",
-)
-
-_ADD_CUSTOMERS = """
-    INSERT INTO ingest.customers (customer_key, shop_id, customer_id, email, updated_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-    ON CONFLICT (customer_key) DO NOTHING
-"""
-
-_INSERT_ORDERS = """
-    INSERT INTO ingest.orders (shop_id, order_id, customer_key, cart_id, currency, total_price,
-        status, placed_at, paid_at, cancelled_at, updated_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-        $6::numeric[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
-        $11::timestamptz[])
-    ON CONFLICT DO NOTHING RETURNING shop_id, order_id
-"""
-
-_INSERT_LINES = """
-    INSERT INTO ingest.order_lines (shop_id, order_id, line_no, product_id, variant_id, sku,
-        title, variant_title, quantity, price, category)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
-        $7::text[], $8::text[], $9::bigint[], $10::numeric[], $11::text[])
-    ON CONFLICT DO NOTHING
-"""
 
 _PRODUCT_CATEGORIES = """
     SELECT p.shop_id, p.product_id, p.category
@@ -346,9 +282,16 @@ _CLAIM_DUE = """
 """
 
 _COMPUTE_HIGH_VALUE = """
+    WITH buyers AS (
+        SELECT total_spent, row_number() OVER (ORDER BY total_spent DESC) AS n,
+            count(*) OVER () AS buyers
+        FROM ingest.customers WHERE shop_id = $1 AND orders_count > 0
+    )
     INSERT INTO ingest.shop_stats AS old (shop_id, high_value_from, computed_at)
-    SELECT $1, percentile_disc($2) WITHIN GROUP (ORDER BY total_spent), $3
-    FROM ingest.customers WHERE shop_id = $1 AND orders_count > 0
+    SELECT $1, (
+        SELECT total_spent FROM buyers
+        WHERE buyers >= $4 AND n = greatest(1, floor(buyers * $2::float8 + 0.5))
+    ), $3
     ON CONFLICT (shop_id) DO UPDATE SET high_value_from = excluded.high_value_from,
         computed_at = excluded.computed_at
 """

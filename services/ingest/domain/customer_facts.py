@@ -12,10 +12,11 @@ See docs/adr/0002-customer-facts.md.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Literal
 
 from shared.events import Line
@@ -36,7 +37,15 @@ class FactsSettings:
     inactive_days: int = 90
     high_value_spend: Decimal | None = None  # None: the shop's top `high_value_share` by spend
     high_value_share: float = 0.10
+    # The top share means nothing among a handful of buyers (one of three is not "top 10 %"):
+    # below this many buyers only `high_value_spend` makes anyone high value.
+    high_value_min_buyers: int = 50
     time_zone: str = "UTC"
+
+    @cached_property
+    def stage_days(self) -> tuple[int, ...]:
+        """The days after the last order at which time alone can move the stage."""
+        return tuple(sorted({self.active_days, self.falling_asleep_days, self.inactive_days}))
 
     @property
     def keep(self) -> timedelta:
@@ -114,9 +123,11 @@ def _purchase_days(facts: OrderFacts, order: PlacedOrder, keep: timedelta) -> in
         return None
     day = _day(order.placed_at)
     first, last = _day(facts.first_order_at), _day(facts.last_order_at)
-    if day in {first, last} or day in {_day(at) for at, _ in facts.recent}:
+    if day > last or day < first:  # the common case (orders arrive in time order): no scan
+        return facts.purchase_days + 1
+    if day in {first, last} or any(_day(at) == day for at, _ in facts.recent):
         return facts.purchase_days
-    if day < first or day > _day(facts.last_order_at - keep):
+    if day > _day(facts.last_order_at - keep):
         return facts.purchase_days + 1
     return None
 
@@ -131,7 +142,7 @@ def _first_day_spent(facts: OrderFacts, order: PlacedOrder) -> Decimal:
 
 
 def _day(moment: datetime) -> date:
-    return moment.astimezone(UTC).date()
+    return (moment if moment.tzinfo is UTC else moment.astimezone(UTC)).date()
 
 
 def rebuild(orders: Iterable[PlacedOrder], keep: timedelta) -> OrderFacts:
@@ -145,9 +156,15 @@ def rebuild(orders: Iterable[PlacedOrder], keep: timedelta) -> OrderFacts:
 def _recent(
     recent: tuple[tuple[datetime, Decimal], ...], order: PlacedOrder, keep: timedelta
 ) -> tuple[tuple[datetime, Decimal], ...]:
-    merged = sorted((*recent, (order.placed_at, order.total)), key=lambda r: r[0])
+    entry = (order.placed_at, order.total)
+    if not recent or order.placed_at >= recent[-1][0]:  # in time order: no sort
+        merged: tuple[tuple[datetime, Decimal], ...] = (*recent, entry)
+    else:
+        merged = tuple(sorted((*recent, entry), key=lambda r: r[0]))
     # Older than two periods before the newest order is older than two periods before now.
     horizon = merged[-1][0] - keep
+    if merged[0][0] > horizon:
+        return merged
     return tuple(r for r in merged if r[0] > horizon)
 
 
@@ -218,7 +235,7 @@ def derive(
     last = _sum_between(facts.recent, now - period, now)
     previous = _sum_between(facts.recent, now - 2 * period, now - period)
     avg_days = _average_days(facts.orders, facts.first_order_at, facts.last_order_at)
-    high = high_value_from is not None and facts.orders > 0 and facts.spent >= high_value_from
+    high = is_high_value(facts, high_value_from)
     return Derived(
         average_order_value=(facts.spent / facts.orders) if facts.orders else None,
         average_days_between_orders=avg_days,
@@ -235,6 +252,10 @@ def derive(
         high_value=high,
         stage=stage(facts, now, settings, high),
     )
+
+
+def is_high_value(facts: OrderFacts, high_value_from: Decimal | None) -> bool:
+    return high_value_from is not None and facts.orders > 0 and facts.spent >= high_value_from
 
 
 def _sum_between(
@@ -273,18 +294,17 @@ def next_stage_change_at(
     """When time alone next moves the stage (the sweep's due time); None: it never will."""
     if facts.last_order_at is None:
         return None
-    for days in sorted(
-        {settings.active_days, settings.falling_asleep_days, settings.inactive_days}
-    ):
+    for days in settings.stage_days:
         at = facts.last_order_at + days * DAY
         if at > now:
             return at
     return None
 
 
-def high_value_cut(spends: list[Decimal], share: float) -> Decimal | None:
-    """The spend from which a customer is in the top `share` of buyers (None: no buyers)."""
-    if not spends:
+def high_value_cut(spends: list[Decimal], share: float, min_buyers: int = 1) -> Decimal | None:
+    """The spend from which a customer is in the top `share` of buyers (None: fewer buyers than
+    `min_buyers`, or none). The SQL of the stage sweep (`compute_high_value`) does the same."""
+    if not spends or len(spends) < min_buyers:
         return None
     ranked = sorted(spends, reverse=True)
     return ranked[max(0, int(len(ranked) * share + 0.5) - 1)]
@@ -328,10 +348,59 @@ def time_zone(explicit: str | None, country: str | None, shop_zone: str) -> str:
     return COUNTRY_ZONES.get((country or "").upper(), shop_zone)
 
 
-def with_orders(facts: OrderFacts, orders: Iterable[PlacedOrder], keep: timedelta) -> OrderFacts:
+def with_orders(facts: OrderFacts, orders: Sequence[PlacedOrder], keep: timedelta) -> OrderFacts:
+    blank = facts.orders == 0 and facts.first_order_at is None and not facts.categories
+    if blank and orders and _in_time_order(orders):
+        return from_orders(orders, keep)
     for order in orders:
         facts = add_order(facts, order, keep)
     return facts
+
+
+def _in_time_order(orders: Sequence[PlacedOrder]) -> bool:
+    previous = orders[0].placed_at
+    for o in orders:
+        if o.placed_at < previous:
+            return False
+        previous = o.placed_at
+    return True
+
+
+def from_orders(orders: Sequence[PlacedOrder], keep: timedelta) -> OrderFacts:
+    """A first customer's facts from their orders, oldest first, in one pass: the same as
+    adding them one by one (the history import's common case, a customer at a time)."""
+    first, last = orders[0].placed_at, orders[-1].placed_at
+    first_day, horizon = _day(first), last - keep
+    days: set[date] = set()
+    first_day_spent = Decimal(0)
+    categories: dict[str, CategoryFacts] = {}
+    last_categories: set[str] = set()
+    for o in orders:
+        day = _day(o.placed_at)
+        days.add(day)
+        if day == first_day:
+            first_day_spent += o.total
+        if o.placed_at == last:
+            last_categories.update(o.category_spend)
+        for name, spend in o.category_spend.items():
+            old = categories.get(name)
+            categories[name] = (
+                CategoryFacts(name, 1, spend, o.placed_at, o.placed_at)
+                if old is None
+                else CategoryFacts(name, old.orders + 1, old.spent + spend, old.first_order_at,
+                                   o.placed_at)
+            )  # fmt: skip
+    return OrderFacts(
+        orders=len(orders),
+        spent=sum((o.total for o in orders), Decimal(0)),
+        first_order_at=first,
+        last_order_at=last,
+        recent=tuple((o.placed_at, o.total) for o in orders if o.placed_at > horizon),
+        last_categories=tuple(sorted(last_categories)),
+        categories=categories,
+        purchase_days=len(days),
+        first_day_spent=first_day_spent,
+    )
 
 
 # --- from stored orders ---------------------------------------------------------------------

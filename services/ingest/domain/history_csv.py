@@ -6,13 +6,14 @@ order-level fields may be left empty after its first row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Literal
+from operator import itemgetter
+from typing import Literal, NamedTuple
 
-from services.ingest.domain.facts import OrderRow, OrderStatus
+from services.ingest.domain.facts import OrderStatus
 from shared import events as ev
 
 Layout = Literal["shopify", "generic"]
@@ -53,13 +54,27 @@ class Rejected:
     reason: str
 
 
-@dataclass
-class _Open:
-    """The order being read: its first row's fields and the lines gathered so far."""
+class HistoryLine(NamedTuple):
+    product_id: str | None
+    sku: str | None
+    title: str
+    quantity: int
+    price: Decimal
+    category: str | None
 
-    first_line: int
-    order: OrderRow
-    lines: list[ev.Line] = field(default_factory=list)
+
+@dataclass(slots=True)
+class HistoryOrder:
+    """One order of the file; cancelled orders are stored but count for nothing."""
+
+    order_id: str
+    customer_key: str
+    currency: str | None
+    total: Decimal
+    status: OrderStatus
+    placed_at: datetime
+    lines: list[HistoryLine]
+    first_line: int  # the file's line of its first row
 
 
 def layout_of(header: Sequence[str]) -> Layout:
@@ -76,19 +91,27 @@ def layout_of(header: Sequence[str]) -> Layout:
 
 
 class OrderReader:
-    """Feed (line number, row) in file order; get each order once its rows are complete."""
+    """Feed (line number, row) in file order; get each order once its rows are complete.
+
+    Millions of rows go through here, so a row costs a few lookups by column position and
+    the values are plain tuples (no validation models)."""
 
     def __init__(self, shop_id: str, header: Sequence[str]) -> None:
         self._shop_id = shop_id
         columns = {name.strip(): n for n, name in enumerate(header)}
-        layout = layout_of(header)
-        self._fields = _shopify_fields if layout == "shopify" else _generic_fields
-        self._at = {name: columns.get(name, -1) for name in (*GENERIC_COLUMNS, *SHOPIFY_COLUMNS)}
-        self._open: _Open | None = None
+        fields = _SHOPIFY_FIELDS if layout_of(header) == "shopify" else _GENERIC_FIELDS
+        # Rows are padded to `_width` with an empty last cell, which a missing column reads.
+        self._width = len(header) + 1
+        at = [[columns.get(c, len(header)) for c in names] or [len(header)] for names in fields]
+        self._get = itemgetter(*(cols[0] for cols in at))
+        # Fields with a second column (Shopify's Id or Name): read it when the first is empty.
+        self._fallbacks = [(n, cols[1]) for n, cols in enumerate(at) if len(cols) > 1]
+        self._open: HistoryOrder | None = None
         self._seen: dict[str, int] = {}
+        self._keys: dict[tuple[str, str], str] = {}
         self.rejected: list[Rejected] = []
 
-    def feed(self, rows: Iterable[tuple[int, Sequence[str]]]) -> Iterator[OrderRow]:
+    def feed(self, rows: Iterable[tuple[int, list[str]]]) -> Iterator[HistoryOrder]:
         for line_no, row in rows:
             try:
                 done = self._row(line_no, row)
@@ -98,141 +121,113 @@ class OrderReader:
             if done is not None:
                 yield done
 
-    def close(self) -> OrderRow | None:
+    def close(self) -> HistoryOrder | None:
         """The last order of the file."""
         done, self._open = self._open, None
-        return _finished(done) if done else None
+        return done
 
-    def _row(self, line_no: int, row: Sequence[str]) -> OrderRow | None:
-        at = self._at
-
-        def get(name: str) -> str:
-            n = at[name]
-            return row[n].strip() if 0 <= n < len(row) else ""
-
-        fields = self._fields(get)
-        order_id = fields.order_id
+    def _row(self, line_no: int, row: list[str]) -> HistoryOrder | None:
+        columns = self._width - 1
+        if len(row) == columns:
+            row.append("")  # csv.reader's list, ours to change
+        else:  # short or long rows read as if they had the header's columns
+            row = [*row[:columns], *([""] * (columns - len(row))), ""]
+        f = [value.strip() for value in self._get(row)]
+        for n, column in self._fallbacks:
+            if not f[n]:
+                f[n] = row[column].strip()
+        order_id = f[_ORDER_ID]
         if not order_id:
             raise RowError("no order id")
         current = self._open
-        if current is not None and current.order.order_id == order_id:
-            current.lines.extend(_line(fields))
+        if current is not None and current.order_id == order_id:
+            current.lines.extend(_line(f))
             return None
         if order_id in self._seen:
             raise RowError(
                 f"order {order_id} already ended (its rows began at line "
                 f"{self._seen[order_id]}); the rows of one order must be consecutive"
             )
-        order = _order(self._shop_id, fields)
+        order = self._order(f, line_no)
         self._seen[order_id] = line_no
-        self._open = _Open(line_no, order, list(_line(fields)))
-        return _finished(current) if current else None
+        self._open = order
+        return current
+
+    def _order(self, f: list[str], line_no: int) -> HistoryOrder:
+        customer_id, email = f[_CUSTOMER_ID], f[_EMAIL]
+        if not (customer_id or email):
+            raise RowError("neither a customer id nor an e-mail address")
+        if email and "@" not in email:
+            raise RowError(f"e-mail {email!r} has no @")
+        key = self._keys.get((customer_id, email))
+        if key is None:
+            key = ev.customer_key(self._shop_id, customer_id or None, email or None)
+            self._keys[(customer_id, email)] = key
+        placed_at = parse_time(f[_DATE])
+        return HistoryOrder(
+            order_id=f[_ORDER_ID],
+            customer_key=key,
+            currency=f[_CURRENCY] or None,
+            total=_money(f[_TOTAL], "total"),
+            status="cancelled" if f[_CANCELLED] else "paid",
+            placed_at=placed_at,
+            lines=_line(f),
+            first_line=line_no,
+        )
 
 
-def _finished(open_order: _Open) -> OrderRow:
-    order = open_order.order
-    order.lines.extend(open_order.lines)
-    return order
+# The fields of a row, by position in the lists below.
+(
+    _ORDER_ID, _CUSTOMER_ID, _EMAIL, _DATE, _TOTAL, _CURRENCY, _CANCELLED, _PRODUCT_ID, _TITLE,
+    _SKU, _CATEGORY, _QUANTITY, _PRICE,
+) = range(13)  # fmt: skip
+_GENERIC_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("order_id",), ("customer_id",), ("email",), ("date",), ("total",), ("currency",), (),
+    ("product_id",), ("product",), (), ("category",), ("quantity",), ("price",),
+)  # fmt: skip
+_SHOPIFY_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("Id", "Name"), (), ("Email",), ("Created at", "Paid at"), ("Total",), ("Currency",),
+    ("Cancelled at",), (), ("Lineitem name",), ("Lineitem sku",), (), ("Lineitem quantity",),
+    ("Lineitem price",),
+)  # fmt: skip
 
 
-@dataclass(frozen=True)
-class _Fields:
-    order_id: str
-    customer_id: str
-    email: str
-    date: str
-    total: str
-    currency: str
-    cancelled: bool
-    product_id: str
-    title: str
-    sku: str
-    category: str
-    quantity: str
-    price: str
-
-
-def _generic_fields(get: Callable[[str], str]) -> _Fields:
-    return _Fields(
-        get("order_id"),
-        get("customer_id"),
-        get("email"),
-        get("date"),
-        get("total"),
-        get("currency"),
-        False,
-        get("product_id"),
-        get("product"),
-        "",
-        get("category"),
-        get("quantity"),
-        get("price"),
-    )
-
-
-def _shopify_fields(get: Callable[[str], str]) -> _Fields:
-    return _Fields(
-        order_id=get("Id") or get("Name"),
-        customer_id="",
-        email=get("Email"),
-        date=get("Created at") or get("Paid at"),
-        total=get("Total"),
-        currency=get("Currency"),
-        cancelled=bool(get("Cancelled at")),
-        product_id="",
-        title=get("Lineitem name"),
-        sku=get("Lineitem sku"),
-        category="",
-        quantity=get("Lineitem quantity"),
-        price=get("Lineitem price"),
-    )
-
-
-def _order(shop_id: str, f: _Fields) -> OrderRow:
-    if not (f.customer_id or f.email):
-        raise RowError("neither a customer id nor an e-mail address")
-    if f.email and "@" not in f.email:
-        raise RowError(f"e-mail {f.email!r} has no @")
-    placed_at = parse_time(f.date)
-    status: OrderStatus = "cancelled" if f.cancelled else "paid"
-    return OrderRow(
-        shop_id=shop_id,
-        order_id=f.order_id,
-        customer_key=ev.customer_key(shop_id, f.customer_id or None, f.email or None),
-        cart_id=None,
-        currency=f.currency or None,
-        total_price=_money(f.total, "total"),
-        status=status,
-        placed_at=placed_at,
-        paid_at=placed_at if status == "paid" else None,
-        cancelled_at=placed_at if f.cancelled else None,
-        lines=[],
-        updated_at=placed_at,
-    )
-
-
-def _line(f: _Fields) -> list[ev.Line]:
-    if not (f.title or f.product_id or f.price or f.quantity):
+def _line(f: list[str]) -> list[HistoryLine]:
+    product_id, title, price, quantity = f[_PRODUCT_ID], f[_TITLE], f[_PRICE], f[_QUANTITY]
+    if not (title or product_id or price or quantity):
         return []  # an order without lines
-    quantity = _int(f.quantity or "1", "quantity")
     return [
-        ev.Line.model_construct(
-            product_id=f.product_id or None,
-            variant_id=None,
-            sku=f.sku or None,
-            title=f.title or f.product_id or "item",
-            variant_title=None,
-            quantity=quantity,
-            price=_money(f.price or "0", "price"),
-            image_url=None,
-            category=f.category or None,
+        HistoryLine(
+            product_id=product_id or None,
+            sku=f[_SKU] or None,
+            title=title or product_id or "item",
+            quantity=_int(quantity, "quantity") if quantity else 1,
+            price=_money(price, "price") if price else _ZERO,
+            category=f[_CATEGORY] or None,
         )
     ]
+
+
+_ZERO = Decimal(0)
 
 
 def parse_time(text: str) -> datetime:
     """ISO 8601 date or date-time (no offset: UTC), YYYYMMDD, or Shopify's
     `2024-01-15 10:23:45 -0500`."""
+    # Histories repeat their dates (a day per row, often): parse each text once.
+    moment = _parsed.get(text)
+    if moment is None:
+        if len(_parsed) >= _PARSED_MAX:
+            _parsed.clear()
+        moment = _parsed[text] = _parse_time(text)
+    return moment
+
+
+_parsed: dict[str, datetime] = {}
+_PARSED_MAX = 100_000
+
+
+def _parse_time(text: str) -> datetime:
     if not text:
         raise RowError("no date")
     value = text.strip()

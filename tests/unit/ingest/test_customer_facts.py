@@ -4,6 +4,7 @@ time zones, the history CSV layouts and the Shopify product mapping."""
 from __future__ import annotations
 
 import itertools
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -12,11 +13,13 @@ import pytest
 from services.ingest.domain import customer_facts as cf
 from services.ingest.domain import shopify
 from services.ingest.domain.history_csv import OrderReader, parse_time
+from services.ingest.settings import ShopConfig
 from shared import events as ev
 from tests.unit.ingest.deliveries import fixture_body
 
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 SETTINGS = cf.FactsSettings()
 
 
@@ -137,6 +140,16 @@ def test_high_value_until_falling_asleep_and_the_next_change_is_due() -> None:
     assert cf.high_value_cut([Decimal(n) for n in range(1, 101)], 0.10) == Decimal(91)
 
 
+def test_the_top_share_needs_enough_buyers_a_shop_threshold_does_not() -> None:
+    three = [Decimal(10), Decimal(20), Decimal(900)]
+
+    assert cf.high_value_cut(three, 0.10, SETTINGS.high_value_min_buyers) is None
+    assert cf.high_value_cut([Decimal(n) for n in range(1, 51)], 0.10, 50) == Decimal(46)
+    with_threshold = cf.FactsSettings(high_value_spend=Decimal(500))
+    assert cf.high_value_from(with_threshold, None) == Decimal(500)
+    assert cf.high_value_from(SETTINGS, None) is None
+
+
 def test_time_zone_explicit_then_country_then_shop() -> None:
     assert cf.time_zone("Asia/Tokyo", "DE", "UTC") == "Asia/Tokyo"
     assert cf.time_zone(None, "de", "UTC") == "Europe/Berlin"
@@ -222,3 +235,40 @@ def test_shopify_product_webhooks_map_to_the_catalog_contract() -> None:
     assert product.tags == ["example", "mens", "t-shirt"]
     assert isinstance(deleted, ev.ProductDeleted)
     assert deleted.product_id == product.product_id
+
+
+def test_a_new_customers_history_in_one_pass_equals_adding_its_orders_one_by_one() -> None:
+    rng = random.Random(8)
+    for _ in range(2_000):
+        orders = sorted(
+            (
+                cf.PlacedOrder(
+                    "k",
+                    NOW - rng.choice([rng.randrange(800 * 24), rng.randrange(48), 5]) * HOUR,
+                    Decimal(rng.randrange(1, 100)),
+                    {c: Decimal(rng.randrange(1, 50)) for c in rng.sample("abc", rng.randrange(3))},
+                )
+                for _ in range(rng.randrange(1, 9))
+            ),
+            key=lambda o: o.placed_at,
+        )
+        one_by_one = cf.OrderFacts()
+        for o in orders:
+            one_by_one = cf.add_order(one_by_one, o, SETTINGS.keep)
+
+        assert cf.from_orders(orders, SETTINGS.keep) == one_by_one
+
+
+def test_a_shops_own_thresholds_move_the_stage() -> None:
+    shop = ShopConfig(
+        shop_id="s", active_days=10, falling_asleep_days=20, inactive_days=40,
+        high_value_min_buyers=5,
+    ).facts_settings()  # fmt: skip
+    f = facts(order(60, "10"), order(15, "10"))
+
+    assert shop.high_value_min_buyers == 5
+    assert cf.stage(f, NOW, shop, high_value=False) == "repeat_buyer"  # 15 days: past 10
+    assert cf.stage(f, NOW, SETTINGS, high_value=False) == "active"  # the default 30
+    assert cf.next_stage_change_at(f, NOW, shop) == NOW + 5 * DAY
+    assert cf.stage(f, NOW + 5 * DAY, shop, high_value=False) == "falling_asleep"
+    assert cf.stage(f, NOW + 25 * DAY, shop, high_value=False) == "inactive"

@@ -115,3 +115,12 @@ def test_contact_fields_parse_and_a_wrong_one_is_refused() -> None:
     assert send.expiry is not None and send.expiry.days == 2
     with pytest.raises(ValidationError, match="send_at"):
         parse_journey(CONTACT_FIELDS.replace("best_hour", "noon"))
+
+
+def test_imported_history_triggers_no_journey() -> None:
+    # Nobody gets "you left your cart" for an order of 2019 (docs/import.md).
+    with pytest.raises(ValidationError, match="imported history starts no event-triggered"):
+        parse_journey(
+            "id: j\nversion: 1\nname: J\ntrigger: {event: customer.history.imported.v1}\n"
+            "steps: [{id: a, end: true}]\n"
+        )
