@@ -448,7 +448,9 @@ async def start_system(
     await dispatcher.start()
     scheduler = SchedulerService(SchedulerSettings(**common, admin_token=ADMIN_TOKEN), clock)
     await scheduler.start()
-    await eventually(lambda: bool(scheduler.assignment.partitions), timeout_s=60, what="scheduler partitions")
+    await eventually(
+        lambda: bool(scheduler.assignment.partitions), timeout_s=60, what="scheduler partitions"
+    )
     producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all")
     await producer.start()
     system = System(infra, topics, clock, store, database_url, url, scheduler, producer, tmp)
