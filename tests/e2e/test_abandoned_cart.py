@@ -86,7 +86,9 @@ class System:
 async def _start_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
     service = SchedulerService(settings, clock)
     await service.start()
-    await eventually(lambda: bool(service.assignment.partitions), timeout_s=60, what="scheduler partitions")
+    await eventually(
+        lambda: bool(service.assignment.partitions), timeout_s=60, what="scheduler partitions"
+    )
     return service
 
 

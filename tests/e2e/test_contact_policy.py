@@ -211,7 +211,9 @@ async def _load(database_url: str, clock: ManualClock, *definitions: str) -> Non
 async def _start_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
     service = SchedulerService(settings, clock)
     await service.start()
-    await eventually(lambda: bool(service.assignment.partitions), timeout_s=60, what="scheduler partitions")
+    await eventually(
+        lambda: bool(service.assignment.partitions), timeout_s=60, what="scheduler partitions"
+    )
     return service
 
 

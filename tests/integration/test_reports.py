@@ -36,7 +36,9 @@ async def service(
     )
     service = SchedulerService(settings, clock)
     await service.start()
-    await eventually(lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned")
+    await eventually(
+        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
+    )
     yield service
     await service.stop()
 

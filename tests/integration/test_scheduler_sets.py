@@ -82,7 +82,9 @@ async def scheduler(
     )
     service = SchedulerService(settings, clock)
     await service.start()
-    await eventually(lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned")
+    await eventually(
+        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
+    )
     await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
     return service
 

@@ -78,7 +78,9 @@ async def producer(infra: Infra) -> AsyncIterator[AIOKafkaProducer]:
 async def start_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
     service = SchedulerService(settings, clock)
     await service.start()
-    await eventually(lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned")
+    await eventually(
+        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
+    )
     return service
 
 

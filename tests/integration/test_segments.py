@@ -89,7 +89,9 @@ async def scheduler(
 ) -> AsyncIterator[SchedulerService]:
     service = SchedulerService(settings, clock)
     await service.start()
-    await eventually(lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned")
+    await eventually(
+        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
+    )
     yield service
     await service.stop()
 
@@ -270,7 +272,9 @@ async def test_an_entry_due_while_down_is_not_made_after_the_window_closed(
     second = SchedulerService(settings, clock)
     await second.start()
     try:
-        await eventually(lambda: bool(second.assignment.partitions), timeout_s=60, what="partitions")
+        await eventually(
+            lambda: bool(second.assignment.partitions), timeout_s=60, what="partitions"
+        )
         await second.timers.fire_due()
         await eventually(lambda: _is(timer_due(settings, 1), None), what="timer fired")
         assert await enrolled(settings, "win-back") == []
