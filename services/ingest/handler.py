@@ -75,7 +75,7 @@ class FactsHandler:
             (topic, key, value)
             for key, value in activity_events(unique, owners, profiles, open_carts)
         ]
-        stages = stage_events(changes, profiles, _last_event_ids(unique), now)
+        stages = stage_events(changes, profiles, open_carts, _last_event_ids(unique), now)
         return out + [(topic, key, ev.encode(event)) for key, event in stages]
 
 

@@ -11,8 +11,9 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.ingest.adapters.facts_repository import FactsRepository
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
-from services.ingest.domain.activity import SOURCE_ACTIVITY, activity_id
+from services.ingest.domain.activity import SOURCE_ACTIVITY, OpenCart, activity_id
 from services.ingest.order_facts import SettingsFor
 from services.ingest.profiles import grown_profiles
 from shared import events as ev
@@ -40,7 +41,11 @@ async def publish_imported(
                 profiles = await grown_profiles(
                     OrderFactsRepository(conn), keys[start : start + chunk], settings_for, now
                 )
-            items = [(activity_topic, k, ev.encode(_event(p, now))) for k, p in profiles.items()]
+                carts = await FactsRepository(conn).stored_open_carts(profiles)
+            items = [
+                (activity_topic, k, ev.encode(_event(p, carts.get(k), now)))
+                for k, p in profiles.items()
+            ]
             if sending is not None:
                 await sending
             sending = asyncio.create_task(publisher.publish_raw(items))
@@ -52,7 +57,7 @@ async def publish_imported(
     return len(keys)
 
 
-def _event(profile: ev.Profile, now: datetime) -> ev.CloudEvent:
+def _event(profile: ev.Profile, cart: OpenCart | None, now: datetime) -> ev.CloudEvent:
     # The id changes with the facts' moment: a later import publishes again, a replay does not.
     source_id = ev.stable_event_id("history", profile.key, now.isoformat())
     data = ev.Activity.model_construct(
@@ -60,6 +65,7 @@ def _event(profile: ev.Profile, now: datetime) -> ev.CloudEvent:
         source_event_id=source_id,
         occurred_at=now,
         profile=profile,
+        cart=None if cart is None else cart.snapshot(),
     )
     return ev.CloudEvent.model_construct(
         id=activity_id(source_id),

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.ingest.adapters.facts_repository import FactsRepository
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
 from services.ingest.domain.activity import stage_events
 from services.ingest.order_facts import SettingsFor, sweep_stages
@@ -63,7 +64,8 @@ class StageSweeper:
                 self.settings_for,
                 now,
             )
-        events = stage_events(changes, profiles, {}, now)
+            carts = await FactsRepository(conn).stored_open_carts(profiles)
+        events = stage_events(changes, profiles, carts, {}, now)
         await self.publisher.publish_many([(self.activity_topic, k, e) for k, e in events])
         if changes:
             log.info("stages_changed", customers=len(changes))

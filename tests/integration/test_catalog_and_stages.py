@@ -200,8 +200,18 @@ async def test_stage_changes_are_published_when_time_or_an_order_moves_them(
 
     await clock.advance(timedelta(days=31))
     await stage_published(infra, topics, "one_time_buyer")
+    cart = {
+        "cart_id": "c1",
+        "customer": {"id": "ada", "email": "ada@example.com"},
+        "lines": [{"product_id": "A", "title": "Product A", "quantity": 1, "price": "10.00"}],
+        "updated_at": clock.now().isoformat(),
+    }
+    await submit(client, ev.CART_UPDATED, "c1", cart)
+    await processed(db, "SELECT 1 FROM ingest.carts WHERE status = 'open'", 1)
     await clock.advance(timedelta(days=20))
-    await stage_published(infra, topics, "falling_asleep")
+    asleep = await stage_published(infra, topics, "falling_asleep")
+    # Every activity carries all the facts: a stage change does not read as "the cart is gone".
+    assert asleep["cart"]["cart_id"] == "c1"
     await submit(client, ev.ORDER_PLACED, "o2", order("o2", "ada", clock.now(), ("A", 1)))
     changed = await stage_published(infra, topics, "active")
 

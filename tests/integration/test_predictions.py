@@ -121,7 +121,7 @@ async def import_and_announce(db: AsyncEngine, csv_path: Path, shop_id: str, now
     changes = [StageChange(k, shop_id, None, p.stage or "new") for k, p in profiles.items()]
     activities = [
         (ev.payload(ev.decode(ev.encode(event)), ev.Activity), 0)
-        for _, event in stage_events(changes, profiles, {}, now)
+        for _, event in stage_events(changes, profiles, {}, {}, now)
     ]
     async with db.begin() as conn:
         await Runner(JourneyCatalog(), Topics()).apply_activities(conn, activities, now)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import orjson
 from pydantic import TypeAdapter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -138,7 +137,7 @@ class FactsRepository:
     async def open_carts(self, keys: Iterable[str]) -> dict[str, ev.CartSnapshot]:
         """Each customer's most recently updated open cart."""
         stored = await self.stored_open_carts(keys)
-        return {key: _snapshot(cart) for key, cart in stored.items()}
+        return {key: cart.snapshot() for key, cart in stored.items()}
 
     async def stored_open_carts(self, keys: Iterable[str]) -> dict[str, OpenCart]:
         """As open_carts, with the lines as the stored JSON, for encoding them as they are."""
@@ -362,15 +361,4 @@ def _open_cart(row: Any) -> OpenCart:
         total_price=row["total_price"],
         recovery_url=row["recovery_url"],
         updated_at=row["updated_at"],
-    )
-
-
-def _snapshot(cart: OpenCart) -> ev.CartSnapshot:
-    return ev.CartSnapshot(
-        cart_id=cart.cart_id,
-        lines=orjson.loads(cart.lines_json),
-        currency=cart.currency,
-        total_price=cart.total_price,
-        recovery_url=cart.recovery_url,
-        updated_at=cart.updated_at,
     )

@@ -44,6 +44,16 @@ class OpenCart:
     recovery_url: str | None
     updated_at: datetime
 
+    def snapshot(self) -> ev.CartSnapshot:
+        return ev.CartSnapshot(
+            cart_id=self.cart_id,
+            lines=orjson.loads(self.lines_json),
+            currency=self.currency,
+            total_price=self.total_price,
+            recovery_url=self.recovery_url,
+            updated_at=self.updated_at,
+        )
+
 
 def activity_id(source_event_id: str) -> str:
     """The same source event always yields the same activity id, so consumers can dedupe."""
@@ -135,11 +145,14 @@ def _decimal(value: Decimal | None) -> str | None:
 def stage_events(
     changes: Iterable[StageChangeLike],
     profiles: Mapping[str, ev.Profile],
+    carts: Mapping[str, OpenCart],
     cause_ids: Mapping[str, str],
     now: datetime,
 ) -> list[tuple[str, ev.CloudEvent]]:
     """customer.stage.changed.v1 activity for each stage an order or time moved. The id is
-    derived from what caused it, so a republished change is recognisably the same."""
+    derived from what caused it, so a republished change is recognisably the same. Like every
+    activity it carries all the customer's facts, the open cart included: a consumer keeps
+    the latest activity's facts, so a stage change must not read as "the cart is gone"."""
     out: list[tuple[str, ev.CloudEvent]] = []
     for change in changes:
         profile = profiles.get(change.customer_key)
@@ -152,6 +165,7 @@ def stage_events(
             source_event_id=source_id,
             occurred_at=now,
             profile=profile,
+            cart=None if (cart := carts.get(change.customer_key)) is None else cart.snapshot(),
             previous_stage=change.previous,
         )
         event = ev.CloudEvent.model_construct(

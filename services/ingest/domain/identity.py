@@ -12,8 +12,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-import orjson
-
 from services.ingest.domain.activity import SOURCE_ACTIVITY, OpenCart, activity_id
 from services.ingest.domain.facts import ShopEventIn
 from shared import events as ev
@@ -115,7 +113,7 @@ def merged_activities(
             source_event_id=source_id,
             occurred_at=merged_at,
             profile=profile,
-            cart=_snapshot(carts.get(link.account_key)),
+            cart=None if (cart := carts.get(link.account_key)) is None else cart.snapshot(),
             merged=ev.CustomerMerged(
                 shop_id=link.shop_id,
                 email=link.email,
@@ -135,16 +133,3 @@ def merged_activities(
         )
         out.append((link.account_key, event))
     return out
-
-
-def _snapshot(cart: OpenCart | None) -> ev.CartSnapshot | None:
-    if cart is None:
-        return None
-    return ev.CartSnapshot(
-        cart_id=cart.cart_id,
-        lines=orjson.loads(cart.lines_json),
-        currency=cart.currency,
-        total_price=cart.total_price,
-        recovery_url=cart.recovery_url,
-        updated_at=cart.updated_at,
-    )
