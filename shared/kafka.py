@@ -203,9 +203,11 @@ class Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._in_use:
             self.partitions -= {tp.partition for tp in revoked}
+        log.info("partitions_revoked", partitions=sorted({tp.partition for tp in revoked}))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.partitions |= {tp.partition for tp in assigned}
+        log.info("partitions_assigned", partitions=sorted(self.partitions))
         for callback in self.on_change:
             await callback()
 

@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import devstack
+import drill_lateness
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shared.events import stable_event_id
 from shared.kafka import ensure_topics
 from shared.topics import ALL_TOPICS, ENGAGEMENT_RESULTS, Topics, dlq
 
@@ -330,6 +332,9 @@ class Chaos:
     rng: random.Random
     kill_every_s: float
     pg_outage_after_s: float
+    incidents: list[drill_lateness.Incident] = field(default_factory=list)
+    restarts_s: list[float] = field(default_factory=list)  # kill -9 to /readyz again
+    _waits: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
         outage = asyncio.create_task(self._pg_outage())
@@ -339,20 +344,43 @@ class Chaos:
             except TimeoutError:
                 await self._kill_one()
         await outage  # PostgreSQL is back before anyone counts
+        await asyncio.gather(*self._waits, return_exceptions=True)
 
     async def _kill_one(self) -> None:
         member = self.rng.choice(self.stack.members)
         log(f"kill -9 {member.name}")
+        killed_at = time.monotonic()
         member.kill()
+        self._incident(member.service, f"kill -9 {member.name}")
         await asyncio.sleep(RESTART_AFTER_S)
         member.start()
+        self._waits.append(asyncio.create_task(self._time_restart(member, killed_at)))
+
+    async def _time_restart(self, member: Member, killed_at: float) -> None:
+        """How long from kill -9 to /readyz again (not counted if killed again first)."""
+        proc = member.proc
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while member.proc is proc and proc is not None and proc.poll() is None:
+                try:
+                    answer = await client.get(f"http://127.0.0.1:{member.port}/readyz")
+                    if answer.status_code == 200:
+                        self.restarts_s.append(time.monotonic() - killed_at)
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.25)
+
+    def _incident(self, kind: str, what: str) -> None:
+        self.incidents.append(drill_lateness.Incident(datetime.now(UTC), kind, what))
 
     async def _pg_outage(self) -> None:
         await asyncio.sleep(self.pg_outage_after_s)
         log(f"PostgreSQL: immediate stop for {PG_OUTAGE_S:.0f} s")
         await asyncio.to_thread(devstack.crash_postgres, self.stack.pg)
+        self._incident("postgres", f"PostgreSQL down {PG_OUTAGE_S:.0f} s")
         await asyncio.sleep(PG_OUTAGE_S)
         await asyncio.to_thread(self.stack.pg.start)
+        self._incident("postgres", "PostgreSQL up again")
         log("PostgreSQL: up again")
 
 
@@ -528,7 +556,50 @@ def _stage(checkout: Checkout, found: dict[str, dict[str, str]]) -> str:
     )
 
 
-def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float) -> bool:
+def traces(pg: devstack.Postgres, outcome: Outcome) -> list[drill_lateness.Trace]:
+    """Each mailed reminder's moments: acknowledged (seen here), ingested, enrolled, fired,
+    first claimed (the database), mailed (the catcher)."""
+    ingested = _pairs(
+        pg, "SELECT event_id, date_part('epoch', processed_at) FROM ingest.processed_events"
+    )
+    rows = pg.psql(
+        "SELECT concat_ws('|', e.customer_key, extract(epoch FROM e.entered_at), "
+        "extract(epoch FROM r.requested_at), coalesce(extract(epoch FROM m.created_at)::text, '')) "
+        "FROM scheduler.enrollments e "
+        "JOIN scheduler.message_requests r ON r.enrollment_id = e.id "
+        "LEFT JOIN dispatcher.messages m ON m.request_key = r.request_key",
+        "rebound",
+    )
+    moments = {line.split("|")[0]: line.split("|")[1:] for line in rows.splitlines() if line}
+    first: dict[str, datetime] = {}
+    for to, received in outcome.mail:
+        first[to] = min(received, first.get(to, received))
+    found: list[drill_lateness.Trace] = []
+    for c in outcome.checkouts:
+        row, mailed = moments.get(c.customer_key, ["", "", ""]), first.get(c.email)
+        if mailed is None:
+            continue
+        enrolled, fired, claimed = (drill_lateness.epoch(v) for v in row)
+        event_id = stable_event_id("shopify", SHOP_DOMAIN, c.webhook_id)
+        found.append(
+            drill_lateness.Trace(
+                c.email,
+                c.due_at,
+                c.updated_at,
+                c.acknowledged_at,
+                drill_lateness.epoch(ingested.get(event_id, "")),
+                enrolled,
+                fired,
+                claimed,
+                mailed,
+            )
+        )
+    return found
+
+
+def report(
+    outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float, chaos: Chaos
+) -> bool:
     """Print the figures; True when nothing was lost and nothing duplicated."""
     checkouts = outcome.checkouts
     acknowledged = sum(c.acknowledged_at is not None for c in checkouts)
@@ -553,6 +624,13 @@ def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float
         f"p99 {percentile(lateness, 0.99):.1f} s, max {max(lateness, default=float('nan')):.1f} s"
         f" (target p99 < {LATENESS_TARGET_P99_S:.0f} s)"
     )
+    if chaos.restarts_s:
+        print(
+            f"  kill -9 to ready again  p50 {percentile(sorted(chaos.restarts_s), 0.5):.1f} s, "
+            f"max {max(chaos.restarts_s):.1f} s"
+        )
+    for line in drill_lateness.report(traces(stack.pg, outcome), chaos.incidents):
+        print(line)
     if lost:
         stages = where_lost(stack.pg, lost)
         print("  where the lost ones stopped:")
@@ -595,7 +673,7 @@ async def drill(args: argparse.Namespace) -> bool:
         dlq = await dead_letters(stack.bootstrap)
         outcome = Outcome(checkouts, mail, results)
         write_timeline(outcome, DRILL / "timeline.csv")
-        return report(outcome, stack, dlq, time.monotonic() - started)
+        return report(outcome, stack, dlq, time.monotonic() - started, chaos)
     finally:
         stack.stop()
 
