@@ -79,6 +79,7 @@ class Member:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     kills: int = 0
+    up: bool = False  # answered /readyz since it was last started
 
     @property
     def name(self) -> str:
@@ -100,6 +101,7 @@ class Member:
             self.proc.kill()
             self.proc.wait()
             self.kills += 1
+        self.up = False
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -182,6 +184,8 @@ async def start_stack(settings: dict[str, str]) -> Stack:
                 stack.members.append(member)
                 member.start()
         await asyncio.gather(*(until_ready(m) for m in stack.members))
+        for member in stack.members:
+            member.up = True
     except BaseException:
         stack.stop()
         raise
@@ -329,12 +333,18 @@ async def send_checkouts(urls: list[str], total: int, send_s: float) -> list[Che
 
 @dataclass
 class Chaos:
-    """kill -9 a random service process every few seconds, and once cut PostgreSQL off."""
+    """kill -9 a random service process every few seconds, and once cut PostgreSQL off.
+
+    Two of each means one of each survives: unless `kill_any`, a process is killed only while
+    the other instance of its service is up (started and answered /readyz), so a kill tests
+    the takeover, not a whole service down until a restart under load.
+    """
 
     stack: Stack
     rng: random.Random
     kill_every_s: float
     pg_outage_after_s: float
+    kill_any: bool = False
     incidents: list[drill_lateness.Incident] = field(default_factory=list)
     restarts_s: list[float] = field(default_factory=list)  # kill -9 to /readyz again
     pg_outage_s: float | None = None  # stop to accepting connections again
@@ -350,8 +360,22 @@ class Chaos:
         await outage  # PostgreSQL is back before anyone counts
         await asyncio.gather(*self._waits, return_exceptions=True)
 
+    def _victims(self) -> list[Member]:
+        members = self.stack.members
+        if self.kill_any:
+            return members
+        return [
+            m
+            for m in members
+            if all(o.up for o in members if o.service == m.service and o is not m)
+        ]
+
     async def _kill_one(self) -> None:
-        member = self.rng.choice(self.stack.members)
+        victims = self._victims()
+        if not victims:
+            log("no kill: every service is down to its last instance")
+            return
+        member = self.rng.choice(victims)
         log(f"kill -9 {member.name}")
         killed_at = time.monotonic()
         member.kill()
@@ -369,6 +393,7 @@ class Chaos:
                     answer = await client.get(f"http://127.0.0.1:{member.port}/readyz")
                     if answer.status_code == 200:
                         self.restarts_s.append(time.monotonic() - killed_at)
+                        member.up = True
                         return
                 except httpx.HTTPError:
                     pass
@@ -666,9 +691,13 @@ async def drill(args: argparse.Namespace) -> bool:
         settings["KAFKA_SESSION_TIMEOUT_MS"] = str(args.session_timeout_ms)
     stack = await start_stack(settings)
     try:
-        log(f"stack up: 2 x {', '.join(SERVICES)}; broker {stack.bootstrap}; seed {args.seed}")
+        victims = "any process" if args.kill_any else "never a service's last instance up"
+        log(
+            f"stack up: 2 x {', '.join(SERVICES)}; broker {stack.bootstrap}; seed {args.seed}; "
+            f"session timeout {args.session_timeout_ms or 'default'} ms; kills: {victims}"
+        )
         stop_chaos = asyncio.Event()
-        chaos = Chaos(stack, rng, args.kill_every, pg_outage_after_s=args.send_s * 0.4)
+        chaos = Chaos(stack, rng, args.kill_every, args.send_s * 0.4, kill_any=args.kill_any)
         chaos_task = None if args.no_chaos else asyncio.create_task(chaos.run(stop_chaos))
         checkouts = await send_checkouts(stack.ingest_urls(), args.checkouts, args.send_s)
         await asyncio.sleep(REMINDER_DELAY_S + 5.0)  # the last reminders fall due under chaos
@@ -696,6 +725,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
     parser.add_argument("--seed", type=int, default=None, help="which processes get killed")
     parser.add_argument("--no-chaos", action="store_true", help="no kills, no outage")
+    parser.add_argument(
+        "--kill-any",
+        action="store_true",
+        help="also kill a service's last instance up (both down until a restart)",
+    )
     parser.add_argument(
         "--session-timeout-ms",
         type=int,
