@@ -14,7 +14,8 @@ due) is the sum of each stage's part after the due moment:
 - send:    from the claim to the mail (SMTP, or a dispatcher killed after the claim)
 
 A late reminder is put down to the incident (a kill -9 of a service, the PostgreSQL outage)
-closest before the end of its largest stage, among the services that stage depends on.
+that held up its largest stage: among the services that stage depends on, the last incident
+before that stage fell late, else the first one while it was late.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ DEPENDS_ON = {
     "ingest": ("ingest", "postgres"),
     "enrol": ("scheduler", "postgres"),
     "timer": ("scheduler", "postgres"),
-    "request": ("scheduler", "dispatcher", "postgres"),
+    "request": ("dispatcher", "postgres"),  # a dead scheduler's outbox: the other relays it
     "send": ("dispatcher", "postgres"),
 }
 LOOKBACK_S = 30.0  # an incident this long before a stage's late part began can hold it up
@@ -101,7 +102,11 @@ def epoch(value: str) -> datetime | None:
 
 
 def blame(trace: Trace, incidents: Sequence[Incident]) -> tuple[str, str]:
-    """(the stage that added most, the latest incident that can have held it up, or 'none')."""
+    """(the stage that added most, the incident that held it up, or 'none').
+
+    Of the incidents that stage depends on, the last one before its late part began (what was
+    broken when it should have gone on), else the first one during it.
+    """
     stages = trace.stages()
     stage = max(STAGES, key=lambda s: stages[s])
     begin, end = trace.late_parts()[stage]
@@ -111,9 +116,12 @@ def blame(trace: Trace, incidents: Sequence[Incident]) -> tuple[str, str]:
         if i.kind in DEPENDS_ON[stage]
         and (begin.timestamp() - LOOKBACK_S) <= i.at.timestamp() <= end.timestamp()
     ]
-    if not candidates:
-        return stage, "none"
-    return stage, max(candidates, key=lambda i: i.at).kind
+    before = [i for i in candidates if i.at <= begin]
+    if before:
+        return stage, max(before, key=lambda i: i.at).kind
+    if candidates:
+        return stage, min(candidates, key=lambda i: i.at).kind
+    return stage, "none"
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -66,13 +66,15 @@ def test_a_missing_moment_counts_in_the_next_stage() -> None:
     assert stages["enrol"] == 4.0
 
 
-def test_the_latest_incident_the_largest_stage_depends_on_is_blamed() -> None:
-    late = trace(fired=25.0, claimed=25.5, mailed=26.0)  # the timer stage: 20 s
+def test_the_incident_that_broke_the_largest_stage_before_it_fell_late_is_blamed() -> None:
+    late = trace(fired=25.0, claimed=25.5, mailed=26.0)  # the timer stage: 20 s from 5 s on
     incidents = [
         dl.Incident(at(-40), "scheduler", "too early to matter"),
         dl.Incident(at(2), "scheduler", "kill -9 scheduler-1"),
         dl.Incident(at(3), "ingest", "kill -9 ingest-2"),  # the timer does not wait on ingest
+        dl.Incident(at(20), "postgres", "PostgreSQL down"),  # came while it already waited
     ]
 
     assert dl.blame(late, incidents) == ("timer", "scheduler")
+    assert dl.blame(late, incidents[2:]) == ("timer", "postgres")
     assert dl.blame(late, incidents[:1]) == ("timer", "none")
