@@ -35,7 +35,7 @@ from shared.errors import (
 )
 from shared.events import CONTENT_TYPE, CloudEvent, encode
 from shared.logging import get_logger
-from shared.retry import backoff_s, retry_forever
+from shared.retry import OUTAGE_RETRY_MAX_S, backoff_s, retry_forever
 from shared.topics import dlq
 
 log = get_logger(__name__)
@@ -43,7 +43,7 @@ log = get_logger(__name__)
 Record: TypeAlias = ConsumerRecord  # aiokafka ships no type information
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 _DEAD_LETTERED_MEMORY = 10_000
-DEFAULT_SESSION_TIMEOUT_MS = 10_000
+DEFAULT_SESSION_TIMEOUT_MS = 6_000  # Apache Kafka's group.min.session.timeout.ms
 
 
 def make_producer(bootstrap: str, client_id: str, linger_ms: int = 2) -> AIOKafkaProducer:
@@ -203,9 +203,11 @@ class Assignment(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._in_use:
             self.partitions -= {tp.partition for tp in revoked}
+        log.info("partitions_revoked", partitions=sorted({tp.partition for tp in revoked}))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.partitions |= {tp.partition for tp in assigned}
+        log.info("partitions_assigned", partitions=sorted(self.partitions))
         for callback in self.on_change:
             await callback()
 
@@ -303,7 +305,10 @@ class ConsumerLoop:
             return error
 
     async def _back_off(self, error: BaseException, attempt: int, size: int) -> None:
-        delay_s = backoff_s(attempt, self.retry_initial_s, self.retry_max_s)
+        max_s = self.retry_max_s
+        if classify(error) is Transient:  # the database or broker away: resume soon after
+            max_s = min(max_s, OUTAGE_RETRY_MAX_S)
+        delay_s = backoff_s(attempt, self.retry_initial_s, max_s)
         log.warning(
             "batch_failed_will_retry",
             size=size,

@@ -13,6 +13,13 @@ T = TypeVar("T")
 log = get_logger(__name__)
 
 
+# The database or the broker away: try again at least this often, so work resumes within
+# about this long of their return (a longer cap left loops asleep for seconds after an outage
+# had ended). Each try is one connection attempt; downstream refusals (an SMTP relay) keep
+# their own, longer backoff.
+OUTAGE_RETRY_MAX_S = 2.0
+
+
 def backoff_s(attempt: int, initial_s: float, max_s: float, jitter: float = 0.2) -> float:
     """Exponential backoff with +-jitter; attempt 0 is the first retry."""
     base: float = min(max_s, initial_s * 2.0 ** min(attempt, 30))

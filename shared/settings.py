@@ -18,10 +18,12 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:59092")
     kafka_client_id: str = "rebound"
     kafka_session_timeout_ms: int = Field(
-        default=10_000,
+        default=6_000,
         description=(
             "How long the broker waits for a silent consumer (a kill -9'd instance) before its "
-            "partitions, and with them the scheduler's timers, move to another instance."
+            "partitions, and with them the scheduler's timers, move to another instance; "
+            "heartbeats go every third of it. 6 s is Apache Kafka's smallest allowed "
+            "(group.min.session.timeout.ms)."
         ),
     )
     topic_prefix: str = Field(default="", description="Prepended to every topic name (tests).")

@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import devstack
+import drill_lateness
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shared.events import stable_event_id
 from shared.kafka import ensure_topics
 from shared.topics import ALL_TOPICS, ENGAGEMENT_RESULTS, Topics, dlq
 
@@ -54,6 +56,9 @@ PG_OUTAGE_S = 10.0
 RESTART_AFTER_S = 0.5
 SETTLE_S = 5.0  # everything accounted for: wait this long more for late duplicates
 LATENESS_TARGET_P99_S = 30.0
+# The local broker has no minimum session (Apache Kafka's is 6 s): a kill -9'd instance's
+# partitions move about 3 s + a heartbeat after it died, instead of 6 s + 2 s.
+SESSION_TIMEOUT_MS = 3_000
 
 
 def log(message: str) -> None:
@@ -74,6 +79,7 @@ class Member:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     kills: int = 0
+    up: bool = False  # answered /readyz since it was last started
 
     @property
     def name(self) -> str:
@@ -95,6 +101,7 @@ class Member:
             self.proc.kill()
             self.proc.wait()
             self.kills += 1
+        self.up = False
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -177,6 +184,8 @@ async def start_stack(settings: dict[str, str]) -> Stack:
                 stack.members.append(member)
                 member.start()
         await asyncio.gather(*(until_ready(m) for m in stack.members))
+        for member in stack.members:
+            member.up = True
     except BaseException:
         stack.stop()
         raise
@@ -324,12 +333,22 @@ async def send_checkouts(urls: list[str], total: int, send_s: float) -> list[Che
 
 @dataclass
 class Chaos:
-    """kill -9 a random service process every few seconds, and once cut PostgreSQL off."""
+    """kill -9 a random service process every few seconds, and once cut PostgreSQL off.
+
+    Two of each means one of each survives: unless `kill_any`, a process is killed only while
+    the other instance of its service is up (started and answered /readyz), so a kill tests
+    the takeover, not a whole service down until a restart under load.
+    """
 
     stack: Stack
     rng: random.Random
     kill_every_s: float
     pg_outage_after_s: float
+    kill_any: bool = False
+    incidents: list[drill_lateness.Incident] = field(default_factory=list)
+    restarts_s: list[float] = field(default_factory=list)  # kill -9 to /readyz again
+    pg_outage_s: float | None = None  # stop to accepting connections again
+    _waits: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
         outage = asyncio.create_task(self._pg_outage())
@@ -339,21 +358,61 @@ class Chaos:
             except TimeoutError:
                 await self._kill_one()
         await outage  # PostgreSQL is back before anyone counts
+        await asyncio.gather(*self._waits, return_exceptions=True)
+
+    def _victims(self) -> list[Member]:
+        members = self.stack.members
+        if self.kill_any:
+            return members
+        return [
+            m
+            for m in members
+            if all(o.up for o in members if o.service == m.service and o is not m)
+        ]
 
     async def _kill_one(self) -> None:
-        member = self.rng.choice(self.stack.members)
+        victims = self._victims()
+        if not victims:
+            log("no kill: every service is down to its last instance")
+            return
+        member = self.rng.choice(victims)
         log(f"kill -9 {member.name}")
+        killed_at = time.monotonic()
         member.kill()
+        self._incident(member.service, f"kill -9 {member.name}")
         await asyncio.sleep(RESTART_AFTER_S)
         member.start()
+        self._waits.append(asyncio.create_task(self._time_restart(member, killed_at)))
+
+    async def _time_restart(self, member: Member, killed_at: float) -> None:
+        """How long from kill -9 to /readyz again (not counted if killed again first)."""
+        proc = member.proc
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while member.proc is proc and proc is not None and proc.poll() is None:
+                try:
+                    answer = await client.get(f"http://127.0.0.1:{member.port}/readyz")
+                    if answer.status_code == 200:
+                        self.restarts_s.append(time.monotonic() - killed_at)
+                        member.up = True
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.25)
+
+    def _incident(self, kind: str, what: str) -> None:
+        self.incidents.append(drill_lateness.Incident(datetime.now(UTC), kind, what))
 
     async def _pg_outage(self) -> None:
         await asyncio.sleep(self.pg_outage_after_s)
         log(f"PostgreSQL: immediate stop for {PG_OUTAGE_S:.0f} s")
         await asyncio.to_thread(devstack.crash_postgres, self.stack.pg)
+        down_at = time.monotonic()
+        self._incident("postgres", f"PostgreSQL down {PG_OUTAGE_S:.0f} s")
         await asyncio.sleep(PG_OUTAGE_S)
-        await asyncio.to_thread(self.stack.pg.start)
-        log("PostgreSQL: up again")
+        await asyncio.to_thread(self.stack.pg.start)  # crash recovery: until it accepts again
+        self.pg_outage_s = time.monotonic() - down_at
+        self._incident("postgres", "PostgreSQL up again")
+        log(f"PostgreSQL: up again, {self.pg_outage_s:.1f} s after the stop (with crash recovery)")
 
 
 # --- counting ----------------------------------------------------------------------------
@@ -528,7 +587,50 @@ def _stage(checkout: Checkout, found: dict[str, dict[str, str]]) -> str:
     )
 
 
-def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float) -> bool:
+def traces(pg: devstack.Postgres, outcome: Outcome) -> list[drill_lateness.Trace]:
+    """Each mailed reminder's moments: acknowledged (seen here), ingested, enrolled, fired,
+    first claimed (the database), mailed (the catcher)."""
+    ingested = _pairs(
+        pg, "SELECT event_id, date_part('epoch', processed_at) FROM ingest.processed_events"
+    )
+    rows = pg.psql(
+        "SELECT concat_ws('|', e.customer_key, extract(epoch FROM e.entered_at), "
+        "extract(epoch FROM r.requested_at), coalesce(extract(epoch FROM m.created_at)::text, '')) "
+        "FROM scheduler.enrollments e "
+        "JOIN scheduler.message_requests r ON r.enrollment_id = e.id "
+        "LEFT JOIN dispatcher.messages m ON m.request_key = r.request_key",
+        "rebound",
+    )
+    moments = {line.split("|")[0]: line.split("|")[1:] for line in rows.splitlines() if line}
+    first: dict[str, datetime] = {}
+    for to, received in outcome.mail:
+        first[to] = min(received, first.get(to, received))
+    found: list[drill_lateness.Trace] = []
+    for c in outcome.checkouts:
+        row, mailed = moments.get(c.customer_key, ["", "", ""]), first.get(c.email)
+        if mailed is None:
+            continue
+        enrolled, fired, claimed = (drill_lateness.epoch(v) for v in row)
+        event_id = stable_event_id("shopify", SHOP_DOMAIN, c.webhook_id)
+        found.append(
+            drill_lateness.Trace(
+                c.email,
+                c.due_at,
+                c.updated_at,
+                c.acknowledged_at,
+                drill_lateness.epoch(ingested.get(event_id, "")),
+                enrolled,
+                fired,
+                claimed,
+                mailed,
+            )
+        )
+    return found
+
+
+def report(
+    outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float, chaos: Chaos
+) -> bool:
     """Print the figures; True when nothing was lost and nothing duplicated."""
     checkouts = outcome.checkouts
     acknowledged = sum(c.acknowledged_at is not None for c in checkouts)
@@ -553,6 +655,18 @@ def report(outcome: Outcome, stack: Stack, dlq: dict[str, int], elapsed_s: float
         f"p99 {percentile(lateness, 0.99):.1f} s, max {max(lateness, default=float('nan')):.1f} s"
         f" (target p99 < {LATENESS_TARGET_P99_S:.0f} s)"
     )
+    if chaos.pg_outage_s is not None:
+        print(
+            f"  PostgreSQL away         {chaos.pg_outage_s:.1f} s "
+            f"(stopped {PG_OUTAGE_S:.0f} s, then its crash recovery)"
+        )
+    if chaos.restarts_s:
+        print(
+            f"  kill -9 to ready again  p50 {percentile(sorted(chaos.restarts_s), 0.5):.1f} s, "
+            f"max {max(chaos.restarts_s):.1f} s"
+        )
+    for line in drill_lateness.report(traces(stack.pg, outcome), chaos.incidents):
+        print(line)
     if lost:
         stages = where_lost(stack.pg, lost)
         print("  where the lost ones stopped:")
@@ -573,13 +687,17 @@ async def drill(args: argparse.Namespace) -> bool:
     rng = random.Random(args.seed)
     started = time.monotonic()
     settings = {}
-    if args.session_timeout_ms is not None:
+    if args.session_timeout_ms:
         settings["KAFKA_SESSION_TIMEOUT_MS"] = str(args.session_timeout_ms)
     stack = await start_stack(settings)
     try:
-        log(f"stack up: 2 x {', '.join(SERVICES)}; broker {stack.bootstrap}; seed {args.seed}")
+        victims = "any process" if args.kill_any else "never a service's last instance up"
+        log(
+            f"stack up: 2 x {', '.join(SERVICES)}; broker {stack.bootstrap}; seed {args.seed}; "
+            f"session timeout {args.session_timeout_ms or 'default'} ms; kills: {victims}"
+        )
         stop_chaos = asyncio.Event()
-        chaos = Chaos(stack, rng, args.kill_every, pg_outage_after_s=args.send_s * 0.4)
+        chaos = Chaos(stack, rng, args.kill_every, args.send_s * 0.4, kill_any=args.kill_any)
         chaos_task = None if args.no_chaos else asyncio.create_task(chaos.run(stop_chaos))
         checkouts = await send_checkouts(stack.ingest_urls(), args.checkouts, args.send_s)
         await asyncio.sleep(REMINDER_DELAY_S + 5.0)  # the last reminders fall due under chaos
@@ -595,7 +713,7 @@ async def drill(args: argparse.Namespace) -> bool:
         dlq = await dead_letters(stack.bootstrap)
         outcome = Outcome(checkouts, mail, results)
         write_timeline(outcome, DRILL / "timeline.csv")
-        return report(outcome, stack, dlq, time.monotonic() - started)
+        return report(outcome, stack, dlq, time.monotonic() - started, chaos)
     finally:
         stack.stop()
 
@@ -608,7 +726,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="which processes get killed")
     parser.add_argument("--no-chaos", action="store_true", help="no kills, no outage")
     parser.add_argument(
-        "--session-timeout-ms", type=int, default=None, help="the services' consumer setting"
+        "--kill-any",
+        action="store_true",
+        help="also kill a service's last instance up (both down until a restart)",
+    )
+    parser.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=SESSION_TIMEOUT_MS,
+        help="the services' KAFKA_SESSION_TIMEOUT_MS (default %(default)s; 0: the services' own)",
     )
     parser.add_argument("--quiet-s", type=float, default=30.0, help="no change this long: done")
     args = parser.parse_args(argv)

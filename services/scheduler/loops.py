@@ -29,7 +29,7 @@ from shared.clock import Clock
 from shared.driver_errors import translate
 from shared.kafka import Assignment, Publisher
 from shared.logging import get_logger
-from shared.retry import backoff_s
+from shared.retry import OUTAGE_RETRY_MAX_S, backoff_s
 
 log = get_logger(__name__)
 SERVICE = "scheduler"
@@ -128,7 +128,7 @@ class TimerLoop:
                 except Exception as exc:  # the database is away: wait and try again
                     metrics.ERRORS.labels(SERVICE, "timers").inc()
                     log.warning("timer_pass_failed", error=repr(exc))
-                    await asyncio.sleep(backoff_s(attempt, 0.2, 10.0))
+                    await asyncio.sleep(backoff_s(attempt, 0.2, OUTAGE_RETRY_MAX_S))
                     attempt += 1
                     continue
                 if fired < self.batch:
@@ -332,7 +332,7 @@ class OutboxRelay:
             except Exception as exc:  # broker or database away
                 metrics.ERRORS.labels(SERVICE, "outbox").inc()
                 log.warning("outbox_relay_failed", error=repr(exc))
-                await asyncio.sleep(backoff_s(attempt, 0.2, 10.0))
+                await asyncio.sleep(backoff_s(attempt, 0.2, OUTAGE_RETRY_MAX_S))
                 attempt += 1
                 continue
             if relayed < OUTBOX_BATCH:
