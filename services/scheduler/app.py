@@ -25,6 +25,7 @@ from services.scheduler.privacy_api import privacy_router
 from services.scheduler.reports.api import DashboardSources, reports_router
 from services.scheduler.reports.consumer import ResultsHandler
 from services.scheduler.reports.service import ReportsService
+from services.scheduler.reports.winners import WinnerDeclarer
 from services.scheduler.runner import JourneyCatalog, Runner
 from services.scheduler.segments.api import segments_router
 from services.scheduler.segments.service import (
@@ -167,6 +168,8 @@ class SchedulerService:
         # The control plane reads on its own pool: a report never waits on, or holds, a
         # connection of the timer loop or the consumers.
         self.reports_engine = db.make_engine(settings.database_url, settings.reports_pool_size)
+        # A/B winners of send_winner steps: a report's read, on the control plane's pool.
+        self.winners = WinnerDeclarer(self.reports_engine, clock, settings.winner_check_s)
         if settings.role != "engine":
             guard = admin_guard(settings.admin_token, "REBOUND_SCHEDULER_ADMIN_TOKEN")
             self.app.include_router(
@@ -247,6 +250,7 @@ class SchedulerService:
         if self.settings.predictions_refresh_s > 0:
             self._loops.spawn("predictions", self.predictions.run)
         self._loops.spawn("prune-exports", self.export_pruner.run)
+        self._loops.spawn("ab_winners", self.winners.run)
 
     async def _start_producer(self) -> None:
         """The producer first: the relay and the timers need it; then they run forever."""

@@ -31,6 +31,7 @@ from services.scheduler.adapters.repository import (
     TimerRow,
     Writes,
 )
+from services.scheduler.adapters.winner_repository import Version, WinnerRepository
 from services.scheduler.contact_gate import ContactGate, DueSend
 from services.scheduler.domain import engine
 from services.scheduler.domain.engine import Enrollment
@@ -59,6 +60,7 @@ class JourneyCatalog:
         self._active: list[Journey] = []
         self._stamp: tuple[int, datetime | None] | None = None
         self.reads_predictions = False  # some stored version's conditions look at them
+        self.sending_winners: list[Version] = []  # versions with a send_winner step
         self._checked_in: weakref.ref[object] | None = None  # the transaction that looked last
 
     async def refresh(self, conn: AsyncConnection) -> None:
@@ -79,6 +81,7 @@ class JourneyCatalog:
         self._versions = {(j.id, j.version): j for j, _ in stored}
         self._active = [j for j, active in stored if active]
         self.reads_predictions = any(journey_reads_predictions(j) for j, _ in stored)
+        self.sending_winners = [(j.id, j.version) for j, _ in stored if _sends_winner(j)]
 
     def active(self) -> list[Journey]:
         return self._active
@@ -164,6 +167,7 @@ class _Seen:
     enrolled: list[_Tracked]
     ever: set[tuple[str, str]]
     last: dict[int, tuple[LastMessage, int]]
+    winners: dict[Version, dict[str, str]]  # declared A/B winners of send_winner steps
 
 
 @dataclass
@@ -184,6 +188,7 @@ class Runner:
         last = await self.engagement.last_messages(conn, steps)
         targets = await repo.timer_targets(list(steps))
         predictions = await self._predictions(conn, (c.key for _, c in targets))
+        winners = await self._winners(conn)
         for enrollment, customer in targets:
             journey = self.catalog.version(enrollment.journey_id, enrollment.journey_version)
             if journey is None:
@@ -194,7 +199,9 @@ class Runner:
                 predictions=predictions.get(customer.key),
             )  # fmt: skip
             scoped = _scoped(facts, journey, enrollment, last.get(enrollment.id))
-            outcome = engine.on_timer(journey, enrollment, steps[enrollment.id], scoped, now)
+            outcome = engine.on_timer(
+                journey, enrollment, steps[enrollment.id], scoped, now, _of(winners, journey)
+            )
             plan.apply(
                 plan.track(_Tracked(journey, enrollment, customer, False)), outcome, customer
             )
@@ -231,9 +238,10 @@ class Runner:
             conn, (t.enrollment.id for t in plan.tracked if t.enrollment.id is not None)
         )
         predictions = await self._predictions(conn, latest)
+        winners = await self._winners(conn)
         for activity, partition in batch:
             customer = _customer(activity, partition, predictions.get(activity.profile.key))
-            seen = _Seen(by_customer[customer.key], ever, last)
+            seen = _Seen(by_customer[customer.key], ever, last, winners)
             self._on_activity(plan, seen, activity, customer, now)
         return await self._write(repo, plan, now)
 
@@ -258,7 +266,12 @@ class Runner:
             last = seen.last.get(tracked.enrollment.id or 0)
             scoped = _scoped(facts, tracked.journey, tracked.enrollment, last)
             outcome = engine.on_activity(
-                tracked.journey, tracked.enrollment, activity.kind, scoped, now
+                tracked.journey,
+                tracked.enrollment,
+                activity.kind,
+                scoped,
+                now,
+                _of(seen.winners, tracked.journey),
             )
             plan.apply(tracked, outcome, customer)
             if outcome.enrollment.status == "active":
@@ -268,7 +281,7 @@ class Runner:
                 continue
             if journey.limits.reentry == "never" and (journey.id, customer.key) in ever:
                 continue
-            outcome = engine.enter(journey, customer.key, facts, now)
+            outcome = engine.enter(journey, customer.key, facts, now, _of(seen.winners, journey))
             tracked = plan.track(_Tracked(journey, outcome.enrollment, customer, True))
             plan.apply(tracked, outcome, customer)
             enrolled.append(tracked)
@@ -289,6 +302,7 @@ class Runner:
         active = {(e.journey_id, e.customer_key) for e in await repo.active_for_update(keys)}
         never = sorted({j.id for j, _ in entrants if j.limits.reentry == "never"})
         ever = await repo.ever_enrolled(keys, never)
+        winners = await self._winners(conn)
         plan = _Plan()
         for journey, customer in entrants:
             pair = (journey.id, customer.key)
@@ -298,7 +312,7 @@ class Runner:
                 SEGMENT_ENTERED, now, customer.profile, customer.cart, now,
                 predictions=customer.predictions,
             )  # fmt: skip
-            outcome = engine.enter(journey, customer.key, facts, now)
+            outcome = engine.enter(journey, customer.key, facts, now, _of(winners, journey))
             plan.apply(
                 plan.track(_Tracked(journey, outcome.enrollment, customer, True)), outcome, customer
             )
@@ -312,6 +326,12 @@ class Runner:
         if not self.catalog.reads_predictions:
             return {}
         return await PredictionRepository(conn).facts_for(keys)
+
+    async def _winners(self, conn: AsyncConnection) -> dict[Version, dict[str, str]]:
+        """The declared A/B winners, in one statement, when a journey sends its winner."""
+        if not self.catalog.sending_winners:
+            return {}
+        return await WinnerRepository(conn).of_versions(self.catalog.sending_winners)
 
     async def _within_caps(self, repo: BatchRepository, plan: _Plan) -> None:
         """`limits.max_enrolments`: new enrolments past a journey's cap are not made."""
@@ -485,6 +505,14 @@ class Runner:
         return OutboxMessage(
             self.topics.name(ENGAGEMENT_RESULTS), customer.key, events.encode(event)
         )
+
+
+def _sends_winner(journey: Journey) -> bool:
+    return any(s.send is not None and s.send.send_winner for s in journey.steps)
+
+
+def _of(winners: dict[Version, dict[str, str]], journey: Journey) -> engine.Winners:
+    return winners.get((journey.id, journey.version), engine.NO_WINNERS)
 
 
 def _scoped(

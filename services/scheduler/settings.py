@@ -45,6 +45,12 @@ class SchedulerSettings(ServiceSettings, DedupeRetention):
         description="How often each shop's purchase predictions (BG/NBD, Gamma-Gamma) are "
         "fitted again, in a worker process; 0: only on demand (POST /predictions/{shop}/refresh).",
     )
+    winner_check_s: float = Field(
+        default=3_600,
+        gt=0,
+        description="How often the engine runs the reports' A/B test on the send steps with "
+        "`send_winner` and records a winner when the test declares one (later entrants get it).",
+    )
     admin_token: SecretStr | None = Field(
         default=None,
         description="Bearer token (or HTTP basic password, any user) of the control plane: "

@@ -241,3 +241,15 @@ privacy_parts = sa.Table(
     sa.Column("erased", JSONB),
     sa.Column("data", JSONB),
 )
+ab_winners = sa.Table(
+    "ab_winners",
+    metadata,
+    sa.Column("journey_id", sa.Text, primary_key=True),
+    sa.Column("journey_version", sa.Integer, primary_key=True),
+    sa.Column("step_id", sa.Text, primary_key=True),
+    sa.Column("variant", sa.Text, nullable=False),
+    sa.Column("metric", sa.Text, nullable=False),
+    sa.Column("p_values", JSONB, nullable=False),
+    sa.Column("figures", JSONB, nullable=False),
+    sa.Column("declared_at", TS, nullable=False),
+)

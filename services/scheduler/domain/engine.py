@@ -7,12 +7,14 @@ adapters turn decisions into timer rows and message requests in one transaction.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from types import MappingProxyType
 from typing import Literal
 
 from services.scheduler.domain.conditions import Facts, lookup
-from services.scheduler.domain.journey import EventTrigger, Journey, Send, Step
+from services.scheduler.domain.journey import EventTrigger, Journey, Send, Step, Variant
 from shared.clock import parse_duration
 from shared.events import EMAIL_OPENED
 
@@ -26,6 +28,10 @@ EXIT_REASON_MAX_CHARS = 500
 
 # failed: a timer of this enrolment could not be fired (exit_reason says why)
 Status = Literal["active", "exited", "completed", "failed"]
+# The declared A/B winners of the enrolment's journey version: step id -> variant id. Read by
+# the runner from the store and handed in as data; only `send_winner` steps follow them.
+Winners = Mapping[str, str]
+NO_WINNERS: Winners = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -85,23 +91,40 @@ def should_enter(journey: Journey, kind: str, facts: Facts, now: datetime) -> bo
     return trigger.if_ is None or trigger.if_.holds(facts, now)
 
 
-def enter(journey: Journey, customer_key: str, facts: Facts, now: datetime) -> Outcome:
+def enter(
+    journey: Journey,
+    customer_key: str,
+    facts: Facts,
+    now: datetime,
+    winners: Winners = NO_WINNERS,
+) -> Outcome:
     holdout = _bucket(customer_key, journey.id, "holdout") < journey.limits.holdout_percent
     enrollment = Enrollment(journey.id, journey.version, customer_key, now, holdout=holdout)
-    return advance(journey, enrollment, facts, now)
+    return advance(journey, enrollment, facts, now, winners)
 
 
 def on_timer(
-    journey: Journey, enrollment: Enrollment, step_id: str, facts: Facts, now: datetime
+    journey: Journey,
+    enrollment: Enrollment,
+    step_id: str,
+    facts: Facts,
+    now: datetime,
+    winners: Winners = NO_WINNERS,
 ) -> Outcome:
     """A wait ended. A timer for a step the enrolment has left is stale and does nothing."""
     if enrollment.status != "active" or _current(journey, enrollment).id != step_id:
         return Outcome(enrollment)
-    return advance(journey, replace(enrollment, step_index=enrollment.step_index + 1), facts, now)
+    following = replace(enrollment, step_index=enrollment.step_index + 1)
+    return advance(journey, following, facts, now, winners)
 
 
 def on_activity(
-    journey: Journey, enrollment: Enrollment, kind: str, facts: Facts, now: datetime
+    journey: Journey,
+    enrollment: Enrollment,
+    kind: str,
+    facts: Facts,
+    now: datetime,
+    winners: Winners = NO_WINNERS,
 ) -> Outcome:
     """Unsubscribed leaves every marketing journey; then the exit rules; then a wait that
     restarts on this activity restarts, and one that waits for this engagement ends now.
@@ -109,13 +132,18 @@ def on_activity(
     `facts` are scoped to this enrolment (facts.for_enrollment): `last_message` is its own.
     """
     try:
-        return _on_activity(journey, enrollment, kind, facts, now)
+        return _on_activity(journey, enrollment, kind, facts, now, winners)
     except DEFINITION_ERRORS as exc:
         return _failed(enrollment, exc)
 
 
 def _on_activity(
-    journey: Journey, enrollment: Enrollment, kind: str, facts: Facts, now: datetime
+    journey: Journey,
+    enrollment: Enrollment,
+    kind: str,
+    facts: Facts,
+    now: datetime,
+    winners: Winners,
 ) -> Outcome:
     if enrollment.status != "active":
         return Outcome(enrollment)
@@ -128,9 +156,8 @@ def _on_activity(
     if step.wait is not None and kind in step.wait.restart_on:
         return Outcome(enrollment, [ScheduleTimer(step.id, _due(step, facts, now))])
     if step.wait is not None and kind in step.wait.until and _engaged(kind, facts):
-        moved_on = advance(
-            journey, replace(enrollment, step_index=enrollment.step_index + 1), facts, now
-        )
+        following = replace(enrollment, step_index=enrollment.step_index + 1)
+        moved_on = advance(journey, following, facts, now, winners)
         return Outcome(moved_on.enrollment, [CancelTimer(), *moved_on.decisions])
     return Outcome(enrollment)
 
@@ -153,10 +180,16 @@ def _engaged(kind: str, facts: Facts) -> bool:
     return lookup(facts, shown) is True
 
 
-def advance(journey: Journey, enrollment: Enrollment, facts: Facts, now: datetime) -> Outcome:
+def advance(
+    journey: Journey,
+    enrollment: Enrollment,
+    facts: Facts,
+    now: datetime,
+    winners: Winners = NO_WINNERS,
+) -> Outcome:
     """Run steps from the current one until a wait (timer scheduled) or the end."""
     try:
-        return _advance(journey, enrollment, facts, now)
+        return _advance(journey, enrollment, facts, now, winners)
     except DEFINITION_ERRORS as exc:
         return _failed(enrollment, exc)
 
@@ -166,7 +199,9 @@ def _failed(enrollment: Enrollment, exc: Exception) -> Outcome:
     return Outcome(replace(enrollment, status="failed", exit_reason=reason), [CancelTimer()])
 
 
-def _advance(journey: Journey, enrollment: Enrollment, facts: Facts, now: datetime) -> Outcome:
+def _advance(
+    journey: Journey, enrollment: Enrollment, facts: Facts, now: datetime, winners: Winners
+) -> Outcome:
     decisions: list[Decision] = []
     for _ in range(MAX_STEPS_PER_ADVANCE):
         if enrollment.step_index >= len(journey.steps):
@@ -177,7 +212,7 @@ def _advance(journey: Journey, enrollment: Enrollment, facts: Facts, now: dateti
             return Outcome(enrollment, decisions)
         if step.end:
             return Outcome(replace(enrollment, status="completed"), decisions)
-        decisions.extend(_act(journey, enrollment, step))
+        decisions.extend(_act(journey, enrollment, step, winners))
         enrollment = replace(
             enrollment, step_index=_next_index(journey, step, facts, now, enrollment.step_index)
         )
@@ -186,9 +221,12 @@ def _advance(journey: Journey, enrollment: Enrollment, facts: Facts, now: dateti
     )
 
 
-def _act(journey: Journey, enrollment: Enrollment, step: Step) -> list[Decision]:
+def _act(journey: Journey, enrollment: Enrollment, step: Step, winners: Winners) -> list[Decision]:
     if step.send is not None and not enrollment.holdout:
-        send, variant = _pick_variant(step.send, enrollment.customer_key, journey.id, step.id)
+        declared = winners.get(step.id) if step.send.send_winner else None
+        send, variant = _pick_variant(
+            step.send, enrollment.customer_key, journey.id, step.id, declared
+        )
         return [RequestMessage(step.id, send, variant)]
     if step.publish is not None:
         return [PublishDecision(step.id, step.publish)]
@@ -218,9 +256,13 @@ def _within(occurred: datetime, max_age: str, now: datetime) -> bool:
 
 
 def _pick_variant(
-    send: Send, customer_key: str, journey_id: str, step_id: str
+    send: Send, customer_key: str, journey_id: str, step_id: str, declared: str | None = None
 ) -> tuple[Send, str | None]:
-    """A/B split: stable per customer, so a redelivery or restart picks the same variant."""
+    """The declared winner when there is one; else the A/B split, stable per customer, so a
+    redelivery or restart picks the same variant."""
+    winner = next((v for v in send.variants if v.id == declared), None)
+    if winner is not None:
+        return _with_variant(send, winner), winner.id
     weighted = [v for v in send.variants if v.weight > 0]
     if not weighted:
         return send, None
@@ -229,6 +271,10 @@ def _pick_variant(
         point -= variant.weight
         if point < 0:
             break
+    return _with_variant(send, variant), variant.id
+
+
+def _with_variant(send: Send, variant: Variant) -> Send:
     overrides = {
         k: v
         for k, v in (
@@ -238,7 +284,7 @@ def _pick_variant(
         )
         if v is not None
     }
-    return send.model_copy(update=overrides), variant.id
+    return send.model_copy(update=overrides)
 
 
 def _bucket(*parts: str) -> float:

@@ -193,7 +193,9 @@ class Send(Model):
     variants: list[Variant] = Field(default_factory=list)  # A/B: split at random by weight
     # The A/B metric the reports judge the variants by (reports/statistics.py: mSPRT).
     winner_by: Literal["click", "conversion", "revenue"] | None = None
-    send_winner: bool = False  # refused until the engine sends a declared winner to all
+    # Once the scheduler records a winner (reports/winners.py, by the same test), every
+    # enrolment that reaches this step afterwards gets the winning variant.
+    send_winner: bool = False
     # Values the template shows that the journey sets (the loyalty threshold, a survey link):
     # passed to it as `params`.
     params: dict[str, str | int | Decimal] = Field(default_factory=dict)
@@ -208,11 +210,8 @@ class Send(Model):
     def _ab_test_runs(self) -> Send:
         if self.winner_by is not None and len(self.variants) < 2:
             raise ValueError("winner_by needs at least two variants to compare")
-        if self.send_winner:
-            raise ValueError(
-                "send_winner: sending the declared winner to later entrants is not run by "
-                "this scheduler yet (the reports name the winner; pick it by editing weights)"
-            )
+        if self.send_winner and self.winner_by is None:
+            raise ValueError("send_winner needs winner_by (the metric that declares a winner)")
         return self
 
     @property

@@ -45,9 +45,8 @@ _ENROLMENTS = text("""
     GROUP BY journey_id
 """)
 
-# One row per journey, step and variant of the enrolments that entered in the range.
-_STEPS = text("""
-    SELECT e.journey_id, r.step_id, r.variant,
+# What happened to a set of message requests (r), one row per group.
+_FIGURES = """
         count(*) AS requested,
         count(*) FILTER (WHERE x.status = 'sent') AS sent,
         count(*) FILTER (WHERE x.status = 'failed') AS failed,
@@ -64,8 +63,23 @@ _STEPS = text("""
     JOIN scheduler.enrollments e ON e.id = r.enrollment_id
     LEFT JOIN scheduler.message_results x ON x.request_key = r.request_key
     LEFT JOIN scheduler.message_engagement m ON m.request_key = r.request_key
+"""
+
+# One row per journey, step and variant of the enrolments that entered in the range.
+_STEPS = text(f"""
+    SELECT e.journey_id, r.step_id, r.variant, {_FIGURES}
     WHERE e.entered_at >= :start AND e.entered_at < :end
     GROUP BY e.journey_id, r.step_id, r.variant
+""")
+
+# One row per step and variant of these journey versions, whenever their enrolments entered:
+# what an A/B winner is declared on.
+_VARIANTS_OF_VERSIONS = text(f"""
+    SELECT e.journey_id, e.journey_version, r.step_id, r.variant, {_FIGURES}
+    JOIN unnest(CAST(:ids AS text[]), CAST(:versions AS int[])) AS v(journey_id, version)
+        ON v.journey_id = e.journey_id AND v.version = e.journey_version
+    WHERE r.variant IS NOT NULL
+    GROUP BY e.journey_id, e.journey_version, r.step_id, r.variant
 """)
 
 _SUPPRESSED = text("""
@@ -246,6 +260,23 @@ class ReportsRepository:
     async def steps(self, span: DateRange) -> list[StepRow]:
         rows = await self.conn.execute(_STEPS, _span(span))
         return [StepRow(**_plain(r._mapping)) for r in rows]
+
+    async def variants_of(
+        self, versions: Sequence[tuple[str, int]]
+    ) -> dict[tuple[str, int], list[StepRow]]:
+        """Per journey version, its A/B variants' rows over all its enrolments."""
+        if not versions:
+            return {}
+        rows = await self.conn.execute(
+            _VARIANTS_OF_VERSIONS,
+            {"ids": [v[0] for v in versions], "versions": [v[1] for v in versions]},
+        )
+        out: dict[tuple[str, int], list[StepRow]] = {}
+        for r in rows:
+            figures = _plain(r._mapping)
+            version = figures.pop("journey_version")
+            out.setdefault((r.journey_id, version), []).append(StepRow(**figures))
+        return out
 
     async def suppressed(self, span: DateRange) -> dict[tuple[str, str], dict[str, int]]:
         out: dict[tuple[str, str], dict[str, int]] = {}

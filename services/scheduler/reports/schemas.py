@@ -93,15 +93,36 @@ class VariantReport(Schema):
     funnel: Funnel
 
 
+class DeclaredWinnerOut(Schema):
+    """The winner the scheduler recorded for a `send_winner` step of the journey's latest
+    version: from then on every enrolment that reaches the step gets it. It never changes."""
+
+    variant: str
+    journey_version: int
+    winner_by: str
+    declared_at: datetime
+    p_values: dict[str, float] = Field(
+        description="the winner against each other variant, at declaration"
+    )
+    figures: dict[str, dict[str, float]] = Field(
+        description="per variant at declaration: sent, successes (clicks or conversions), "
+        "mean (successes or revenue per message sent)"
+    )
+    note: str
+
+
 class ABTest(Schema):
     step_id: str
     winner_by: str | None
     variants: list[VariantReport]
     leader: str | None
-    winner: str | None
+    winner: str | None = Field(description="the test's verdict over the report's date range")
     p_values: dict[str, float] = Field(description="the leader against each other variant")
     method: str
     verdict: str
+    declared: DeclaredWinnerOut | None = Field(
+        default=None, description="the winner recorded for `send_winner`, sent to later entrants"
+    )
 
 
 class JourneyReport(Schema):

@@ -6,13 +6,14 @@ a report is about those same enrolments, so the funnel, the lift and the A/B tes
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.repository import JourneyRepository
+from services.scheduler.adapters.winner_repository import DeclaredWinner, WinnerRepository
 from services.scheduler.domain.journey import EventTrigger, Journey
 from services.scheduler.reports import statistics as st
 from services.scheduler.reports.repository import (
@@ -27,6 +28,7 @@ from services.scheduler.reports.schemas import (
     CartRecovery,
     CohortMatrix,
     CohortRow,
+    DeclaredWinnerOut,
     Funnel,
     GroupOutcome,
     HoldoutLift,
@@ -65,6 +67,7 @@ class ReportsService:
             steps = await repo.steps(span)
             suppressed = await repo.suppressed(span)
             outcomes = await repo.outcomes(span, window)
+            declared = await WinnerRepository(conn).all()
         ids = sorted(set(definitions) | set(enrolled))
         reports = [
             journey_report(
@@ -75,6 +78,7 @@ class ReportsService:
                 {k[1]: v for k, v in suppressed.items() if k[0] == journey_id},
                 [o for o in outcomes if o.journey_id == journey_id],
                 window,
+                _declared_for(definitions.get(journey_id), declared),
             )
             for journey_id in ids
         ]
@@ -106,6 +110,7 @@ def journey_report(
     suppressed: dict[str, dict[str, int]],
     outcomes: Sequence[OutcomeRow],
     window: timedelta,
+    declared: Mapping[str, DeclaredWinner] | None = None,
 ) -> JourneyReport:
     step_ids = _step_order(journey, steps)
     by_step = {
@@ -121,7 +126,7 @@ def journey_report(
         steps=[StepReport(step_id=i, funnel=f) for i, f in by_step.items()],
         holdout_lift=holdout_lift(outcomes, window) if _has_holdout(journey, enrolled) else None,
         cart_recovery=cart_recovery(outcomes) if _is_cart_journey(journey) else None,
-        ab_tests=ab_tests(journey, steps),
+        ab_tests=ab_tests(journey, steps, declared or {}),
     )
 
 
@@ -176,9 +181,16 @@ def cart_recovery(outcomes: Sequence[OutcomeRow]) -> CartRecovery:
     )
 
 
-def ab_tests(journey: Journey | None, steps: Sequence[StepRow]) -> list[ABTest]:
+def ab_tests(
+    journey: Journey | None,
+    steps: Sequence[StepRow],
+    declared: Mapping[str, DeclaredWinner] | None = None,
+) -> list[ABTest]:
+    declared = declared or {}
+    by_step = _by_step(s for s in steps if s.variant is not None)
     tests = []
-    for step_id, rows in _by_step(s for s in steps if s.variant is not None).items():
+    for step_id in [*by_step, *sorted(set(declared) - set(by_step))]:
+        rows = by_step.get(step_id, [])
         metric = _winner_by(journey, step_id)
         variants = [
             VariantReport(variant=str(r.variant), funnel=_funnel([r], {}))
@@ -187,7 +199,7 @@ def ab_tests(journey: Journey | None, steps: Sequence[StepRow]) -> list[ABTest]:
         if metric is None:
             tests.append(_untested(step_id, variants))
             continue
-        verdict = st.pick_winner([_variant(r, metric) for r in rows], metric)
+        verdict = ab_verdict(rows, metric)
         tests.append(
             ABTest(
                 step_id=step_id,
@@ -198,9 +210,16 @@ def ab_tests(journey: Journey | None, steps: Sequence[StepRow]) -> list[ABTest]:
                 p_values=verdict.p_values,
                 method=MSPRT,
                 verdict=verdict.reason if verdict.winner is None else f"{verdict.winner} wins",
+                declared=_declared_out(declared.get(step_id)),
             )
         )
     return tests
+
+
+def ab_verdict(rows: Sequence[StepRow], metric: str) -> st.Verdict:
+    """The A/B test over one step's variant rows: the report's verdict, and what the
+    scheduler declares a `send_winner` step's winner on (reports/winners.py)."""
+    return st.pick_winner([judged_variant(r, metric) for r in rows], metric)
 
 
 def cohort_matrix(cells: Sequence[CohortCell], months: int, now: datetime) -> CohortMatrix:
@@ -326,6 +345,37 @@ def _winner_by(journey: Journey | None, step_id: str) -> str | None:
     return step.send.winner_by if step is not None and step.send is not None else None
 
 
+def _declared_for(
+    journey: Journey | None, declared: Sequence[DeclaredWinner]
+) -> dict[str, DeclaredWinner]:
+    """The winners of the journey's latest version (the one later entrants enrol on)."""
+    if journey is None:
+        return {}
+    return {
+        w.step_id: w
+        for w in declared
+        if w.journey_id == journey.id and w.journey_version == journey.version
+    }
+
+
+def _declared_out(winner: DeclaredWinner | None) -> DeclaredWinnerOut | None:
+    if winner is None:
+        return None
+    since = winner.declared_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return DeclaredWinnerOut(
+        variant=winner.variant,
+        journey_version=winner.journey_version,
+        winner_by=winner.metric,
+        declared_at=winner.declared_at,
+        p_values=winner.p_values,
+        figures=winner.figures,
+        note=(
+            f"{winner.variant} declared the winner by {winner.metric} on {since}: everyone "
+            "who reaches this step since gets it"
+        ),
+    )
+
+
 def _untested(step_id: str, variants: list[VariantReport]) -> ABTest:
     return ABTest(
         step_id=step_id,
@@ -339,7 +389,7 @@ def _untested(step_id: str, variants: list[VariantReport]) -> ABTest:
     )
 
 
-def _variant(row: StepRow, metric: str) -> st.Variant:
+def judged_variant(row: StepRow, metric: str) -> st.Variant:
     """Judged on the messages sent: one never sent could not be clicked."""
     revenue = _moments(row.sent, float(row.revenue), float(row.revenue_squares))
     successes = row.clicks if metric == "click" else row.conversions
