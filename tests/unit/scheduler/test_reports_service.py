@@ -10,8 +10,9 @@ from pydantic import ValidationError
 
 from services.scheduler.domain.journey import parse_journey
 from services.scheduler.reports import charts
-from services.scheduler.reports.repository import CohortCell, OutcomeRow
-from services.scheduler.reports.service import cohort_matrix, holdout_lift, lift_verdict
+from services.scheduler.adapters.winner_repository import DeclaredWinner
+from services.scheduler.reports.repository import CohortCell, OutcomeRow, StepRow
+from services.scheduler.reports.service import ab_tests, cohort_matrix, holdout_lift, lift_verdict
 from services.scheduler.reports.statistics import Interval
 
 WEEK = timedelta(days=7)
@@ -76,15 +77,41 @@ steps:
 """
 
 
-def test_winner_by_is_refused_without_two_variants_and_send_winner_until_it_runs() -> None:
+def test_winner_by_is_refused_without_two_variants_and_send_winner_without_winner_by() -> None:
     with pytest.raises(ValidationError, match="at least two variants"):
         parse_journey(BASE + "      winner_by: click\n")
     variants = "      variants: [{id: a}, {id: b}]\n"
     assert parse_journey(BASE + variants + "      winner_by: revenue\n").steps[0].send
-    with pytest.raises(ValidationError, match="send_winner"):
-        parse_journey(BASE + variants + "      winner_by: click\n      send_winner: true\n")
+    with pytest.raises(ValidationError, match="send_winner needs winner_by"):
+        parse_journey(BASE + variants + "      send_winner: true\n")
+    sending = parse_journey(BASE + variants + "      winner_by: click\n      send_winner: true\n")
+    assert sending.steps[0].send is not None and sending.steps[0].send.send_winner
     with pytest.raises(ValidationError, match="winner_by"):
         parse_journey(BASE + variants + "      winner_by: opens\n")
+
+
+def _sent(variant: str, sent: int, clicks: int) -> StepRow:
+    zero = Decimal(0)
+    return StepRow("ab", "mail", variant, sent, sent, 0, 0, 0, 0, clicks, 0, 0, 0, zero, zero)
+
+
+def test_the_ab_section_names_the_declared_winner_and_since_when() -> None:
+    variants = "      variants: [{id: a}, {id: b}]\n"
+    ab = parse_journey(BASE + variants + "      winner_by: click\n      send_winner: true\n")
+    rows = [_sent("a", 150, 60), _sent("b", 150, 3)]
+    at = datetime(2022, 1, 3, 9, 30, tzinfo=UTC)
+    declared = DeclaredWinner("ab", 1, "mail", "a", "click", {"b": 0.001}, {}, at)
+    (test,) = ab_tests(ab, rows, {"mail": declared})
+    assert test.winner == "a" and test.declared is not None
+    assert (test.declared.variant, test.declared.declared_at) == ("a", at)
+    assert test.declared.note == (
+        "a declared the winner by click on 2022-01-03 09:30 UTC: everyone who reaches this "
+        "step since gets it"
+    )
+    (undeclared,) = ab_tests(ab, rows)
+    assert undeclared.winner == "a" and undeclared.declared is None
+    (only_declared,) = ab_tests(ab, [], {"mail": declared})  # nothing sent in the range
+    assert only_declared.declared is not None and only_declared.winner is None
 
 
 def test_chart_labels_are_escaped() -> None:
