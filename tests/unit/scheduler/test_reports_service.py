@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
+from services.scheduler.adapters.winner_repository import DeclaredWinner
 from services.scheduler.domain.journey import parse_journey
 from services.scheduler.reports import charts
-from services.scheduler.adapters.winner_repository import DeclaredWinner
 from services.scheduler.reports.repository import CohortCell, OutcomeRow, StepRow
 from services.scheduler.reports.service import ab_tests, cohort_matrix, holdout_lift, lift_verdict
 from services.scheduler.reports.statistics import Interval
