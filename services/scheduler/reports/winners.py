@@ -15,7 +15,11 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.repository import JourneyRepository
-from services.scheduler.adapters.winner_repository import DeclaredWinner, WinnerRepository
+from services.scheduler.adapters.winner_repository import (
+    DeclaredWinner,
+    Version,
+    WinnerRepository,
+)
 from services.scheduler.domain.journey import Journey
 from services.scheduler.reports.repository import ReportsRepository, StepRow
 from services.scheduler.reports.service import ab_verdict, judged_variant
@@ -26,8 +30,19 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 SERVICE = "scheduler"
 
-# (journey id, version, step id, metric): a send_winner step still without a winner
-Candidate = tuple[str, int, str, str]
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A send_winner step of an active journey version that has no winner yet."""
+
+    journey_id: str
+    version: int
+    step_id: str
+    metric: str
+
+    @property
+    def of(self) -> Version:
+        return self.journey_id, self.version
 
 
 @dataclass
@@ -35,7 +50,7 @@ class WinnerDeclarer:
     engine: AsyncEngine  # the control plane's own pool
     clock: Clock
     interval_s: float
-    looked_at: datetime | None = None  # when the last pass finished looking (clock time)
+    looked_at: datetime | None = None  # the clock time of the last pass that completed
 
     async def run(self) -> None:
         """Runs forever under the service's Loops; a failed pass is tried again next interval."""
@@ -56,11 +71,9 @@ class WinnerDeclarer:
             stored = await JourneyRepository().all_versions(conn)
             known = await WinnerRepository(conn).of_versions([(j.id, j.version) for j, _ in stored])
             candidates = [c for j, active in stored if active for c in _candidates(j, known)]
-            rows = await repo.variants_of(sorted({(c[0], c[1]) for c in candidates}))
-        found = [
-            w for c in candidates if (w := _declare(c, rows.get((c[0], c[1]), []), now)) is not None
-        ]
-        recorded = [w for w in found if await self._record(w)]
+            rows = await repo.variants_of(sorted({c.of for c in candidates}))
+        verdicts = [_declare(c, rows.get(c.of, []), now) for c in candidates]
+        recorded = [w for w in verdicts if w is not None and await self._record(w)]
         self.looked_at = now
         return recorded
 
@@ -79,10 +92,10 @@ class WinnerDeclarer:
         return declared
 
 
-def _candidates(journey: Journey, known: dict[tuple[str, int], dict[str, str]]) -> list[Candidate]:
+def _candidates(journey: Journey, known: dict[Version, dict[str, str]]) -> list[_Candidate]:
     declared = known.get((journey.id, journey.version), {})
     return [
-        (journey.id, journey.version, step.id, step.send.winner_by)
+        _Candidate(journey.id, journey.version, step.id, step.send.winner_by)
         for step in journey.steps
         if step.send is not None
         and step.send.send_winner
@@ -91,20 +104,20 @@ def _candidates(journey: Journey, known: dict[tuple[str, int], dict[str, str]]) 
     ]
 
 
-def _declare(candidate: Candidate, rows: list[StepRow], now: datetime) -> DeclaredWinner | None:
-    journey_id, version, step_id, metric = candidate
-    mine = [r for r in rows if r.step_id == step_id]
-    verdict = ab_verdict(mine, metric)
+def _declare(candidate: _Candidate, rows: list[StepRow], now: datetime) -> DeclaredWinner | None:
+    """A winner when the reports' test over the step's variants declares one; else None."""
+    mine = [r for r in rows if r.step_id == candidate.step_id]
+    verdict = ab_verdict(mine, candidate.metric)
     if verdict.winner is None:
         return None
     return DeclaredWinner(
-        journey_id=journey_id,
-        journey_version=version,
-        step_id=step_id,
+        journey_id=candidate.journey_id,
+        journey_version=candidate.version,
+        step_id=candidate.step_id,
         variant=verdict.winner,
-        metric=metric,
+        metric=candidate.metric,
         p_values=verdict.p_values,
-        figures={str(r.variant): _figures(r, metric) for r in mine},
+        figures={str(r.variant): _figures(r, candidate.metric) for r in mine},
         declared_at=now,
     )
 
