@@ -75,11 +75,19 @@ _FACTS_COLUMNS = """c.customer_key, c.partition, c.profile::text AS profile,
 CUSTOMERS = f"""
     SELECT {_FACTS_COLUMNS} FROM {WITH_PREDICTIONS} WHERE c.customer_key = ANY($1::text[])
 """
+# name: lock_segment_customers
+# Every path that writes a segment timer from a customer's facts (an activity batch, the
+# sweep, a refresh of the predictions) locks the customer rows first, in key order, and reads
+# the facts under that lock; only then the timers. So a sweep never writes a timer computed
+# from facts an activity batch has replaced meanwhile (it waits for the batch and reads the
+# new facts), and the two never wait on each other's locks in opposite orders.
+CUSTOMERS_FOR_UPDATE = CUSTOMERS + " ORDER BY c.customer_key FOR UPDATE OF c"
 PARTITION_CHUNK = f"""
     SELECT {_FACTS_COLUMNS} FROM {WITH_PREDICTIONS}
     WHERE c.partition = $1 AND c.customer_key > $2
     ORDER BY c.customer_key
     LIMIT $3
+    FOR UPDATE OF c
 """
 SWEPT = """
     SELECT journey_id, version, partition, swept_at FROM scheduler.segment_sweeps
@@ -189,8 +197,12 @@ class SegmentRepository:
         else:
             await driver.execute(SWEEP_TIMERS, *columns, sweep_at)
 
-    async def customers(self, keys: Sequence[str]) -> dict[str, CustomerFacts]:
-        rows = await (await self._driver()).fetch(CUSTOMERS, list(keys))
+    async def customers(self, keys: Sequence[str], lock: bool = False) -> dict[str, CustomerFacts]:
+        """The customers' facts; `lock`: their rows locked in key order (see
+        CUSTOMERS_FOR_UPDATE), before any segment timer of theirs is locked or written."""
+        rows = await (await self._driver()).fetch(
+            CUSTOMERS_FOR_UPDATE if lock else CUSTOMERS, list(sorted(keys))
+        )
         return {r["customer_key"]: customer_of(r) for r in rows}
 
     async def partition_chunk(self, partition: int, after: str, limit: int) -> list[CustomerFacts]:

@@ -105,8 +105,9 @@ class SegmentTracker:
             return None
         repo = SegmentRepository(conn)
         keys = sorted({a.profile.key for a, _ in batch})
+        previous = await repo.customers(keys, lock=True)  # customers, then timers: the sweep's order
         pending = await repo.lock_timers(keys, [j.id for j in journeys])
-        return Before(journeys, await repo.customers(keys), pending)
+        return Before(journeys, previous, pending)
 
     async def after(
         self,
@@ -300,11 +301,12 @@ class PredictionEntries:
         now: datetime,
     ) -> int:
         repo = SegmentRepository(conn)
+        customers = await repo.customers(sorted(previous), lock=True)  # before their timers
         pending = await repo.lock_timers(sorted(previous), [j.id for j in journeys])
         rows: list[SegmentTimerRow] = []
         gone: list[tuple[str, str]] = []
         entered = 0
-        for customer in (await repo.customers(sorted(previous))).values():
+        for customer in customers.values():
             after = segment_facts(customer, now)
             before = segment_facts(replace(customer, predictions=previous[customer.key]), now)
             for journey in journeys:
