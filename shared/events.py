@@ -209,6 +209,13 @@ class CategoryFacts(Contract):
     average_days_between_orders: float | None = None
 
 
+class RecentOrder(Contract):
+    """One order of the last two periods: what the period figures are summed from."""
+
+    at: Instant
+    total: Decimal
+
+
 class Profile(Contract):
     """What the scheduler and dispatcher need to know about a customer, as of one event."""
 
@@ -238,6 +245,12 @@ class Profile(Contract):
     spent_last_period: Decimal = Decimal(0)
     orders_previous_period: int = 0
     spent_previous_period: Decimal = Decimal(0)
+    recent_orders: list[RecentOrder] | None = Field(
+        default=None,
+        description="The orders the last and the previous period are summed from (at least "
+        "those of the two periods before as_of), oldest first: with them the four period "
+        "figures can be recomputed at any moment. None: a publisher that does not send them",
+    )
     categories: list[CategoryFacts] = Field(default_factory=list)
     last_order_categories: list[str] = Field(default_factory=list)
     country: str | None = None

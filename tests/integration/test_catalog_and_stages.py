@@ -263,6 +263,10 @@ async def test_the_published_profile_carries_rhythm_periods_categories_and_time_
     assert (p["average_days_between_orders"], p["days_since_last_order"]) == (55, 10)
     assert p["expected_next_order_at"].startswith((now + timedelta(days=45)).date().isoformat())
     assert (p["orders_last_period"], p["orders_previous_period"], p["period_days"]) == (2, 1, 90)
+    # the orders the periods are summed from, so the scheduler can slide them with time
+    assert [o["at"][:10] for o in p["recent_orders"]] == [
+        (now - timedelta(days=d)).date().isoformat() for d in (120, 60, 10)
+    ]
     # T's category comes from the catalog; U is unknown, so the last order has no category.
     assert [(c["category"], c["orders"], c["average_days_between_orders"]) for c in
             p["categories"]] == [("tea", 2, 60)]  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,12 +22,13 @@ from services.scheduler.settings import SchedulerSettings
 from shared import events
 from shared.clock import ManualClock
 from shared.db import make_engine
-from shared.events import Activity, MessageRequest, Profile
+from shared.events import Activity, MessageRequest, Profile, RecentOrder
 from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
 from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually, read_topic
 
 pytestmark = pytest.mark.integration
 DAY = timedelta(days=1)
+SHIPPED = Path(__file__).parents[2] / "services" / "scheduler" / "journeys"
 
 WIN_BACK = """
 id: win-back
@@ -432,3 +434,42 @@ async def test_an_entry_timer_placed_again_after_it_fired_enrols_nobody_twice(
     await scheduler.timers.fire_due()
     assert await timer_due(settings, 1) is None
     assert [e["status"] for e in await enrolled(settings, "one-send")] == ["completed"]
+
+
+async def test_purchases_fell_by_half_enrols_when_time_alone_slides_the_periods(
+    topics: Topics,
+    settings: SchedulerSettings,
+    clock: ManualClock,
+    producer: AIOKafkaProducer,
+    scheduler: SchedulerService,
+) -> None:
+    """The shipped win-back-drop (90-day periods): 100 spent 120 days ago and 100 spent 20 days
+    ago is no drop. With no event at all, on day 70 the recent order slides into the previous
+    period and the last one is empty: the customer enters then, not a second earlier."""
+    shipped = (SHIPPED / "win-back-drop.yaml").read_text()
+    await put(scheduler, shipped.replace("active: false", "active: true"))
+    start, spent = clock.now(), Decimal(100)
+    placed = [start - 120 * DAY, start - 20 * DAY]
+    await Shop(producer, topics, clock).activity(
+        1,
+        kind=events.STAGE_CHANGED_KIND,
+        orders_count=2,
+        total_spent=2 * spent,
+        last_order_at=placed[1],
+        orders_last_period=1,
+        spent_last_period=spent,
+        orders_previous_period=1,
+        spent_previous_period=spent,
+        recent_orders=[RecentOrder(at=at, total=spent) for at in placed],
+    )
+    await eventually(lambda: timer_due(settings, 1), what="segment timer stored")
+    assert await timer_due(settings, 1) == start + 70 * DAY
+
+    await clock.advance(70 * DAY - timedelta(seconds=1))
+    await scheduler.timers.fire_due()
+    assert await enrolled(settings, "win-back-drop") == []
+    await clock.advance(timedelta(seconds=1))
+
+    await eventually(lambda: enrolled(settings, "win-back-drop"), what="enrolled by the timer")
+    [enrolment] = await enrolled(settings, "win-back-drop")
+    assert enrolment["entered_at"] == start + 70 * DAY

@@ -28,18 +28,23 @@ from services.scheduler.segments.repository import SegmentRepository
 from services.scheduler.segments.service import SegmentSweeper, segment_facts
 from shared.clock import ManualClock
 from shared.db import make_engine
-from shared.events import CartSnapshot, CategoryFacts, Line, Profile
+from shared.events import CartSnapshot, CategoryFacts, Line, Profile, RecentOrder
 from shared.kafka import Assignment
 from shared.topics import Topics
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 DAY = timedelta(days=1)
+SECOND = timedelta(seconds=1)
 conditions: TypeAdapter[Condition] = TypeAdapter(Condition)
 
 LEAVES: list[dict[str, Any]] = [
     {"field": "profile.days_since_last_order", "op": "gte", "value": 90},
     {"field": "profile.days_since_last_order", "op": "lt", "value": 30},
+    # the period figures: from the recent orders as of now when the profile lists them
+    {"field": "profile.orders_previous_period", "op": "gte", "value": 1},
+    {"field": "profile.orders_last_period", "op": "eq", "value": 0},
+    {"field": "profile.spent_previous_period", "op": "gt", "value": 50},
     {"field": "profile.days_since_registration", "op": "gt", "value": 365},
     {"field": "profile.days_until_expected_order", "op": "lte", "value": 5},
     {"field": "profile.last_order_at", "op": "within", "value": "300d"},
@@ -99,6 +104,7 @@ def maybe(rng: random.Random, value: Any) -> Any:
 def customer(rng: random.Random, n: int) -> CustomerFacts:
     last = NOW - rng.randint(0, 400) * DAY - rng.randint(0, 86_399) * timedelta(seconds=1)
     orders = rng.randint(0, 4)
+    period = rng.choice([30, 90])
     profile = Profile(
         key=f"shop:c:{n}",
         shop_id=rng.choice(["a", "b"]),
@@ -111,6 +117,9 @@ def customer(rng: random.Random, n: int) -> CustomerFacts:
         expected_next_order_at=maybe(rng, NOW + rng.randint(-30, 30) * DAY),
         spent_last_period=Decimal(rng.randint(0, 100)),
         spent_previous_period=Decimal(rng.randint(0, 100)),
+        orders_previous_period=rng.randint(0, 2),
+        period_days=period,
+        recent_orders=recent_orders(rng, period) if rng.random() < 0.6 else None,
         stage=maybe(rng, rng.choice(["new", "active", "inactive", "falling_asleep"])),
         country=maybe(rng, rng.choice(["DE", "FR", "ES"])),
         high_value=rng.random() < 0.1,
@@ -135,6 +144,17 @@ def customer(rng: random.Random, n: int) -> CustomerFacts:
             updated_at=NOW - rng.randint(0, 7200) * timedelta(seconds=1),
         )
     return CustomerFacts(profile.key, n % 3, profile, cart)
+
+
+def recent_orders(rng: random.Random, period: int) -> list[RecentOrder]:
+    """Orders of the last periods, some exactly on a period's edge (the edges are exclusive
+    at the far end: an order placed exactly one period ago is in the previous period)."""
+    edges = [NOW - period * DAY, NOW - 2 * period * DAY, NOW]
+    moments = [
+        rng.choice(edges) if rng.random() < 0.3 else NOW - rng.randint(0, 250 * 86_400) * SECOND
+        for _ in range(rng.randint(0, 4))
+    ]
+    return [RecentOrder(at=at, total=Decimal(rng.randint(1, 9000)) / 100) for at in sorted(moments)]
 
 
 @pytest.fixture

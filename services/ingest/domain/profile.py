@@ -52,6 +52,7 @@ def with_order_facts(
             "spent_last_period": derived.spent_last_period,
             "orders_previous_period": derived.orders_previous_period,
             "spent_previous_period": derived.spent_previous_period,
+            "recent_orders": [ev.RecentOrder(at=at, total=total) for at, total in facts.recent],
             "categories": _categories(facts.categories.values()),
             "last_order_categories": list(facts.last_categories),
             "country": place.country,

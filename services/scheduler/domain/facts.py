@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from services.scheduler.domain.period_facts import figures
 from shared.events import CartSnapshot, MessageEngagement, Profile
 
 SECONDS_PER_DAY = 86_400
@@ -39,6 +40,9 @@ def build_facts(
     `predictions` the customer's purchase predictions (PredictionRepository.facts_for)."""
     profile_facts = profile.model_dump()
     profile_facts.update(predictions or NO_PREDICTIONS)
+    if profile.recent_orders is not None:  # the period figures as of now, not as of as_of
+        orders = ((o.at, o.total) for o in profile.recent_orders)
+        profile_facts.update(figures(orders, profile.period_days, now))
     profile_facts["days_since_last_order"] = _days_since(profile.last_order_at, now)
     profile_facts["days_since_registration"] = _days_since(profile.registered_at, now)
     profile_facts["days_since_first_order"] = _days_since(profile.first_order_at, now)

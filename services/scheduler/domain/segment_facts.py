@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from services.scheduler.domain.conditions import All, Any_, Condition, Leaf
 from services.scheduler.domain.facts import NO_PREDICTIONS, PREDICTION_FACTS
+from services.scheduler.domain.period_facts import PERIOD_PATHS
 from shared.events import CartSnapshot, CategoryFacts, Profile
 
 Kind = Literal["number", "decimal", "days", "text", "bool", "time", "list"]
@@ -27,6 +28,13 @@ DAYS_FACTS: dict[str, tuple[str, int]] = {
     "profile.days_until_predicted_order": ("profile.predicted_next_order_at", -1),
 }
 _CATEGORY_DAYS = re.compile(r"^(profile\.categories\.[^.]+)\.days_since_last_order$")
+# Figures counted over a window before the customer's last activity that time alone changes
+# in a way the engine cannot compute (the events counted are not on the profile): a segment
+# on them would silently never see them fall, so it is refused.
+UNTIMED_FACTS = {
+    "profile.opens_90d": "human opens in the 90 days before the last activity",
+    "profile.clicks_90d": "clicks in the 90 days before the last activity",
+}
 ORDERING_OPS = ("gt", "gte", "lt", "lte")
 AGE_OPS = ("older_than", "within")
 PRESENCE_OPS = ("exists", "not_exists")
@@ -148,6 +156,12 @@ def reads_predictions(condition: Condition) -> bool:
 
 def _check_leaf(leaf: Leaf) -> None:
     name = f"{leaf.field} {leaf.op}"
+    for path in (leaf.field, leaf.ref):
+        if path in UNTIMED_FACTS:
+            raise SegmentError(
+                f"{name}: {path} ({UNTIMED_FACTS[path]}) changes with time in a way the "
+                "engine cannot compute, so a segment cannot use it (a branch can)"
+            )
     kind = fact_kind(leaf.field)
     if leaf.op in PRESENCE_OPS:
         return
@@ -174,6 +188,8 @@ def _check_ref(leaf: Leaf, kind: Kind, name: str) -> None:
     ref_kind = fact_kind(leaf.ref or "")
     if ref_kind == "days":
         raise SegmentError(f"{name} ref {leaf.ref}: a time fact cannot be the reference")
+    if kind == "days" and leaf.ref in PERIOD_PATHS:
+        raise SegmentError(f"{name} ref {leaf.ref}: a period figure cannot bound a time fact")
     if kind not in NUMERIC_KINDS or ref_kind not in NUMERIC_KINDS or leaf.op in ("in", "not_in"):
         raise SegmentError(f"{name} ref {leaf.ref}: a ref compares two numbers")
 

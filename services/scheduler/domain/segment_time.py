@@ -2,8 +2,10 @@
 
 Every time-dependent fact is a straight line in time: `days_since_last_order` grows by one a
 day from `last_order_at`, `days_until_expected_order` shrinks towards `expected_next_order_at`,
-`older_than` / `within` compare a datetime's age with a duration. So each leaf of a condition
-holds on one interval of time (or on none, or always), and `all` / `any` / `not` are
+`older_than` / `within` compare a datetime's age with a duration; the last and the previous
+period's orders and spend are steps, changing when an order moves from one period to the next
+(domain/period_facts.py), so a leaf on them is evaluated once per step. So each leaf of a condition
+holds on intervals of time (or on none, or always), and `all` / `any` / `not` are
 intersection, union and complement of interval sets. From a customer's current facts this
 gives every future moment they enter or leave the segment, without evaluating anyone on a
 schedule. Instants are whole microseconds (PostgreSQL's resolution); intervals are closed.
@@ -11,12 +13,14 @@ schedule. Instants are whole microseconds (PostgreSQL's resolution); intervals a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from services.scheduler.domain.conditions import All, Any_, Condition, Facts, Leaf, lookup
+from services.scheduler.domain.period_facts import PERIOD_PATHS, at_moment, changes, orders_of
 from services.scheduler.domain.segment_facts import AGE_OPS, ORDERING_OPS, days_fact
 from shared.clock import parse_duration
 
@@ -110,6 +114,8 @@ def holds_by_timeline(condition: Condition, facts: Facts, now: datetime) -> bool
 
 
 def _leaf(leaf: Leaf, facts: Facts, now: datetime) -> Timeline:
+    if leaf.field in PERIOD_PATHS or leaf.ref in PERIOD_PATHS:
+        return _stepwise(leaf, facts, now)
     moving = days_fact(leaf.field)
     if leaf.op in AGE_OPS:
         return _age(leaf, lookup(facts, leaf.field), now)
@@ -123,6 +129,23 @@ def _leaf(leaf: Leaf, facts: Facts, now: datetime) -> Timeline:
         return _clip(_ordering(leaf.op, anchor, days, moving[1]), now)
     except OverflowError:  # a threshold beyond the calendar: as of now, forever the same
         return (Span(now),) if leaf.holds(facts, now) else ()
+
+
+def _stepwise(leaf: Leaf, facts: Facts, now: datetime) -> Timeline:
+    """A leaf on the period figures: constant between the moments an order changes period."""
+    profile = facts.get("profile")
+    orders = orders_of(profile) if isinstance(profile, Mapping) else None
+    if orders is None or not isinstance(profile, Mapping):  # figures as published: they stay
+        return (Span(now),) if leaf.holds(facts, now) else ()
+    moments = [now, *changes(orders, int(profile.get("period_days") or 90), now)]
+    ends: list[datetime | None] = [m - TICK for m in moments[1:]]
+    return _normal(
+        [
+            Span(start, end)
+            for start, end in zip(moments, [*ends, None], strict=True)
+            if leaf.holds(at_moment(facts, start), start)
+        ]
+    )
 
 
 def _age(leaf: Leaf, moment: Any, now: datetime) -> Timeline:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.scheduler.domain.conditions import All, Any_, Condition, Leaf
+from services.scheduler.domain.period_facts import PERIOD_FACTS, PERIOD_PATHS
 from services.scheduler.domain.segment_facts import days_fact, fact_kind
 from shared.clock import parse_duration
 
@@ -108,12 +109,31 @@ def _text(leaf: Leaf, value: str, params: Params) -> str:
 
 
 def _value(path: str, kind: str, params: Params) -> str:
+    if path in PERIOD_PATHS:
+        return _period(path, params)
     moving = days_fact(path)
     if moving is not None:
         anchor, direction = moving
         since = f"extract(epoch FROM {params.now_ref} - {_json(anchor, 'time', params)}) / 86400"
         return f"({since})" if direction == 1 else f"(-({since}))"
     return _json(path, kind, params)
+
+
+def _period(path: str, params: Params) -> str:
+    """A period figure as of `now` from the profile's recent orders (period_facts.figures), or
+    as published when the profile lists none."""
+    name = path.removeprefix("profile.")
+    which, what = PERIOD_FACTS[name]
+    period = "make_interval(secs => (c.profile->>'period_days')::numeric * 86400)"
+    end = f"({params.now_ref} - {which - 1} * {period})"
+    figure = "count(*)::numeric" if what == "orders" else "coalesce(sum((o->>'total')::numeric), 0)"
+    at = "(o->>'at')::timestamptz"
+    return (
+        "(CASE WHEN jsonb_typeof(c.profile->'recent_orders') = 'array' THEN "
+        f"(SELECT {figure} FROM jsonb_array_elements(c.profile->'recent_orders') o "
+        f"WHERE {at} > {end} - {period} AND {at} <= {end}) "
+        f"ELSE (c.profile->>'{name}')::numeric END)"
+    )
 
 
 def _json(path: str, kind: str, params: Params) -> str:

@@ -105,7 +105,8 @@ class SegmentTracker:
             return None
         repo = SegmentRepository(conn)
         keys = sorted({a.profile.key for a, _ in batch})
-        previous = await repo.customers(keys, lock=True)  # customers, then timers: the sweep's order
+        # The customers, then their timers: the order the sweep locks them in.
+        previous = await repo.customers(keys, lock=True)
         pending = await repo.lock_timers(keys, [j.id for j in journeys])
         return Before(journeys, previous, pending)
 

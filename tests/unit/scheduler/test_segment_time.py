@@ -25,6 +25,7 @@ from shared.events import CategoryFacts, Profile
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 conditions: TypeAdapter[Condition] = TypeAdapter(Condition)
 
 
@@ -131,6 +132,48 @@ def test_not_turns_a_window_into_its_outside() -> None:
     assert entry.at == registered + 365 * DAY + timedelta(microseconds=1)
 
 
+FELL_BY_HALF = cond(  # the shipped win-back-drop.yaml's segment
+    {
+        "all": [
+            {"field": "profile.orders_previous_period", "op": "gte", "value": 1},
+            {
+                "field": "profile.spent_last_period",
+                "op": "lte",
+                "ref": "profile.spent_previous_period",
+                "times": 0.5,
+            },
+        ]
+    }
+)
+
+
+def orders(*placed: tuple[datetime, int]) -> list[dict[str, Any]]:
+    return [{"at": at, "total": Decimal(total)} for at, total in placed]
+
+
+def test_purchases_fall_by_half_when_an_order_slides_into_the_previous_period() -> None:
+    """100 spent 120 days ago, 100 spent 20 days ago (90-day periods): no drop now. On day 60
+    the old order leaves both periods (nothing to fall from); on day 70 the recent one moves
+    into the previous period with nothing after it: fell by half, until it leaves on day 160."""
+    recent = orders((NOW - 120 * DAY, 100), (NOW - 20 * DAY, 100))
+    now_facts = facts(recent_orders=recent, spent_last_period=Decimal(100))
+    assert now_facts["profile"]["spent_previous_period"] == Decimal(100)  # as of now
+    entry = next_entry(FELL_BY_HALF, now_facts, NOW)
+    assert entry == Entry(NOW + 70 * DAY, NOW + 160 * DAY - timedelta(microseconds=1))
+    assert entry.at is not None
+    assert not FELL_BY_HALF.holds(facts(entry.at - MICRO, recent_orders=recent), entry.at - MICRO)
+    assert FELL_BY_HALF.holds(facts(entry.at, recent_orders=recent), entry.at)
+
+
+def test_period_figures_without_the_orders_stay_as_published() -> None:
+    published = facts(orders_previous_period=1, spent_previous_period=Decimal(80))
+    assert next_entry(FELL_BY_HALF, published, NOW) == Entry(None)
+    assert holds_by_timeline(FELL_BY_HALF, published, NOW)
+
+
+MICRO = timedelta(microseconds=1)
+
+
 def test_an_activity_enters_only_when_it_makes_the_condition_true() -> None:
     stage = cond({"field": "profile.stage", "op": "eq", "value": "inactive"})
     before, after = facts(stage="falling_asleep"), facts(stage="inactive")
@@ -164,6 +207,15 @@ def test_a_timer_that_meets_the_engine_one_tick_early_looks_again_soon() -> None
         ),
         ({"field": "profile.days_since_last_order", "op": "gt", "value": "soon"}, "not a number"),
         ({"field": "profile.categories.tea", "op": "exists"}, "categories.<name>"),
+        ({"field": "profile.opens_90d", "op": "gte", "value": 1}, "cannot compute"),
+        (
+            {
+                "field": "profile.days_since_last_order",
+                "op": "gte",
+                "ref": "profile.orders_last_period",
+            },
+            "period figure cannot bound a time fact",
+        ),
     ],
 )
 def test_segments_whose_entry_cannot_be_computed_are_refused_naming_the_fact(
@@ -186,6 +238,14 @@ LEAVES: list[dict[str, Any]] = [
     {"field": "profile.registered_at", "op": "older_than", "value": "100d"},
     {"field": "profile.days_until_expected_order", "op": "lte", "value": 3},
     {"field": "profile.orders_count", "op": "gte", "value": 2},
+    {"field": "profile.orders_previous_period", "op": "gte", "value": 1},
+    {"field": "profile.orders_last_period", "op": "eq", "value": 0},
+    {
+        "field": "profile.spent_last_period",
+        "op": "lte",
+        "ref": "profile.spent_previous_period",
+        "times": 0.5,
+    },
 ]
 
 
@@ -198,6 +258,10 @@ def random_condition(rng: random.Random, depth: int = 0) -> dict[str, Any]:
     return {kind: [random_condition(rng, depth + 1) for _ in range(rng.randint(1, 3))]}
 
 
+def random_order(rng: random.Random) -> tuple[datetime, int]:
+    return NOW - rng.randint(-20, 200) * DAY - rng.randint(0, 23) * HOUR, rng.randint(1, 99)
+
+
 def test_the_timeline_agrees_with_the_condition_at_every_hour_of_a_year() -> None:
     rng = random.Random(7)
     for _ in range(60):
@@ -207,6 +271,7 @@ def test_the_timeline_agrees_with_the_condition_at_every_hour_of_a_year() -> Non
             "registered_at": NOW - rng.randint(0, 800) * DAY,
             "expected_next_order_at": NOW + rng.randint(-30, 60) * DAY,
             "orders_count": rng.randint(1, 3),
+            "recent_orders": orders(*sorted(random_order(rng) for _ in range(rng.randint(0, 4)))),
         }
         at = NOW
         entries = []
