@@ -473,3 +473,72 @@ async def test_purchases_fell_by_half_enrols_when_time_alone_slides_the_periods(
     await eventually(lambda: enrolled(settings, "win-back-drop"), what="enrolled by the timer")
     [enrolment] = await enrolled(settings, "win-back-drop")
     assert enrolment["entered_at"] == start + 70 * DAY
+
+
+def backfilled_win_back(bound: str) -> str:
+    return WIN_BACK.replace(
+        "      - {field: profile.last_order_at, op: within, value: 300d}\n",
+        "      - {field: profile.last_order_at, op: within, value: 300d}\n" + bound,
+    )
+
+
+async def test_a_backfill_with_max_enrols_that_many_most_recent_orders_first(
+    topics: Topics,
+    settings: SchedulerSettings,
+    clock: ManualClock,
+    producer: AIOKafkaProducer,
+    scheduler: SchedulerService,
+) -> None:
+    """Ten customers already in the win-back segment, `max: 3`: the preview and the backfill
+    both take the three whose last order is the most recent (a tie by customer key)."""
+    shop, start = Shop(producer, topics, clock), clock.now()
+    days = {1: 95, 2: 91, 3: 93, 4: 93, 5: 99, 6: 92, 7: 120, 8: 250, 9: 150, 10: 97}
+    for customer, ago in days.items():
+        await shop.activity(customer, orders_count=1, last_order_at=start - ago * DAY)
+    await shop.activity(11, orders_count=1, last_order_at=start - 10 * DAY)  # not yet in
+    await shop.activity(12, orders_count=1, last_order_at=start - 400 * DAY)  # out of bound
+    await eventually(lambda: seen(settings, 12), what="the facts at the scheduler")
+    definition = backfilled_win_back("  backfill: {max: 3}\n")
+    async with api(scheduler) as client:
+        preview = (await client.post("/journeys/win-back/preview", content=definition)).json()
+    assert preview["would_enter"] == 3
+    chosen = ["shop:c:2", "shop:c:6", "shop:c:3"]  # 91, 92 and 93 days (4 also has 93: after)
+    assert [s["customer_key"] for s in preview["sample"]] == chosen
+
+    assert (await put(scheduler, definition))["backfill_scheduled"] == 3
+    await scheduler.timers.fire_due()
+    await eventually(lambda: _count(enrolled(settings, "win-back"), 3), what="three enrolled")
+    await shop.activity(13, kind=events.STAGE_CHANGED_KIND, stage="active")  # a marker
+    await eventually(lambda: seen(settings, 13), what="all activities applied")
+    await scheduler.timers.fire_due()
+    assert sorted(e["customer_key"] for e in await enrolled(settings, "win-back")) == sorted(chosen)
+
+
+async def test_evaluate_every_is_the_interval_of_the_journeys_safety_net_sweep(
+    topics: Topics,
+    settings: SchedulerSettings,
+    clock: ManualClock,
+    producer: AIOKafkaProducer,
+    scheduler: SchedulerService,
+) -> None:
+    """A lost segment timer (deleted here) is restored by the sweep of `evaluate_every: 7d`:
+    not on days 1 to 6 (the default 1d would have on day 1), on day 7."""
+    await put(scheduler, WIN_BACK.replace("  segment:", "  evaluate_every: 7d\n  segment:"))
+    await scheduler.segment_sweeper.sweep_due()  # the activation's sweep, on day 0
+    shop, start = Shop(producer, topics, clock), clock.now()
+    await shop.order(1)
+    await eventually(lambda: timer_due(settings, 1), what="segment timer stored")
+    engine = make_engine(settings.database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.delete(segment_timers))
+    finally:
+        await engine.dispose()
+
+    for _ in range(6):
+        await clock.advance(DAY)
+        await scheduler.segment_sweeper.sweep_due()
+        assert await timer_due(settings, 1) is None
+    await clock.advance(DAY)
+    await scheduler.segment_sweeper.sweep_due()
+    await eventually(lambda: _is(timer_due(settings, 1), start + 90 * DAY), what="restored")

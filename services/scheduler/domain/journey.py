@@ -47,7 +47,8 @@ class EventTrigger(Model):
 
 class Backfill(Model):
     """On activation, enrol those already in the segment: only those `if` admits, at most
-    `max` of them (most recent orders first). A preview shows who before anyone is mailed."""
+    `max` of them (the most recent last order first, a tie by customer key). A preview shows
+    who before anyone is mailed."""
 
     if_: Condition | None = Field(default=None, alias="if")
     max: int | None = Field(default=None, gt=0)
