@@ -60,7 +60,7 @@ FILL = """
                 - (g % 86400) * interval '1 second') AT TIME ZONE 'UTC',
                 'YYYY-MM-DD"T"HH24:MI:SS"Z"')),
         NULL, $1
-    FROM generate_series(1, $2) g
+    FROM generate_series(1, $2::bigint) g
     ON CONFLICT DO NOTHING
 """
 
@@ -185,7 +185,7 @@ FILL_TIMED = """
         SELECT g, 'bp' || $3::int || ':c:' || g AS key, g <= $1 AS due,
             CASE WHEN g <= $1 THEN $4::timestamptz - interval '91 days'
                  ELSE $4::timestamptz - (g % 80) * interval '1 day' - interval '1 hour' END AS last
-        FROM generate_series(1, $2) g
+        FROM generate_series(1, $2::bigint) g
     ), facts AS (
         INSERT INTO scheduler.customers (customer_key, shop_id, partition, profile, cart,
             updated_at)
