@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,6 +26,7 @@ from services.ingest.domain.engagement import (
     Windows,
     activity,
     last_touch,
+    recovered_by_lines,
     recovered_cart,
     redemption,
 )
@@ -101,7 +103,7 @@ class AttributionConsumer:
                     for code in by_id[o.shop_id, o.order_id].discount_codes
                 ]
             )
-            found: list[tuple[Order, Touch, str | None]] = []
+            touches: list[tuple[Order, Touch, datetime]] = []
             for order in orders:
                 codes = by_id[order.shop_id, order.order_id].discount_codes
                 messages = touched.get(order.customer_key, [])
@@ -110,15 +112,13 @@ class AttributionConsumer:
                     touch = last_touch(messages, order.placed_at, self.windows(order.shop_id))
                 if touch is None:
                     continue
-                row = stored.get((order.shop_id, order.order_id))
-                cart_left_at = row["cart_left_at"] if row is not None else None
                 sent_at = next(
                     (m.sent_at for m in messages if m.request_key == touch.request_key), touch.at
                 )
-                found.append((order, touch, recovered_cart(order, sent_at, cart_left_at)))
+                touches.append((order, touch, sent_at))
                 if touch.late:
                     log.warning("late_redemption", order_id=order.order_id, code=touch.code)
-            await repo.record_conversions(found)
+            await repo.record_conversions(await _with_carts(repo, touches, stored))
             conversions = await repo.conversions(ids)
             keys = {c["customer_key"] for c in conversions}
             facts = FactsRepository(conn)
@@ -176,6 +176,25 @@ class AttributionConsumer:
             )
             out.append((self._topics.activity, row["customer_key"], told))
         return out
+
+
+async def _with_carts(
+    repo: EngagementRepository,
+    touches: Sequence[tuple[Order, Touch, datetime]],
+    stored: Mapping[tuple[str, str], Any],
+) -> list[tuple[Order, Touch, str | None]]:
+    """Each attributed order with the abandoned cart it recovered: by its cart id, or by its
+    lines when it names none (one query for the batch)."""
+    by_lines = await repo.carts_left_before([(o, at) for o, _, at in touches if o.cart_id is None])
+    found: list[tuple[Order, Touch, str | None]] = []
+    for order, touch, sent_at in touches:
+        row = stored.get((order.shop_id, order.order_id))
+        cart = recovered_cart(order, sent_at, row["cart_left_at"] if row is not None else None)
+        candidate = by_lines.get((order.shop_id, order.order_id))
+        if candidate is not None:
+            cart = recovered_by_lines(order, candidate[0], sent_at, candidate[1])
+        found.append((order, touch, cart))
+    return found
 
 
 def _order(placed: ev.Activity, stored: Any) -> Order:

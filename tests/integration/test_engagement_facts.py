@@ -205,6 +205,83 @@ async def test_an_order_two_days_after_a_click_is_credited_one_ten_days_after_is
     assert row == {"converted_at": clicked_at + timedelta(days=2), "revenue": Decimal("84.90")}
 
 
+CART = "cart-left"
+CART_LINES = [
+    {"product_id": "p1", "variant_id": "v1", "title": "Mug", "quantity": 2, "price": "12.00"},
+    {"product_id": "p2", "title": "Tea", "quantity": 1, "price": "8.50"},
+]
+# The cart's items split into other lines, in another order, one naming only the variant.
+SAME_LINES = [
+    {"product_id": "p2", "title": "Tea", "quantity": 1, "price": "8.50"},
+    {"variant_id": "v1", "title": "Mug", "quantity": 1, "price": "12.00"},
+    {"product_id": "p1", "variant_id": "v1", "title": "Mug", "quantity": 1, "price": "12.00"},
+]
+MORE_LINES = [*CART_LINES, {"product_id": "p3", "title": "Spoon", "quantity": 1, "price": "3"}]
+FEWER_LINES = [{**CART_LINES[0], "quantity": 1}, CART_LINES[1]]
+
+
+@pytest.mark.parametrize(
+    ("lines", "cart_id", "recovered"),
+    [
+        (SAME_LINES, None, CART),
+        (MORE_LINES, None, None),
+        (FEWER_LINES, None, None),
+        (CART_LINES, "another-checkout", None),
+        (MORE_LINES, CART, CART),
+    ],
+    ids=["same-lines", "extra-item", "one-mug-less", "another-cart-id", "its-cart-id"],
+)
+async def test_an_order_without_a_cart_id_recovers_the_reminded_cart_with_the_same_lines(
+    client: httpx.AsyncClient,
+    db: AsyncEngine,
+    infra: Infra,
+    topics: Topics,
+    clock: ManualClock,
+    lines: list[dict[str, Any]],
+    cart_id: str | None,
+    recovered: str | None,
+) -> None:
+    await registered(client, db)
+    customer = {"id": "77", "email": "ada@example.com"}
+    cart = {"cart_id": CART, "customer": customer, "lines": CART_LINES, "currency": "EUR"}
+    left_at = clock.now() - timedelta(hours=2)  # the reminder (message) went out an hour later
+    await submit(client, ev.CART_UPDATED, "cart-v1", {**cart, "updated_at": left_at.isoformat()})
+
+    async def cart_stored() -> bool:
+        return bool(await rows(db, "SELECT 1 FROM ingest.carts"))
+
+    await eventually(cart_stored, what="the abandoned cart in the facts")
+    await client.get(f"/t/c/{SIGNER.sign(Claims('click', message(clock), Link(0, 1, LINK)))}")
+
+    async def clicked() -> bool:
+        return bool(await rows(db, "SELECT 1 FROM ingest.messages WHERE last_click_at IS NOT NULL"))
+
+    await eventually(clicked, what="the click in the facts")
+    await clock.advance(timedelta(hours=3))
+    placed = {
+        "order_id": "pos-1",
+        "customer": customer,
+        "lines": lines,
+        "currency": "EUR",
+        "total_price": "32.50",
+        "placed_at": clock.now().isoformat(),
+    }
+    await submit(client, ev.ORDER_PLACED, "order-pos-1", {**placed, "cart_id": cart_id})
+
+    async def converted() -> list[ev.MessageConverted]:
+        published = await on_topic(infra, topics.name(ENGAGEMENT_RESULTS))
+        return [
+            ev.payload(e, ev.MessageConverted) for e in published if e.type == ev.MESSAGE_CONVERTED
+        ]
+
+    await eventually(converted, what="message.converted")
+    [credited] = await converted()
+    assert (credited.order_id, credited.revenue) == ("pos-1", Decimal("32.50"))
+    assert credited.recovered_cart_id == recovered
+    stored = await rows(db, "SELECT recovered_cart_id, revenue FROM ingest.conversions")
+    assert stored == [{"recovered_cart_id": recovered, "revenue": Decimal("32.50")}]
+
+
 async def _attributions_settled(infra: Infra, topics: Topics) -> bool:
     """Both order activities were published; the attribution group read past them."""
     published = await on_topic(infra, topics.name(CUSTOMER_ACTIVITY))

@@ -16,6 +16,8 @@ import orjson
 from services.ingest.domain.engagement import (
     CustomerEngagement,
     IssuedCoupon,
+    LeftCart,
+    LineId,
     MessageRow,
     Order,
     Touch,
@@ -91,6 +93,28 @@ class EngagementRepository(DriverWrites):
         ids = [o for _, o in shop_order_ids]
         rows = await (await self._driver()).fetch(_ORDERS, shops, ids)
         return {(r["shop_id"], r["order_id"]): r for r in rows}
+
+    async def carts_left_before(
+        self, wanted: Sequence[tuple[Order, datetime]]
+    ) -> dict[tuple[str, str], tuple[tuple[LineId, ...], LeftCart]]:
+        """Per (shop, order): the order's lines and its customer's most recent cart left by the
+        time given (when the reminder went out). Orders whose customer left none are absent."""
+        if not wanted:
+            return {}
+        columns: list[list[Any]] = [
+            [o.shop_id for o, _ in wanted],
+            [o.order_id for o, _ in wanted],
+            [o.customer_key for o, _ in wanted],
+            [at for _, at in wanted],
+        ]
+        rows = await (await self._driver()).fetch(_CARTS_LEFT_BEFORE, *columns)
+        return {
+            (r["shop_id"], r["order_id"]): (
+                _line_ids(r["order_lines"]),
+                LeftCart(r["cart_id"], r["left_at"], _line_ids(r["cart_lines"])),
+            )
+            for r in rows
+        }
 
     async def record_coupons(self, coupons: Sequence[ev.CouponIssued]) -> None:
         """Codes handed to messages; a redelivered coupon.issued changes nothing."""
@@ -242,6 +266,24 @@ _ORDERS = """
     LEFT JOIN ingest.carts c ON c.shop_id = o.shop_id AND c.cart_id = o.cart_id
 """
 
+# The order closed its customer's carts already (status 'ordered'), so every status but
+# 'emptied' is a candidate; carts_by_customer (0009) serves the newest-first walk.
+_CARTS_LEFT_BEFORE = """
+    SELECT w.shop_id, w.order_id, c.cart_id, c.updated_at AS left_at, c.lines::text AS cart_lines,
+        (SELECT coalesce(jsonb_agg(jsonb_build_object('product_id', l.product_id,
+                'variant_id', l.variant_id, 'quantity', l.quantity)), '[]'::jsonb)::text
+         FROM ingest.order_lines l
+         WHERE l.shop_id = w.shop_id AND l.order_id = w.order_id) AS order_lines
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+        AS w(shop_id, order_id, customer_key, left_by)
+    CROSS JOIN LATERAL (
+        SELECT k.cart_id, k.updated_at, k.lines FROM ingest.carts k
+        WHERE k.customer_key = w.customer_key AND k.updated_at <= w.left_by
+          AND k.shop_id = w.shop_id AND k.status <> 'emptied'
+        ORDER BY k.updated_at DESC LIMIT 1
+    ) c
+"""
+
 _INSERT_CONVERSIONS = """
     WITH new AS (
         INSERT INTO ingest.conversions (shop_id, order_id, request_key, customer_key, touch,
@@ -294,6 +336,13 @@ def _message_row(row: Any) -> MessageRow:
     return MessageRow(
         **{name: row[name] for name in _MESSAGE_COLUMNS},
         clicked_links=tuple(row["clicked_links"]),
+    )
+
+
+def _line_ids(lines_json: str) -> tuple[LineId, ...]:
+    return tuple(
+        LineId(line.get("product_id"), line.get("variant_id"), int(line["quantity"]))
+        for line in orjson.loads(lines_json)
     )
 
 

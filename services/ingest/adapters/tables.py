@@ -101,6 +101,13 @@ carts = Table(
     Column("recovery_url", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("status", Text, nullable=False),
+    Index(
+        "carts_open_by_customer",
+        "customer_key",
+        "updated_at",
+        postgresql_where=text("status = 'open'"),
+    ),
+    Index("carts_by_customer", "customer_key", "updated_at"),
 )
 
 customer_categories = Table(

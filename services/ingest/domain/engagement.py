@@ -260,6 +260,62 @@ def recovered_cart(order: Order, sent_at: datetime, cart_left_at: datetime | Non
     return order.cart_id
 
 
+@dataclass(frozen=True)
+class LineId:
+    """What identifies a line when orders and carts are compared: the item and how many."""
+
+    product_id: str | None
+    variant_id: str | None
+    quantity: int
+
+
+@dataclass(frozen=True)
+class LeftCart:
+    """The customer's most recent cart left before the reminder went out (any status but
+    emptied: the order itself has already closed it), for an order that names no cart."""
+
+    cart_id: str
+    left_at: datetime
+    lines: tuple[LineId, ...]
+
+
+def recovered_by_lines(
+    order: Order, order_lines: Sequence[LineId], sent_at: datetime, cart: LeftCart | None
+) -> str | None:
+    """An order without a cart/checkout id (a POS, a platform that does not pass it, the
+    events API without cart_id) recovered the cart it has the same lines as. An order that
+    names a cart is judged by that id alone (recovered_cart), never by its lines."""
+    if order.cart_id is not None or cart is None or cart.left_at > sent_at:
+        return None
+    return cart.cart_id if same_lines(order_lines, cart.lines) else None
+
+
+def same_lines(a: Sequence[LineId], b: Sequence[LineId]) -> bool:
+    """The same items in the same quantities, as a multiset: line order and how the platform
+    split them into lines do not matter. Exact, not a superset or a subset: with no id, equal
+    lines are the only evidence that this order is that cart, and an order that merely shares
+    items with it (the cart plus a bigger purchase, or part of it) is another purchase;
+    counting it would inflate the recovery rate the reports show. A side with a line that
+    names neither product nor variant (a title alone) cannot be matched, nor can no lines."""
+    first, second = _multiset(a), _multiset(b)
+    return first is not None and first == second
+
+
+def _multiset(lines: Sequence[LineId]) -> dict[tuple[str, str], int] | None:
+    counted: dict[tuple[str, str], int] = {}
+    for line in lines:
+        # The variant id names the item on its own; one side may omit the product id.
+        if line.variant_id is not None:
+            key = ("variant", line.variant_id)
+        elif line.product_id is not None:
+            key = ("product", line.product_id)
+        else:
+            return None
+        counted[key] = counted.get(key, 0) + line.quantity
+    kept = {key: n for key, n in counted.items() if n > 0}
+    return kept or None
+
+
 # --- what the scheduler hears --------------------------------------------------------------
 
 SOURCE_ENGAGEMENT = "rebound/ingest/engagement"
