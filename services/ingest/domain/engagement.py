@@ -295,8 +295,8 @@ def same_lines(a: Sequence[LineId], b: Sequence[LineId]) -> bool:
     split them into lines do not matter. Exact, not a superset or a subset: with no id, equal
     lines are the only evidence that this order is that cart, and an order that merely shares
     items with it (the cart plus a bigger purchase, or part of it) is another purchase;
-    counting it would inflate the recovery rate the reports show. A side with a line that
-    names neither product nor variant (a title alone) cannot be matched, nor can no lines."""
+    counting it would credit the reminder with a cart it did not recover. A side with a line
+    that names neither product nor variant (a title alone) cannot be matched, nor can none."""
     first, second = _multiset(a), _multiset(b)
     return first is not None and first == second
 
