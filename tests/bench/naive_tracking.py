@@ -11,44 +11,21 @@ Rebound's api process.
 
 from __future__ import annotations
 
-import argparse
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import orjson
-import uvicorn
-from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Response
 
 from services.ingest.tracking import NO_CACHE, PIXEL_GIF
 from shared.tracking import InvalidToken, TokenSigner
+from tests.bench.naive_edge import NaiveEdge, serve
 from tests.bench.tracking import BENCH_KEY
 
 
 def make_app(bootstrap: str, topic: str) -> FastAPI:
-    producer: AIOKafkaProducer
+    edge = NaiveEdge(bootstrap)
+    app = edge.app
     signer = TokenSigner([BENCH_KEY])
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal producer
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            enable_idempotence=False,
-            linger_ms=0,
-            max_batch_size=256 * 1024,
-        )
-        await producer.start()
-        yield
-        await producer.stop()
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
     @app.get("/t/o/{token}")
     async def pixel(token: str) -> Response:
@@ -58,7 +35,7 @@ def make_app(bootstrap: str, topic: str) -> FastAPI:
             return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)
         m = claims.message
         event = {"type": "email.opened", "request_key": m.request_key, "at": time.time()}
-        await producer.send_and_wait(topic, orjson.dumps(event), key=m.customer_key.encode())
+        await edge.producer.send_and_wait(topic, orjson.dumps(event), key=m.customer_key.encode())
         return Response(PIXEL_GIF, media_type="image/gif", headers=NO_CACHE)
 
     @app.get("/t/c/{token}")
@@ -71,28 +48,11 @@ def make_app(bootstrap: str, topic: str) -> FastAPI:
         if link is None:
             return Response(b"not found", status_code=404)
         event = {"type": "email.clicked", "request_key": m.request_key, "url": link.url}
-        await producer.send_and_wait(topic, orjson.dumps(event), key=m.customer_key.encode())
+        await edge.producer.send_and_wait(topic, orjson.dumps(event), key=m.customer_key.encode())
         return Response(status_code=302, headers={"location": link.url})
 
     return app
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--topic", required=True)
-    args = parser.parse_args()
-    uvicorn.run(
-        make_app(args.bootstrap, args.topic),
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-    )
-
-
 if __name__ == "__main__":
-    main()
+    serve(make_app, __doc__)
