@@ -14,6 +14,7 @@ import asyncio
 import csv
 import re
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,7 +23,6 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
-import uvicorn
 import yaml
 from aiokafka import AIOKafkaProducer
 from mailcatcher import CaughtMail, MailStore
@@ -48,6 +48,7 @@ from shared.kafka import Publisher
 from shared.topics import CUSTOMER_ACTIVITY, Topics
 from shared.tracking import TrackingKey
 from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
+from tests.e2e.system import common_settings, served, start_scheduler
 from tests.unit.ingest.deliveries import API_TOKEN, SHOP, SHOP_ID
 
 KEYS = [TrackingKey(kid="k1", secret=SecretStr("j" * 40))]
@@ -404,11 +405,7 @@ async def start_system(
     store, smtp_port = MailStore(), free_port()
     catcher = start_catcher(store, smtp_port)
     clock = ManualClock(start)
-    common: dict[str, Any] = {
-        "database_url": database_url,
-        "topic_prefix": topics.prefix,
-        "kafka_bootstrap_servers": infra.bootstrap,
-    }
+    common = common_settings(infra, database_url, topics)
     engine = make_engine(database_url, pool_size=1)
     await load_journeys(engine, DEFAULT_JOURNEYS_DIR, clock)
     await engine.dispose()
@@ -419,12 +416,32 @@ async def start_system(
         clock,
     )
     await ingest.start()
-    server = uvicorn.Server(
-        uvicorn.Config(ingest.app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
-    )
-    serving = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, what="ingest HTTP server")
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        async with (
+            served(ingest.app) as url,
+            _with_mail_and_journeys(
+                infra, topics, clock, store, database_url, url, smtp_port, tmp
+            ) as system,
+        ):
+            yield system
+    finally:
+        await ingest.stop()
+        catcher.stop()
+
+
+@asynccontextmanager
+async def _with_mail_and_journeys(
+    infra: Infra,
+    topics: Topics,
+    clock: ManualClock,
+    store: MailStore,
+    database_url: str,
+    url: str,
+    smtp_port: int,
+    tmp: Path,
+) -> AsyncIterator[System]:
+    """The dispatcher (Tea & Co's mail, tracked through ingest at `url`) and the scheduler."""
+    common = common_settings(infra, database_url, topics)
     shop_mail = ShopMailConfig(
         shop_id=SHOP_ID,
         sender_name="Tea & Co",
@@ -446,11 +463,7 @@ async def start_system(
         clock,
     )
     await dispatcher.start()
-    scheduler = SchedulerService(SchedulerSettings(**common, admin_token=ADMIN_TOKEN), clock)
-    await scheduler.start()
-    await eventually(
-        lambda: bool(scheduler.assignment.partitions), timeout_s=60, what="scheduler partitions"
-    )
+    scheduler = await start_scheduler(SchedulerSettings(**common, admin_token=ADMIN_TOKEN), clock)
     producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all")
     await producer.start()
     system = System(infra, topics, clock, store, database_url, url, scheduler, producer, tmp)
@@ -459,11 +472,8 @@ async def start_system(
         yield system
     finally:
         await producer.stop()
-        server.should_exit = True
-        await serving
-        for service in (scheduler, dispatcher, ingest):
-            await service.stop()
-        catcher.stop()
+        await scheduler.stop()
+        await dispatcher.stop()
 
 
 def utc(year: int, month: int, day: int, hour: int = 0) -> datetime:

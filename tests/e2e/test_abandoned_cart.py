@@ -9,33 +9,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
-import sqlalchemy as sa
-import uvicorn
 from aiokafka import AIOKafkaProducer
 from mailcatcher import MailStore
 
-from services.dispatcher.app import DispatcherService
-from services.dispatcher.settings import DispatcherSettings
-from services.ingest.app import IngestService
-from services.ingest.settings import IngestSettings
-from services.scheduler.adapters.repository import JourneyRepository
-from services.scheduler.app import SchedulerService
 from services.scheduler.domain.journey import parse_journey
-from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
+from services.scheduler.settings import DEFAULT_JOURNEYS_DIR
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.topics import ENGAGEMENT_RESULTS, SHOP_EVENTS, Topics, dlq
 from tests.conftest import Infra, eventually, read_topic
+from tests.e2e.system import System, add_journeys, running_system
 from tests.unit.ingest.deliveries import (
     CART_TOKEN,
-    SHOP,
-    Delivery,
     delivery,
     order_for_checkout_customer,
 )
@@ -44,62 +32,9 @@ pytestmark = pytest.mark.e2e
 CHECKOUT_EMAIL = "example@email.com"
 
 
-@dataclass
-class System:
-    infra: Infra
-    topics: Topics
-    clock: ManualClock
-    mail: MailStore
-    database_url: str
-    ingest_url: str
-    ingest: IngestService
-    scheduler: SchedulerService
-    dispatcher: DispatcherService
-
-    async def post(self, d: Delivery) -> httpx.Response:
-        async with httpx.AsyncClient() as client:
-            return await client.post(
-                f"{self.ingest_url}/webhooks/shopify", content=d.body, headers=d.headers
-            )
-
-    async def sql(self, query: str) -> list[Any]:
-        engine = make_engine(self.database_url, pool_size=1)
-        try:
-            async with engine.connect() as conn:
-                return list((await conn.execute(sa.text(query))).all())
-        finally:
-            await engine.dispose()
-
-    async def timers(self) -> int:
-        return int((await self.sql("SELECT count(*) FROM scheduler.timers"))[0][0])
-
-    async def messages(self) -> list[tuple[str, str | None]]:
-        rows = await self.sql("SELECT status, reason FROM dispatcher.messages ORDER BY 1")
-        return [(r[0], r[1]) for r in rows]
-
-    async def restart_scheduler(self, while_down: timedelta) -> None:
-        await self.scheduler.stop()
-        await self.clock.advance(while_down)
-        self.scheduler = await _start_scheduler(self.scheduler.settings, self.clock)
-
-
-async def _start_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
-    service = SchedulerService(settings, clock)
-    await service.start()
-    await eventually(
-        lambda: bool(service.assignment.partitions), timeout_s=60, what="scheduler partitions"
-    )
-    return service
-
-
 async def _load_abandoned_cart(database_url: str, clock: ManualClock, consent: str) -> None:
     journey = parse_journey((DEFAULT_JOURNEYS_DIR / "abandoned-cart.yaml").read_text())
-    engine = make_engine(database_url, pool_size=1)
-    async with engine.begin() as conn:
-        await JourneyRepository().add(
-            conn, journey.model_copy(update={"consent": consent}), clock.now()
-        )
-    await engine.dispose()
+    await add_journeys(database_url, clock, [journey.model_copy(update={"consent": consent})])
 
 
 @pytest.fixture(params=["none"])
@@ -118,51 +53,9 @@ async def system(
     mail: tuple[MailStore, int],
     journey_consent: str,
 ) -> AsyncIterator[System]:
-    store, smtp_port = mail
-    common: dict[str, Any] = {
-        "database_url": database_url,
-        "topic_prefix": topics.prefix,
-        "kafka_bootstrap_servers": infra.bootstrap,
-    }
     await _load_abandoned_cart(database_url, clock, journey_consent)
-    ingest = IngestService(IngestSettings(**common, shops=[SHOP]), clock)
-    dispatcher = DispatcherService(DispatcherSettings(**common, smtp_port=smtp_port), clock)
-    await ingest.start()
-    await dispatcher.start()
-    scheduler = await _start_scheduler(SchedulerSettings(**common), clock)
-    server = uvicorn.Server(
-        uvicorn.Config(ingest.app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
-    )
-    serving = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, what="ingest HTTP server")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    system = System(
-        infra,
-        topics,
-        clock,
-        store,
-        database_url,
-        f"http://127.0.0.1:{port}",
-        ingest,
-        scheduler,
-        dispatcher,
-    )
-    await eventually(_ready(system), what="ingest ready")
-    try:
+    async with running_system(infra, database_url, topics, clock, mail) as system:
         yield system
-    finally:
-        server.should_exit = True
-        await serving
-        for service in (system.scheduler, dispatcher, ingest):
-            await service.stop()
-
-
-def _ready(system: System) -> Any:
-    async def check() -> bool:
-        async with httpx.AsyncClient() as client:
-            return (await client.get(f"{system.ingest_url}/readyz")).status_code == 200
-
-    return check
 
 
 async def _reminder_due(system: System) -> None:

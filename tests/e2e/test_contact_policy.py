@@ -24,7 +24,6 @@ from mailcatcher import MailStore
 
 from services.dispatcher.app import DispatcherService
 from services.dispatcher.settings import DispatcherSettings
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.app import SchedulerService
 from services.scheduler.domain.journey import parse_journey
 from services.scheduler.settings import SchedulerSettings
@@ -34,6 +33,7 @@ from shared.db import make_engine
 from shared.events import Activity, CartSnapshot, Line, Profile
 from shared.topics import CUSTOMER_ACTIVITY, ENGAGEMENT_RESULTS, Topics
 from tests.conftest import Infra, eventually, read_topic
+from tests.e2e.system import add_journeys, common_settings, start_scheduler
 
 pytestmark = pytest.mark.e2e
 SHOP = "shop-1"
@@ -201,20 +201,7 @@ CUSTOMER = f"{SHOP}:c:1"
 
 
 async def _load(database_url: str, clock: ManualClock, *definitions: str) -> None:
-    engine = make_engine(database_url, pool_size=1)
-    async with engine.begin() as conn:
-        for definition in definitions:
-            await JourneyRepository().add(conn, parse_journey(definition), clock.now())
-    await engine.dispose()
-
-
-async def _start_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
-    service = SchedulerService(settings, clock)
-    await service.start()
-    await eventually(
-        lambda: bool(service.assignment.partitions), timeout_s=60, what="scheduler partitions"
-    )
-    return service
+    await add_journeys(database_url, clock, [parse_journey(d) for d in definitions])
 
 
 @pytest.fixture
@@ -227,14 +214,10 @@ async def shop(
     policies_from_the_environment: None,
 ) -> AsyncIterator[Shop]:
     store, smtp_port = mail
-    common: dict[str, Any] = {
-        "database_url": database_url,
-        "topic_prefix": topics.prefix,
-        "kafka_bootstrap_servers": infra.bootstrap,
-    }
+    common = common_settings(infra, database_url, topics)
     dispatcher = DispatcherService(DispatcherSettings(**common, smtp_port=smtp_port), clock)
     await dispatcher.start()
-    scheduler = await _start_scheduler(SchedulerSettings(**common), clock)
+    scheduler = await start_scheduler(SchedulerSettings(**common), clock)
     producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all")
     await producer.start()
     shop = Shop(infra, topics, clock, store, database_url, scheduler, producer)
@@ -324,7 +307,7 @@ async def test_a_restart_while_mails_wait_loses_none_and_sends_none_twice(
     settings = shop.scheduler.settings
     await shop.scheduler.stop()
     await shop.clock.advance(timedelta(days=1))  # Tuesday noon: the scheduler was down
-    shop.scheduler = await _start_scheduler(settings, shop.clock)
+    shop.scheduler = await start_scheduler(settings, shop.clock)
     await shop.activity(events.CART_UPDATED)  # redelivered: changes nothing
     await shop.run_until(MONDAY_10_BERLIN + timedelta(days=4))
     await eventually(lambda: len(shop.mail.messages) == 3, 30, "three mails")

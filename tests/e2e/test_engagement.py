@@ -9,30 +9,22 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from mailcatcher import CaughtMail, MailStore
 from pydantic import SecretStr
 
 from services.dispatcher.app import DispatcherService
-from services.dispatcher.settings import DispatcherSettings
-from services.dispatcher.shops import ShopMailConfig
-from services.ingest.app import IngestService
-from services.ingest.settings import IngestSettings
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.domain.journey import parse_journey
-from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
+from services.scheduler.settings import DEFAULT_JOURNEYS_DIR
 from shared import events as ev
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.topics import MESSAGE_REQUESTS, Topics
 from shared.tracking import Claims, Link, TokenSigner, TrackingKey
 from tests.conftest import Infra, eventually, read_topic
-from tests.e2e.test_abandoned_cart import System, _start_scheduler
-from tests.unit.ingest.deliveries import API_TOKEN, CHECKOUT_CUSTOMER_ID, SHOP, SHOP_ID, delivery
+from tests.e2e.system import System, add_journeys, running_system
+from tests.unit.ingest.deliveries import API_TOKEN, CHECKOUT_CUSTOMER_ID, delivery
 
 pytestmark = pytest.mark.e2e
 KEYS = [TrackingKey(kid="k1", secret=SecretStr("e" * 40))]
@@ -66,13 +58,6 @@ steps:
 """
 
 
-async def _load(database_url: str, clock: ManualClock, yaml_text: str) -> None:
-    engine = make_engine(database_url, pool_size=1)
-    async with engine.begin() as conn:
-        await JourneyRepository().add(conn, parse_journey(yaml_text), clock.now())
-    await engine.dispose()
-
-
 @pytest.fixture(params=["opened-branch"])
 def journey(request: pytest.FixtureRequest) -> str:
     if request.param == "abandoned-cart":
@@ -89,42 +74,11 @@ async def system(
     mail: tuple[MailStore, int],
     journey: str,
 ) -> AsyncIterator[System]:
-    store, smtp_port = mail
-    common: dict[str, Any] = {
-        "database_url": database_url,
-        "topic_prefix": topics.prefix,
-        "kafka_bootstrap_servers": infra.bootstrap,
-    }
-    await _load(database_url, clock, journey)
-    ingest = IngestService(IngestSettings(**common, shops=[SHOP], tracking_keys=KEYS), clock)
-    await ingest.start()
-    server = uvicorn.Server(
-        uvicorn.Config(ingest.app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
-    )
-    serving = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, what="ingest HTTP server")
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    shop_mail = ShopMailConfig(
-        shop_id=SHOP_ID,
-        sender_name="Demo Shop",
-        sender_address="hello@shop.example",
-        footer_address="Demo Shop, 1 Main St, Springfield",
-        public_base_url=url,
-    )
-    dispatcher = DispatcherService(
-        DispatcherSettings(**common, smtp_port=smtp_port, shops=[shop_mail], tracking_keys=KEYS),
-        clock,
-    )
-    await dispatcher.start()
-    scheduler = await _start_scheduler(SchedulerSettings(**common), clock)
-    system = System(infra, topics, clock, store, database_url, url, ingest, scheduler, dispatcher)
-    try:
+    await add_journeys(database_url, clock, [parse_journey(journey)])
+    async with running_system(
+        infra, database_url, topics, clock, mail, tracking_keys=KEYS
+    ) as system:
         yield system
-    finally:
-        server.should_exit = True
-        await serving
-        for service in (system.scheduler, system.dispatcher, ingest):
-            await service.stop()
 
 
 def urls(mail: CaughtMail, kind: str) -> list[str]:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually
-from tests.e2e.test_abandoned_cart import System, journey_consent, system  # noqa: F401
+from tests.e2e.system import System
+from tests.e2e.test_abandoned_cart import journey_consent, system  # noqa: F401
 from tests.unit.ingest.deliveries import SHOP_ID, Delivery
 from tests.unit.ingest.guest_deliveries import (
     ACCOUNT_CART,

@@ -18,27 +18,20 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaProducer
 from mailcatcher import MailStore
 
-from services.dispatcher.app import DispatcherService
-from services.dispatcher.settings import DispatcherSettings
-from services.dispatcher.shops import ShopMailConfig
-from services.ingest.app import IngestService
-from services.ingest.settings import IngestSettings
-from services.scheduler.settings import SchedulerSettings
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.topics import MESSAGE_REQUESTS, Topics
 from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
-from tests.e2e.test_abandoned_cart import System, _load_abandoned_cart, _start_scheduler
+from tests.e2e.system import System, running_system
+from tests.e2e.test_abandoned_cart import _load_abandoned_cart
 from tests.e2e.test_engagement import BROWSER, KEYS, urls
 from tests.unit.ingest.deliveries import (
     CART_TOKEN,
     CHECKOUT_CUSTOMER_ID,
     DOMAIN,
-    SHOP,
     SHOP_ID,
     delivery,
     fixture_body,
@@ -74,43 +67,13 @@ async def system(
     clock: ManualClock,
     mail: tuple[MailStore, int],
 ) -> AsyncIterator[System]:
-    store, smtp_port = mail
-    common: dict[str, Any] = {
-        "database_url": database_url,
-        "topic_prefix": topics.prefix,
-        "kafka_bootstrap_servers": infra.bootstrap,
-    }
     # The checkout's shopper did not opt in; this shop sends cart reminders regardless.
     await _load_abandoned_cart(database_url, clock, "none")
-    ingest = IngestService(IngestSettings(**common, shops=[SHOP], tracking_keys=KEYS), clock)
-    await ingest.start()
-    server = uvicorn.Server(
-        uvicorn.Config(ingest.app, host="127.0.0.1", port=0, log_config=None, lifespan="off")
-    )
-    serving = asyncio.create_task(server.serve())
-    await eventually(lambda: server.started, what="ingest HTTP server")
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    shop_mail = ShopMailConfig(
-        shop_id=SHOP_ID,
-        sender_name="Demo Shop",
-        sender_address="hello@shop.example",
-        footer_address="Demo Shop, 1 Main St, Springfield",
-        public_base_url=url,
-    )
-    dispatcher = DispatcherService(
-        DispatcherSettings(**common, smtp_port=smtp_port, shops=[shop_mail], tracking_keys=KEYS),
-        clock,
-    )
-    await dispatcher.start()
-    scheduler = await _start_scheduler(SchedulerSettings(**common, admin_token=ADMIN_TOKEN), clock)
-    system = System(infra, topics, clock, store, database_url, url, ingest, scheduler, dispatcher)
-    try:
+    admin = {"admin_token": ADMIN_TOKEN}
+    async with running_system(
+        infra, database_url, topics, clock, mail, tracking_keys=KEYS, scheduler=admin
+    ) as system:
         yield system
-    finally:
-        server.should_exit = True
-        await serving
-        for service in (system.scheduler, dispatcher, ingest):
-            await service.stop()
 
 
 def control_plane(system: System) -> httpx.AsyncClient:
