@@ -6,9 +6,19 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.app import IngestService
+from shared.db import make_engine
 from tests.conftest import eventually
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test's own database copy, for the test's reads and writes."""
+    engine = make_engine(database_url, pool_size=2)
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from services.ingest.adapters.catalog_repository import CatalogRepository
 from services.ingest.app import IngestService
 from shared import events as ev
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.errors import Transient
 from shared.topics import Topics
 from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
@@ -46,13 +45,6 @@ async def service(
         yield svc
     finally:
         await svc.stop()
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
 
 
 async def submit(client: httpx.AsyncClient, type_: str, id_: str, data: dict[str, Any]) -> None:

@@ -18,7 +18,6 @@ from services.ingest.app import IngestService
 from services.ingest.settings import IngestSettings
 from shared import events as ev
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.topics import CUSTOMER_ACTIVITY, ENGAGEMENT_RESULTS, Topics
 from shared.tracking import Claims, Link, MessageRef, TokenSigner, TrackingKey
 from tests.conftest import Infra, eventually, read_topic
@@ -52,13 +51,6 @@ async def service(
         yield svc
     finally:
         await svc.stop()
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
 
 
 async def rows(db: AsyncEngine, sql: str) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ import asyncio
 import csv
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -30,7 +29,6 @@ from services.ingest.order_facts import apply_orders, with_categories
 from services.ingest.profiles import grown_profiles
 from shared import events as ev
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.topics import Topics
 from tests.conftest import ROOT, Infra
 from tests.integration.test_ingest_consumer import activities
@@ -43,13 +41,6 @@ AS_OF = datetime(1998, 7, 1, tzinfo=UTC)
 
 def defaults(shop_id: str) -> FactsSettings:
     return FactsSettings()
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
 
 
 async def rows(db: AsyncEngine, sql: str, **params: Any) -> list[dict[str, Any]]:

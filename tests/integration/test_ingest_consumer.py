@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.ingest.app import IngestService
 from shared import events as ev
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.topics import CUSTOMER_ACTIVITY, SHOP_EVENTS, Topics, dlq
 from tests.conftest import Infra, eventually
 from tests.integration.test_ingest_webhooks import ingest_settings, post, read_topic
@@ -42,13 +41,6 @@ async def service(
         yield svc
     finally:
         await svc.stop()
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
 
 
 async def rows(db: AsyncEngine, sql: str, **params: Any) -> list[dict[str, Any]]:

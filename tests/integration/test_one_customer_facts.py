@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.ingest.app import IngestService
 from shared import events as ev
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.topics import Topics
 from tests.conftest import Infra, eventually
 from tests.integration.test_ingest_consumer import activities, rows
@@ -57,13 +56,6 @@ async def service(
         yield svc
     finally:
         await svc.stop()
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
 
 
 async def _deliver_in_turn(client: httpx.AsyncClient, db: AsyncEngine, ds: list[Delivery]) -> None:

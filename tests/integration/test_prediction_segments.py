@@ -4,9 +4,9 @@ after each refresh, exactly the customers whose stored P(alive) is below 0.3, an
 the segment's size and the backfill count the same customers in SQL. An event-triggered
 journey's condition on P(alive) sees the stored figure too."""
 
+# ruff: noqa: F811  (the fixtures imported from test_predictions are parameters here)
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,18 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.scheduler.app import SchedulerService
 from services.scheduler.segments.repository import SegmentRepository
 from services.scheduler.segments.service import SegmentTimers
-from services.scheduler.settings import SchedulerSettings
 from shared import events as ev
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.events import Activity
-from tests.conftest import ADMIN, ADMIN_TOKEN, Infra
-from tests.integration.test_predictions import (
+from tests.integration.test_predictions import (  # noqa: F401  (api, clock, service: fixtures)
     AS_OF,
     SHOP,
+    api,
     calibration_csv,
+    clock,
     import_and_announce,
     sample_rows,
+    service,
 )
 
 # The CDNOW history (23,570 customers) is imported for real: minutes on a loaded machine.
@@ -60,42 +60,6 @@ trigger:
 steps:
   - {id: later, wait: {for: 365d}}
 """
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(AS_OF)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def service(
-    infra: Infra, database_url: str, clock: ManualClock
-) -> AsyncIterator[SchedulerService]:
-    settings = SchedulerSettings(
-        database_url=database_url,
-        kafka_bootstrap_servers=infra.bootstrap,
-        admin_token=ADMIN_TOKEN,
-        predictions_refresh_s=0,
-    )
-    service = SchedulerService(settings, clock)  # not started: the test drives the passes
-    yield service
-    await service.stop()
-
-
-@pytest.fixture
-async def api(service: SchedulerService) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=service.app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://scheduler", headers=ADMIN
-    ) as client:
-        yield client
 
 
 async def stored_below(db: AsyncEngine, p_alive: float) -> set[str]:

@@ -33,7 +33,6 @@ from services.scheduler.runner import JourneyCatalog, Runner
 from services.scheduler.settings import SchedulerSettings
 from shared import events as ev
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.topics import Topics
 from tests.conftest import ADMIN, ADMIN_TOKEN, ROOT, Infra
 
@@ -73,13 +72,6 @@ def defaults(shop_id: str) -> FactsSettings:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(AS_OF)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import timedelta
 
@@ -18,18 +17,10 @@ from services.scheduler.adapters.tables import processed_activities
 from services.scheduler.app import SchedulerService
 from services.scheduler.settings import SchedulerSettings
 from shared.clock import ManualClock
-from shared.db import make_engine
 from shared.pruning import Pruner
 from tests.conftest import Infra, eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database_url, pool_size=2)
-    yield engine
-    await engine.dispose()
 
 
 async def store(db: AsyncEngine, table: sa.Table, clock: ManualClock, **ages_days: int) -> None:

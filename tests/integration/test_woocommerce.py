@@ -18,7 +18,7 @@ from shared import events as ev
 from shared.clock import ManualClock
 from shared.topics import SHOP_EVENTS, Topics
 from tests.conftest import Infra, eventually
-from tests.integration.test_ingest_consumer import activities, activity_count, db, rows
+from tests.integration.test_ingest_consumer import activities, activity_count, rows
 from tests.integration.test_ingest_webhooks import ingest_settings, read_topic
 from tests.unit.ingest.deliveries import API_TOKEN, SHOP_ID, delivery, order_for_checkout_customer
 from tests.unit.ingest.woo_deliveries import (
@@ -30,7 +30,6 @@ from tests.unit.ingest.woo_deliveries import (
 )
 
 pytestmark = pytest.mark.integration
-__all__ = ["db"]  # the fixture, imported to be used here
 CUSTOMER = f"{SHOP_ID}:c:25"
 GUEST = f"{SHOP_ID}:e:john.doe@example.com"
 
