@@ -58,7 +58,7 @@ def migrate() -> None:
 @cli.command("load-journeys")
 def load_journeys_command(directory: Path | None = None) -> None:
     """Store the journey definitions (default: the shipped ones) in the database."""
-    from services.scheduler.journeys_loader import load_journeys
+    from services.scheduler.journeys.loader import load_journeys
     from services.scheduler.settings import SchedulerSettings
     from shared.db import make_engine
 

@@ -13,10 +13,11 @@ from services.scheduler.adapters.tables import (
     privacy_requests,
     processed_activities,
 )
-from services.scheduler.api import control_router
 from services.scheduler.consumer import ActivityHandler
 from services.scheduler.contact_gate import ContactGate
 from services.scheduler.dashboard_feeds import dashboard_sources
+from services.scheduler.journeys.api import journeys_router
+from services.scheduler.journeys.service import JourneyService
 from services.scheduler.loops import OutboxPublisher, OutboxRelay, TimerLoop
 from services.scheduler.predictions.api import predictions_router
 from services.scheduler.predictions.service import PredictionRefresher
@@ -173,7 +174,7 @@ class SchedulerService:
         if settings.role != "engine":
             guard = admin_guard(settings.admin_token, "REBOUND_SCHEDULER_ADMIN_TOKEN")
             self.app.include_router(
-                control_router(self.engine, clock), dependencies=[Depends(guard)]
+                journeys_router(JourneyService(self.engine, clock)), dependencies=[Depends(guard)]
             )
             self.app.include_router(
                 segments_router(self.reports_engine, clock), dependencies=[Depends(guard)]

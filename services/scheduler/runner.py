@@ -24,7 +24,6 @@ from services.scheduler.adapters.repository import (
     BatchRepository,
     CustomerFacts,
     DueTimer,
-    JourneyRepository,
     NewEnrollment,
     OutboxMessage,
     RequestRow,
@@ -42,6 +41,7 @@ from services.scheduler.domain.facts import (
     for_enrollment,
 )
 from services.scheduler.domain.journey import Journey, journey_reads_predictions
+from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.predictions.repository import PredictionRepository
 from services.scheduler.reports.repository import ReportFactsRepository
 from shared import events

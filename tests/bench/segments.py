@@ -19,9 +19,9 @@ import asyncpg
 import sqlalchemy as sa
 
 from services.scheduler.__main__ import MIGRATIONS
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.domain.journey import parse_journey
 from services.scheduler.domain.segment_time import next_entry
+from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.runner import JourneyCatalog, Runner
 from services.scheduler.segments.repository import customer_of
 from services.scheduler.segments.service import (

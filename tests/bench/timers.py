@@ -39,8 +39,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.scheduler.__main__ import MIGRATIONS
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.domain.journey import parse_journey
+from services.scheduler.journeys.repository import JourneyRepository
 from shared import events
 from shared.db import make_engine, upgrade
 from shared.events import Activity, CartSnapshot, Line, Profile

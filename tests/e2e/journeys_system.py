@@ -39,7 +39,7 @@ from services.ingest.history_publish import publish_imported
 from services.ingest.settings import IngestSettings
 from services.scheduler.app import SchedulerService
 from services.scheduler.domain.engine import _bucket
-from services.scheduler.journeys_loader import load_journeys
+from services.scheduler.journeys.loader import load_journeys
 from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
 from shared import events as ev
 from shared.clock import ManualClock

@@ -23,9 +23,9 @@ from services.dispatcher.settings import DispatcherSettings
 from services.dispatcher.shops import ShopMailConfig
 from services.ingest.app import IngestService
 from services.ingest.settings import IngestSettings
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.app import SchedulerService
 from services.scheduler.domain.journey import Journey
+from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.settings import SchedulerSettings
 from shared.clock import ManualClock
 from shared.db import make_engine

@@ -12,8 +12,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.domain.journey import parse_journey
+from services.scheduler.journeys.repository import JourneyRepository
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.db import make_engine

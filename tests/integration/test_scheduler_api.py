@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from services.scheduler.app import SchedulerService
-from services.scheduler.journeys_loader import load_journeys
+from services.scheduler.journeys.loader import load_journeys
 from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
 from shared.clock import ManualClock
 from shared.db import make_engine

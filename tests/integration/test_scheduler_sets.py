@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.scheduler.app import SchedulerService
-from services.scheduler.journeys_loader import load_journeys
+from services.scheduler.journeys.loader import load_journeys
 from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
 from shared import events
 from shared.clock import ManualClock

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.scheduler.adapters.tables import timers
 from services.scheduler.app import SchedulerService
-from services.scheduler.journeys_loader import load_journeys
+from services.scheduler.journeys.loader import load_journeys
 from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
 from shared import events
 from shared.clock import ManualClock

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.app import SchedulerService
 from services.scheduler.domain.journey import parse_journey
+from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.settings import SchedulerSettings
 from shared import events as ev
 from shared.clock import ManualClock

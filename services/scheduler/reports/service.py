@@ -12,9 +12,9 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.adapters.winner_repository import DeclaredWinner, WinnerRepository
 from services.scheduler.domain.journey import EventTrigger, Journey
+from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.reports import statistics as st
 from services.scheduler.reports.repository import (
     CohortCell,

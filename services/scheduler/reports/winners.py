@@ -14,13 +14,13 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.adapters.winner_repository import (
     DeclaredWinner,
     Version,
     WinnerRepository,
 )
 from services.scheduler.domain.journey import Journey
+from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.reports.repository import ReportsRepository, StepRow
 from services.scheduler.reports.service import ab_verdict, judged_variant
 from shared import metrics

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.scheduler.adapters.repository import CustomerFacts, JourneyRepository
+from services.scheduler.adapters.repository import CustomerFacts
 from services.scheduler.domain.conditions import All, Condition
 from services.scheduler.domain.facts import build_facts
 from services.scheduler.domain.journey import Backfill, Journey, SegmentTrigger
@@ -31,6 +31,7 @@ from services.scheduler.domain.segment_time import (
     on_timer,
     timeline,
 )
+from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.predictions.repository import PredictionRepository
 from services.scheduler.predictions.service import Refreshed
 from services.scheduler.runner import SEGMENT_ENTERED, JourneyCatalog, Published, Runner

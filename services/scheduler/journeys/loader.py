@@ -12,9 +12,8 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.scheduler.adapters.repository import JourneyRepository
 from services.scheduler.domain.journey import Journey, parse_journey
-from services.scheduler.segments.service import SegmentQueries
+from services.scheduler.journeys.service import VersionConflict, store_version
 from shared.clock import Clock
 
 
@@ -25,17 +24,10 @@ def read_journeys(directory: Path) -> list[Journey]:
 
 async def load_journeys(engine: AsyncEngine, directory: Path, clock: Clock) -> list[Journey]:
     journeys = read_journeys(directory)
-    repo = JourneyRepository()
     async with engine.begin() as conn:
         for journey in journeys:
-            existing = await repo.stored(conn, journey.id, journey.version)
-            if existing is not None and existing != journey:
-                raise ValueError(
-                    f"{journey.id} v{journey.version} is stored with another "
-                    "definition; bump `version` in the file"
-                )
-            if existing is None:
-                await repo.add(conn, journey, clock.now(), takes_over=journey.active)
-            if journey.active:  # a backfill enrols on activation, once per version
-                await SegmentQueries(conn).backfill(journey, clock.now())
+            try:
+                await store_version(conn, journey, clock.now(), keep_stored=True)
+            except VersionConflict as exc:
+                raise ValueError(f"{exc} in the file") from exc
     return journeys
