@@ -23,23 +23,17 @@ import csv
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.ingest.adapters.history_repository import (
+    FreshFacts,
     HistoryRepository,
-    NewCustomer,
-    NewOrder,
     StagedRow,
 )
-from services.ingest.adapters.order_facts_repository import (
-    FactsWrite,
-    OrderFactsRepository,
-    StoredFacts,
-)
+from services.ingest.adapters.order_facts_repository import OrderFactsRepository
 from services.ingest.domain import customer_facts as cf
 from services.ingest.domain.history_csv import HistoryOrder, OrderReader, Rejected, RowError
 from services.ingest.order_facts import SettingsFor, grow_facts
@@ -201,16 +195,16 @@ async def _ranges(conn: AsyncConnection, range_orders: int) -> list[tuple[str, s
 async def _apply(
     conn: AsyncConnection, ranges: list[tuple[str, str, int]], job: _Job, report: ImportReport
 ) -> None:
-    """One session's ranges, a transaction each (the other sessions run meanwhile: while
-    this one folds facts in Python, PostgreSQL inserts theirs)."""
+    """One session's ranges, a transaction each (the other sessions run meanwhile)."""
     history = HistoryRepository(conn)
     for first, last, orders in ranges:
         async with conn.begin():
             new = await history.insert_orders(job.shop_id, first, last)
-            await _grow(conn, history, job.shop_id, new, job.settings_for, job.clock.now())
-        report.new_orders += len(new)
+            if new:
+                await _grow(conn, history, job)
+        report.new_orders += sum(new.values())
         report.applied += orders
-        report.customers.update(o.placed.customer_key for o in new)
+        report.customers.update(new)
         if job.progress:
             job.progress.applied(report.applied, report.orders)
 
@@ -225,57 +219,29 @@ async def _refresh_high_value(conn: AsyncConnection, job: _Job) -> None:
         )
 
 
-async def _grow(
-    conn: AsyncConnection,
-    history: HistoryRepository,
-    shop_id: str,
-    new: list[NewOrder],
-    settings_for: SettingsFor,
-    now: datetime,
-) -> None:
+async def _grow(conn: AsyncConnection, history: HistoryRepository, job: _Job) -> None:
     """The range's customers' facts grown by their new orders: customers not stored yet are
-    inserted with their facts, the others updated like the consumer does."""
-    if not new:
-        return
-    repo = OrderFactsRepository(conn)
+    inserted with their facts (computed in SQL from their orders, the common case), the
+    others' facts grow from what is stored, like the consumer's."""
+    settings = job.settings_for(job.shop_id)
+    now = job.clock.now()
+    rules = FreshFacts(
+        now,
+        settings.keep,
+        settings.active_days,
+        settings.falling_asleep_days,
+        settings.inactive_days,
+        cf.high_value_from(settings, await history.shop_cut(job.shop_id)),
+        settings.stage_days,
+    )
     by_key: dict[str, list[cf.PlacedOrder]] = {}
-    first_at: dict[str, datetime] = {}
-    for cancelled, o in new:  # oldest first per customer: new customers need no recount
-        first_at.setdefault(o.customer_key, o.placed_at)
-        if not cancelled:
-            by_key.setdefault(o.customer_key, []).append(o)
-    # A customer whose new orders are all cancelled gets a row, but no facts (as live).
-    stored = await repo.load(by_key)
-    fresh = [key for key in first_at if key not in stored]
-    cut = await history.shop_cut(shop_id)
-    blank = {
-        key: StoredFacts(shop_id, cf.OrderFacts(), None, high_value_cut=cut)
-        for key in fresh
-        if key in by_key
-    }
-    writes, _ = await grow_facts(repo, blank, by_key, (), settings_for, now)
-    facts = {w.customer_key: w for w in writes}
-    inserted = await history.insert_customers(
-        shop_id, [_new_customer(shop_id, key, first_at[key], facts.get(key)) for key in fresh]
-    )
-    # Stored before, or created meanwhile by the live consumer: grown from what is stored.
-    meanwhile = await repo.load(k for k in fresh if k not in inserted and k in by_key)
-    writes, _ = await grow_facts(repo, {**stored, **meanwhile}, by_key, (), settings_for, now)
-    await repo.save(writes)
-
-
-def _new_customer(
-    shop_id: str, key: str, first_at: datetime, facts: FactsWrite | None
-) -> NewCustomer:
-    # The key says which it is: `shop:c:<id>` or `shop:e:<normalised e-mail>`.
-    kind, _, value = key[len(shop_id) + 1 :].partition(":")
-    return NewCustomer(
-        customer_key=key,
-        customer_id=value if kind == "c" else None,
-        email=value if kind == "e" else None,
-        updated_at=first_at,
-        facts=facts,
-    )
+    for o in await history.insert_customers(job.shop_id, rules):
+        by_key.setdefault(o.customer_key, []).append(o)
+    if by_key:
+        repo = OrderFactsRepository(conn)
+        stored = await repo.load(by_key)
+        writes, _ = await grow_facts(repo, stored, by_key, (), job.settings_for, now)
+        await repo.save(writes)
 
 
 __all__ = [

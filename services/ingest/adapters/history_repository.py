@@ -1,18 +1,17 @@
 """The SQL of the history import: the file's rows COPYed into a session's temporary table,
 then, a range of customers per transaction, their orders and lines inserted (an order already
-stored is skipped), its sales counted, and the customers' facts written, new customers by one
-INSERT of their complete row. One session (the caller's connection) from start to end.
+stored is skipped), its sales counted, and new customers inserted with their facts computed in
+SQL from those orders (one statement); customers stored before are returned to grow in Python.
+One session (the caller's connection) from start to end.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from services.ingest.adapters.order_facts_repository import FactsWrite
 from services.ingest.domain.customer_facts import PlacedOrder
 from shared.db import DriverWrites
 
@@ -29,23 +28,17 @@ STAGED_COLUMNS = (
 )  # fmt: skip
 
 
-class NewOrder(NamedTuple):
-    """An order of the file not stored before: whether it counts, and what the facts see."""
+class FreshFacts(NamedTuple):
+    """What the SQL of a new customer's facts needs besides their orders: the shop's rules as
+    of the import (customer_facts.FactsSettings, the high-value threshold, now)."""
 
-    cancelled: bool
-    placed: PlacedOrder
-
-
-@dataclass(frozen=True)
-class NewCustomer:
-    """A customer the import creates: who (from the key) and, if they have a counted order,
-    their facts."""
-
-    customer_key: str
-    customer_id: str | None
-    email: str | None
-    updated_at: datetime
-    facts: FactsWrite | None
+    now: datetime
+    keep: timedelta
+    active_days: int
+    falling_asleep_days: int
+    inactive_days: int
+    high_value_from: Decimal | None
+    stage_days: Sequence[int]
 
 
 class HistoryRepository(DriverWrites):
@@ -77,16 +70,26 @@ class HistoryRepository(DriverWrites):
             ranges.append((first, key, orders))  # the last key read
         return ranges
 
-    async def insert_orders(self, shop_id: str, first: str, last: str) -> list[NewOrder]:
+    async def insert_orders(self, shop_id: str, first: str, last: str) -> dict[str, int]:
         """The range's orders and lines not stored before (lines without a category take
-        their product's from the catalog); their product sales counted. Returns the new
-        orders by customer, oldest first."""
+        their product's from the catalog); their product sales counted; the new orders kept
+        in `import_new` for the facts. Returns the new orders per customer."""
         rows = await (await self._driver()).fetch(_INSERT_RANGE, shop_id, first, last)
+        return {r[0]: r[1] for r in rows}
+
+    async def insert_customers(self, shop_id: str, rules: FreshFacts) -> list[PlacedOrder]:
+        """Customers of the range's new orders not stored yet, inserted with their facts and
+        categories computed here from those orders (customer_facts.from_orders in SQL: a new
+        customer's orders are all they have). Returns the counted new orders of the others
+        (stored before, or created meanwhile by the live consumer), by customer, oldest
+        first: their facts grow from what is stored (order_facts.grow_facts)."""
+        rows = await (await self._driver()).fetch(
+            _INSERT_CUSTOMERS, shop_id, rules.now, rules.keep.total_seconds(),
+            rules.active_days, rules.falling_asleep_days, rules.inactive_days,
+            rules.high_value_from, list(rules.stage_days),
+        )  # fmt: skip
         return [
-            NewOrder(
-                r[1] == "cancelled",
-                PlacedOrder(r[0], r[2], r[3], dict(zip(r[4], r[5], strict=True)) if r[4] else {}),
-            )
+            PlacedOrder(r[0], r[1], r[2], dict(zip(r[3], r[4], strict=True)) if r[3] else {})
             for r in rows
         ]
 
@@ -94,74 +97,22 @@ class HistoryRepository(DriverWrites):
         value: Decimal | None = await (await self._driver()).fetchval(_SHOP_CUT, shop_id)
         return value
 
-    async def insert_customers(self, shop_id: str, customers: Sequence[NewCustomer]) -> set[str]:
-        """Customers not stored yet, with their facts and categories; returns the keys
-        inserted (one created meanwhile by the live consumer is left out: the caller applies
-        its orders to the stored row instead)."""
-        if not customers:
-            return set()
-        driver = await self._driver()
-        await driver.copy_records_to_table(
-            "import_customers",
-            schema_name="pg_temp",
-            columns=_CUSTOMER_COLUMNS,
-            records=[_customer_record(shop_id, c) for c in customers],
-        )
-        inserted = {r[0] for r in await driver.fetch(_INSERT_CUSTOMERS)}
-        categories = [
-            (c.customer_key, shop_id, f.category, f.orders, f.spent, f.first_order_at,
-             f.last_order_at)
-            for c in customers
-            if c.facts is not None and c.customer_key in inserted
-            for f in c.facts.facts.categories.values()
-        ]  # fmt: skip
-        if categories:
-            await driver.copy_records_to_table(
-                "import_categories", schema_name="pg_temp", columns=_CATEGORY_COLUMNS,
-                records=categories,
-            )  # fmt: skip
-            await driver.execute(_INSERT_CATEGORIES)
-        return inserted
-
     async def drop(self) -> None:
         await (await self._driver()).execute(
-            "DROP TABLE IF EXISTS pg_temp.import_rows, pg_temp.import_customers, "
-            "pg_temp.import_categories"
+            "DROP TABLE IF EXISTS pg_temp.import_rows, pg_temp.import_new"
         )
 
 
-def _customer_record(shop_id: str, c: NewCustomer) -> tuple[Any, ...]:
-    who = (c.customer_key, shop_id, c.customer_id, c.email, c.updated_at)
-    if c.facts is None:  # only cancelled orders: a customer row as the consumer leaves it
-        return (*who, 0, Decimal(0), None, None, [], [], [], None, None, 0, Decimal(0))
-    w, f = c.facts, c.facts.facts
-    return (
-        *who, f.orders, f.spent, f.first_order_at, f.last_order_at,
-        [at for at, _ in f.recent], [total for _, total in f.recent], list(f.last_categories),
-        w.stage, w.stage_due_at, f.purchase_days, f.first_day_spent,
-    )  # fmt: skip
-
-
-_CUSTOMER_COLUMNS = (
-    "customer_key", "shop_id", "customer_id", "email", "updated_at", "orders_count",
-    "total_spent", "first_order_at", "last_order_at", "recent_order_at", "recent_order_total",
-    "last_order_categories", "stage", "stage_due_at", "purchase_days", "first_day_spent",
-)  # fmt: skip
-_CATEGORY_COLUMNS = (
-    "customer_key", "shop_id", "category", "orders", "spent", "first_order_at", "last_order_at",
-)  # fmt: skip
-
-# Temporary tables of the session: dropped with it. The last two empty at each commit.
+# Temporary tables of the session: dropped with it. import_new empties at each commit.
 _CREATE_TEMP = """
-    DROP TABLE IF EXISTS pg_temp.import_rows, pg_temp.import_customers,
-        pg_temp.import_categories;
+    DROP TABLE IF EXISTS pg_temp.import_rows, pg_temp.import_new;
     CREATE TEMP TABLE import_rows (customer_key text NOT NULL, order_id text NOT NULL,
         line int NOT NULL, first_line int NOT NULL, line_no int NOT NULL, currency text,
         total numeric NOT NULL, status text NOT NULL, placed_at timestamptz NOT NULL,
         product_id text, sku text, title text, quantity bigint, price numeric, category text);
-    CREATE TEMP TABLE import_customers (LIKE ingest.customers INCLUDING DEFAULTS)
-        ON COMMIT DELETE ROWS;
-    CREATE TEMP TABLE import_categories (LIKE ingest.customer_categories) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE import_new (customer_key text NOT NULL, order_id text NOT NULL,
+        status text NOT NULL, placed_at timestamptz NOT NULL, total numeric NOT NULL,
+        names text[], spent numeric[]) ON COMMIT DELETE ROWS;
 """
 
 _CUSTOMER_ORDERS = """
@@ -169,11 +120,6 @@ _CUSTOMER_ORDERS = """
     GROUP BY customer_key ORDER BY customer_key
 """
 
-# One statement per range: the orders not stored before (ON CONFLICT DO NOTHING RETURNING),
-# their lines (a line without a category takes its product's), the units they sold per
-# product and UTC day (non-cancelled orders), and per new order its spend per category: the
-# same figures order_facts.with_categories / customer_facts.placed / daily_units compute for
-# a live order.
 _INSERT_RANGE = """
     WITH new AS (
         INSERT INTO ingest.orders (shop_id, order_id, customer_key, cart_id, currency,
@@ -211,25 +157,106 @@ _INSERT_RANGE = """
             WHERE category IS NOT NULL GROUP BY order_id, category
         ) per_category
         GROUP BY order_id
+    ), kept AS (
+        INSERT INTO pg_temp.import_new
+        SELECT new.customer_key, new.order_id, new.status, new.placed_at, new.total_price,
+            spend.names, spend.spent
+        FROM new LEFT JOIN spend ON spend.order_id = new.order_id
+        RETURNING customer_key
     )
-    SELECT new.customer_key, new.status, new.placed_at, new.total_price, spend.names,
-        spend.spent
-    FROM new LEFT JOIN spend ON spend.order_id = new.order_id
-    ORDER BY new.customer_key, new.placed_at, new.order_id
+    SELECT customer_key, count(*)::int FROM kept GROUP BY customer_key
 """
 
 _SHOP_CUT = "SELECT high_value_from FROM ingest.shop_stats WHERE shop_id = $1"
 
+# A new customer's facts from their new orders (import_new), as customer_facts.from_orders
+# and order_facts._staged compute them: counted orders are the non-cancelled ones; `recent`
+# those after the last order minus `keep` (oldest first); purchase days are distinct UTC days;
+# the categories of the last order sorted as Python sorts (code points: COLLATE "C"); the stage
+# and its due time by customer_facts.stage / next_stage_change_at ($2 now, $4-$6 the stage
+# days, $7 the high-value threshold, $8 the days at which time moves the stage; a day is
+# 86,400 s, as timedelta has it). A customer whose new orders are all cancelled gets a row
+# without facts (as live). Customers stored already are left alone: their counted orders are
+# returned for the caller to grow their facts.
 _INSERT_CUSTOMERS = """
-    INSERT INTO ingest.customers SELECT * FROM pg_temp.import_customers
-    ON CONFLICT (customer_key) DO NOTHING RETURNING customer_key
-"""
-
-# Rows of a category whose customer did not exist cannot be there, unless left behind: the
-# import's figures replace them, as the consumer's save would.
-_INSERT_CATEGORIES = """
-    INSERT INTO ingest.customer_categories AS old SELECT * FROM pg_temp.import_categories
-    ON CONFLICT (customer_key, category) DO UPDATE SET orders = excluded.orders,
-        spent = excluded.spent, first_order_at = excluded.first_order_at,
-        last_order_at = excluded.last_order_at
+    WITH everyone AS (
+        SELECT customer_key, min(placed_at) AS since FROM pg_temp.import_new GROUP BY 1
+    ), counted AS (
+        SELECT n.*, (n.placed_at AT TIME ZONE 'UTC')::date AS day,
+            min(n.placed_at) OVER w AS first_at, max(n.placed_at) OVER w AS last_at
+        FROM pg_temp.import_new n WHERE n.status <> 'cancelled'
+        WINDOW w AS (PARTITION BY n.customer_key)
+    ), facts AS (
+        SELECT customer_key, count(*)::int AS orders, sum(total) AS spent,
+            min(first_at) AS first_at, max(last_at) AS last_at,
+            count(DISTINCT day)::int AS days,
+            sum(total) FILTER (WHERE day = (first_at AT TIME ZONE 'UTC')::date) AS first_day,
+            array_agg(placed_at ORDER BY placed_at, order_id)
+                FILTER (WHERE placed_at > last_at - make_interval(secs => $3)) AS recent_at,
+            array_agg(total ORDER BY placed_at, order_id)
+                FILTER (WHERE placed_at > last_at - make_interval(secs => $3)) AS recent_total
+        FROM counted GROUP BY customer_key
+    ), cats AS (
+        SELECT c.customer_key, u.name, count(*)::int AS orders, sum(u.spent) AS spent,
+            min(c.placed_at) AS first_at, max(c.placed_at) AS last_at,
+            bool_or(c.placed_at = c.last_at) AS in_last
+        FROM counted c, unnest(c.names, c.spent) AS u(name, spent)
+        GROUP BY 1, 2
+    ), last_cats AS (
+        SELECT customer_key, array_agg(name ORDER BY name COLLATE "C") AS names
+        FROM cats WHERE in_last GROUP BY 1
+    ), staged AS (
+        SELECT f.*, greatest(0, floor(extract(epoch FROM $2 - f.last_at) / 86400)) AS idle,
+            ($7::numeric IS NOT NULL AND f.spent >= $7::numeric) AS high,
+            (SELECT min(f.last_at + make_interval(secs => d * 86400))
+             FROM unnest($8::int[]) AS d
+             WHERE f.last_at + make_interval(secs => d * 86400) > $2) AS due
+        FROM facts f
+    ), ins AS (
+        INSERT INTO ingest.customers (customer_key, shop_id, customer_id, email, updated_at,
+            orders_count, total_spent, first_order_at, last_order_at, recent_order_at,
+            recent_order_total, last_order_categories, stage, stage_due_at, purchase_days,
+            first_day_spent)
+        SELECT e.customer_key, $1,
+            CASE WHEN split_part(w.who, ':', 1) = 'c' THEN substr(w.who, strpos(w.who, ':') + 1)
+            END,
+            CASE WHEN split_part(w.who, ':', 1) = 'e' THEN substr(w.who, strpos(w.who, ':') + 1)
+            END,
+            e.since, coalesce(s.orders, 0), coalesce(s.spent, 0), s.first_at, s.last_at,
+            coalesce(s.recent_at, '{}'), coalesce(s.recent_total, '{}'),
+            coalesce(l.names, '{}'),
+            CASE
+                WHEN s.customer_key IS NULL THEN NULL
+                WHEN s.idle >= $6 THEN 'inactive'
+                WHEN s.idle >= $5 THEN 'falling_asleep'
+                WHEN s.high THEN 'high_value'
+                WHEN s.idle < $4 THEN CASE WHEN s.orders = 1 THEN 'new' ELSE 'active' END
+                WHEN s.orders = 1 THEN 'one_time_buyer'
+                ELSE 'repeat_buyer'
+            END,
+            s.due, coalesce(s.days, 0), coalesce(s.first_day, 0)
+        FROM everyone e
+        CROSS JOIN LATERAL (SELECT substr(e.customer_key, length($1) + 2) AS who) w
+        LEFT JOIN staged s ON s.customer_key = e.customer_key
+        LEFT JOIN last_cats l ON l.customer_key = e.customer_key
+        ORDER BY e.customer_key
+        ON CONFLICT (customer_key) DO NOTHING
+        RETURNING customer_key
+    ), categories AS (
+        -- Rows of a category whose customer did not exist cannot be there, unless left
+        -- behind: the import's figures replace them, as the consumer's save would.
+        INSERT INTO ingest.customer_categories AS old (customer_key, category, shop_id, orders,
+            spent, first_order_at, last_order_at)
+        SELECT c.customer_key, c.name, $1, c.orders, c.spent, c.first_at, c.last_at
+        FROM cats c JOIN ins ON ins.customer_key = c.customer_key
+        ORDER BY c.customer_key, c.name
+        ON CONFLICT (customer_key, category) DO UPDATE SET orders = excluded.orders,
+            spent = excluded.spent, first_order_at = excluded.first_order_at,
+            last_order_at = excluded.last_order_at
+    )
+    SELECT n.customer_key, n.placed_at, n.total, n.names, n.spent
+    FROM pg_temp.import_new n
+    WHERE n.status <> 'cancelled'
+        AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.customer_key = n.customer_key)
+    ORDER BY n.customer_key, n.placed_at, n.order_id
 """
