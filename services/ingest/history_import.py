@@ -196,9 +196,11 @@ async def _apply(
     conn: AsyncConnection, ranges: list[tuple[str, str, int]], job: _Job, report: ImportReport
 ) -> None:
     """One session's ranges, a transaction each (the other sessions run meanwhile)."""
-    history = HistoryRepository(conn)
     for first, last, orders in ranges:
         async with conn.begin():
+            # A repository per transaction: it begins the transaction on its first statement.
+            history = HistoryRepository(conn)
+            await history.tune()
             new = await history.insert_orders(job.shop_id, first, last)
             if new:
                 await _grow(conn, history, job)

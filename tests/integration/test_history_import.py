@@ -301,12 +301,15 @@ async def test_imported_facts_are_those_the_live_consumer_keeps(
 
     await apply_live(db, header, body)
     clock = ManualClock(NOW)
+    # Small ranges: many transactions per session, each customer's orders in one of them.
     part = await import_orders(
-        db, write_csv(tmp_path / "part.csv", header, body[:cut]), IMPORTED, no_cut, clock
-    )
+        db, write_csv(tmp_path / "part.csv", header, body[:cut]), IMPORTED, no_cut, clock,
+        range_orders=40,
+    )  # fmt: skip
     grown = await import_orders(
-        db, write_csv(tmp_path / "all.csv", header, body), IMPORTED, no_cut, clock
-    )
+        db, write_csv(tmp_path / "all.csv", header, body), IMPORTED, no_cut, clock,
+        range_orders=40,
+    )  # fmt: skip
 
     assert part.rejected == grown.rejected == []
     assert 0 < part.new_orders < grown.orders == part.new_orders + grown.new_orders
