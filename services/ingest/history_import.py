@@ -5,10 +5,10 @@ customers whose key hashes to it:
 1. read: the file is parsed once and each order's rows are COPYed, as the file is read, into
    its session's temporary table;
 2. apply: a range of customers per transaction (about `range_orders` orders), their orders
-   and lines are inserted in one statement that returns those not stored before, and each
-   customer's facts grow once by all of their new orders (new customers are inserted with
-   their facts in one statement). The sessions run at once: while one folds facts in Python,
-   PostgreSQL writes another's.
+   and lines are inserted in one statement that keeps those not stored before; new customers
+   are inserted with their facts computed in SQL from those orders (the common case, one
+   statement), and only customers stored before grow in Python by all of their new orders.
+   The sessions run at once, so PostgreSQL writes on as many cores.
 
 Idempotent: an order already stored (same shop and order id) changes nothing. An interrupted
 import leaves whole ranges applied; running it again finishes the rest. No activity is
@@ -40,8 +40,8 @@ from services.ingest.order_facts import SettingsFor, grow_facts
 from shared.clock import Clock
 
 IMPORT_RANGE_ORDERS = 20_000
-# Sessions that COPY and apply at once, each for its share of the customers: while one folds
-# facts in Python, PostgreSQL writes another's (two: this process and the database).
+# Sessions that COPY and apply at once, each for its share of the customers: the apply is
+# PostgreSQL's work, one core per session (two: the machine's cores).
 IMPORT_SESSIONS = 2
 COPY_CHUNK_ROWS = 5_000
 QUEUED_CHUNKS = 4  # per session: what the parser may run ahead of a COPY
