@@ -8,6 +8,9 @@ T0 + 1h, the due moment, a while after it has enrolled everyone (start-up, group
 enrolment at an assumed floor rate; `enrolled_before_due` says whether that held).
 Fire = the message.request on the topic; its lateness = the record's timestamp (set by the
 scheduler's producer when it sends) on the scheduler's clock minus the due moment.
+CPU per item: the scheduler process's CPU seconds (user + system, from /proc) per 1,000
+enrolments (from the first enrolment seen to the last) and per 1,000 timers fired (from the
+due moment to the last publish): steadier than rates on a loaded machine.
 
 `--pending N`: the same burst again in a database of its own with N timers due in 30 days
 already stored, so fire/s with and without them compare (their ratio is reported).
@@ -201,16 +204,29 @@ async def _count(w: Where, query: str) -> int:
 _ENROLLED = "SELECT count(*) FROM scheduler.enrollments WHERE customer_key LIKE 'bench:%'"
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_per_1000(cpu_s: float, items: int) -> float:
+    return round(cpu_s / max(items, 1) * 1000, 3)
+
+
 async def _wait_enrolled(
     w: Where, count: int, proc: subprocess.Popen[bytes], timeout_s: float
 ) -> dict[str, float]:
     started = time.perf_counter()
-    first: tuple[float, int] | None = None
+    first: tuple[float, int, float] | None = None
     while True:
         n = await _count(w, _ENROLLED)
         now = time.perf_counter()
         if n and first is None:
-            first = (now, n)
+            first = (now, n, _cpu_s(proc.pid))
         if n >= count:
             break
         if proc.poll() is not None or now - started > timeout_s:
@@ -222,7 +238,14 @@ async def _wait_enrolled(
         "enrol_s_from_process_start": round(now - started, 2),
         "enrol_per_s_from_process_start": round(count / (now - started), 1),
         "enrol_per_s": round((count - first[1]) / steady_s, 1),
+        "enrol_cpu_s_per_1000": _cpu_per_1000(_cpu_s(proc.pid) - first[2], count - first[1]),
     }
+
+
+async def _cpu_at(pid: int, moment: float) -> float:
+    """The process's CPU seconds at a wall-clock moment (now, if it has passed)."""
+    await asyncio.sleep(max(0.0, moment - time.time()))
+    return _cpu_s(pid)
 
 
 async def _published(
@@ -345,7 +368,9 @@ def bench_rebound(w: Where, args: Any, pending: int = 0, steady_s: float = 0) ->
     try:
         result.update(asyncio.run(_wait_enrolled(w, count, proc, args.timers_timeout)))
         result["enrolled_before_due"] = time.time() + offset_s < due_at.timestamp()
-        records = asyncio.run(_published(w, count, due_in_s + args.timers_timeout))
+        records, cpu_fire_s = asyncio.run(
+            _published_cpu(w, count, due_in_s + args.timers_timeout, proc.pid, due_at, offset_s)
+        )
         late = _lateness(records, offset_s, due_at.timestamp())
         keys = {orjson.loads(r.value)["data"]["request_key"] for r in records}
         result.update(
@@ -354,6 +379,7 @@ def bench_rebound(w: Where, args: Any, pending: int = 0, steady_s: float = 0) ->
                 "distinct_requests": len(keys),
                 "all_published_within_s": round(max(late), 2),
                 "fire_per_s": round(len(records) / max(late), 1),
+                "fire_cpu_s_per_1000": _cpu_per_1000(cpu_fire_s, len(records)),
                 "lateness": percentiles(late),
             }
         )
@@ -362,6 +388,15 @@ def bench_rebound(w: Where, args: Any, pending: int = 0, steady_s: float = 0) ->
     finally:
         _stop(proc)
     return result
+
+
+async def _published_cpu(
+    w: Where, count: int, timeout_s: float, pid: int, due_at: datetime, offset_s: float
+) -> tuple[list[Any], float]:
+    """The burst's requests, and the scheduler's CPU seconds from the due moment to the last."""
+    at_due = asyncio.create_task(_cpu_at(pid, due_at.timestamp() - offset_s))
+    records = await _published(w, count, timeout_s)
+    return records, _cpu_s(pid) - await at_due
 
 
 async def _steady(w: Where, offset_s: float, seconds: float) -> dict[str, Any]:
@@ -473,6 +508,8 @@ def table(r: dict[str, Any]) -> list[str]:
         f"{r['ratio_enrol']:>7.1f}x",
         f"{'fire/s':28} {reb['fire_per_s']:>12.0f} {ap['fire_per_s']:>12.0f} "
         f"{r['ratio_fire']:>7.1f}x",
+        f"{'CPU s per 1,000 enrolled':28} {reb['enrol_cpu_s_per_1000']:>12.3f}",
+        f"{'CPU s per 1,000 fired':28} {reb['fire_cpu_s_per_1000']:>12.3f}",
     ]
     for name in ("p50_s", "p99_s", "max_s"):
         lines.append(

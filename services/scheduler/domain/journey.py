@@ -7,6 +7,7 @@ by the engine in engine.py.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from decimal import Decimal
@@ -119,7 +120,11 @@ class Wait(Model):
 
     @property
     def delay(self) -> timedelta:
-        return parse_duration(self.for_)
+        return _duration(self.for_)
+
+
+# A wait's delay is asked for every timer it schedules: parsed once per distinct text.
+_duration = functools.lru_cache(maxsize=1024)(parse_duration)
 
 
 _DISCOUNT_VALUE = r"^(\d{1,2}(\.\d{1,2})?%|100%|\d{1,7}(\.\d{1,2})?)$"
