@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.repository import BatchRepository
@@ -17,6 +18,29 @@ from shared import events
 from shared.clock import Clock
 from shared.events import Activity, InvalidEvent
 from shared.kafka import Publisher, Record
+
+
+class _ActivityEvent(events.CloudEvent):
+    """The envelope with its payload typed: a record is read in one pass, not two (the
+    envelope, then its data again)."""
+
+    data: Activity  # type: ignore[assignment]
+
+
+def decode_activity(raw: bytes | None) -> tuple[str, Activity]:
+    """The event id and the activity; InvalidEvent saying what is wrong with anything else."""
+    if raw is not None:
+        try:
+            event = _ActivityEvent.model_validate_json(raw)
+        except ValidationError:
+            pass  # the general path below says what is wrong, as it did
+        else:
+            if event.type == events.CUSTOMER_ACTIVITY:
+                return event.id, event.data
+    general = events.decode(raw)
+    if general.type != events.CUSTOMER_ACTIVITY:
+        raise InvalidEvent(f"unexpected event type {general.type!r}")
+    return general.id, events.payload(general, Activity)
 
 
 @dataclass
@@ -34,10 +58,8 @@ class ActivityHandler:
         decoded: list[tuple[str, Activity, int]] = []
         for record in batch:
             try:
-                event = events.decode(record.value)
-                if event.type != events.CUSTOMER_ACTIVITY:
-                    raise InvalidEvent(f"unexpected event type {event.type!r}")
-                decoded.append((event.id, events.payload(event, Activity), record.partition))
+                event_id, activity = decode_activity(record.value)
+                decoded.append((event_id, activity, record.partition))
             except InvalidEvent as exc:
                 await self.publisher.dead_letter(record, str(exc))
         if decoded:

@@ -10,7 +10,7 @@ publishes them from memory after the commit.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -37,7 +37,7 @@ from services.scheduler.domain.engine import Enrollment
 from services.scheduler.domain.facts import (
     EnrollmentView,
     LastMessage,
-    build_facts,
+    facts_of,
     for_enrollment,
 )
 from services.scheduler.domain.journey import Journey, journey_reads_predictions
@@ -45,7 +45,7 @@ from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.predictions.repository import PredictionRepository
 from services.scheduler.reports.repository import ReportFactsRepository
 from shared import events
-from shared.events import Activity, MessageRequest, Profile, Recipient
+from shared.events import Activity, MessageRequest, Profile
 from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics
 
 SOURCE = "rebound/scheduler"
@@ -170,6 +170,18 @@ class _Seen:
     winners: dict[Version, dict[str, str]]  # declared A/B winners of send_winner steps
 
 
+@dataclass(frozen=True)
+class _Request:
+    """A message request made in this pass or batch: its record, the contract, its JSON form."""
+
+    row: RequestRow
+    message: MessageRequest
+    data: dict[str, Any]
+
+    def event(self) -> bytes:
+        return _request_event(self.data)
+
+
 @dataclass
 class Runner:
     catalog: JourneyCatalog
@@ -194,10 +206,7 @@ class Runner:
             if journey is None:
                 continue
             assert enrollment.id is not None
-            facts = build_facts(
-                "timer", now, customer.profile, customer.cart, now,
-                predictions=predictions.get(customer.key),
-            )  # fmt: skip
+            facts = _facts("timer", now, customer, now, predictions=predictions.get(customer.key))
             scoped = _scoped(facts, journey, enrollment, last.get(enrollment.id))
             outcome = engine.on_timer(
                 journey, enrollment, steps[enrollment.id], scoped, now, _of(winners, journey)
@@ -254,10 +263,9 @@ class Runner:
         now: datetime,
     ) -> None:
         about = activity.message.request_key if activity.message else None
-        facts = build_facts(
-            activity.kind, activity.occurred_at, customer.profile, customer.cart, now, about,
-            customer.predictions,
-        )  # fmt: skip
+        facts = _facts(
+            activity.kind, activity.occurred_at, customer, now, about, customer.predictions
+        )
         enrolled, ever = seen.enrolled, seen.ever
         active: set[str] = set()
         for tracked in enrolled:
@@ -308,10 +316,7 @@ class Runner:
             pair = (journey.id, customer.key)
             if pair in active or (journey.limits.reentry == "never" and pair in ever):
                 continue
-            facts = build_facts(
-                SEGMENT_ENTERED, now, customer.profile, customer.cart, now,
-                predictions=customer.predictions,
-            )  # fmt: skip
+            facts = _facts(SEGMENT_ENTERED, now, customer, now, predictions=customer.predictions)
             outcome = engine.enter(journey, customer.key, facts, now, _of(winners, journey))
             plan.apply(
                 plan.track(_Tracked(journey, outcome.enrollment, customer, True)), outcome, customer
@@ -359,26 +364,26 @@ class Runner:
         await self._within_caps(repo, plan)
         new = [t for t in plan.tracked if t.is_new]
         for tracked, new_id in zip(new, await repo.new_enrollment_ids(len(new)), strict=True):
-            tracked.enrollment = replace(tracked.enrollment, id=new_id)
-        requests: list[tuple[RequestRow, MessageRequest, CustomerFacts]] = []
+            tracked.enrollment = engine.changed(tracked.enrollment, id=new_id)
+        requests: list[_Request] = []
         for tracked, action, customer in plan.actions:
             if isinstance(action, engine.RequestMessage):
                 request = self._message_request(tracked, action, customer, now)
                 if request is not None:
                     requests.append(request)
-        due = _due_sends(plan, {r.request_key: m for r, m, _ in requests}, now)
+        due = _due_sends(plan, {r.row.request_key: r.message for r in requests}, now)
         _stay_while_held(plan, {d.request.request_key for d in due if self.contact.governs(d)})
-        fresh = await repo.write(plan.writes([r for r, _, _ in requests]), now)
+        fresh = await repo.write(plan.writes([r.row for r in requests]), now)
         due = [d for d in due if d.request.request_key in fresh]
         fresh -= await self.contact.hold(ContactRepository(repo.connection), due, now)
-        messages = self._messages(plan, {r.request_key: (m, c) for r, m, c in requests}, fresh, now)
+        messages = self._messages(plan, {r.row.request_key: r for r in requests}, fresh, now)
         ids = await repo.add_outbox(messages, now)
         return Published(ids, messages, plan.earliest_timer())
 
     def _messages(
         self,
         plan: _Plan,
-        requests: dict[str, tuple[MessageRequest, CustomerFacts]],
+        requests: dict[str, _Request],
         fresh: set[str],
         now: datetime,
     ) -> list[OutboxMessage]:
@@ -395,8 +400,7 @@ class Runner:
             key = _request_key(tracked, action)
             if key in fresh and key in requests:
                 fresh.discard(key)  # the same step asked twice in one pass is asked once
-                request, at = requests[key]
-                out.append(OutboxMessage(request_topic, at.key, _request_event(request, at, now)))
+                out.append(OutboxMessage(request_topic, customer.key, requests[key].event()))
         return out
 
     def _message_request(
@@ -405,47 +409,53 @@ class Runner:
         action: engine.RequestMessage,
         customer: CustomerFacts,
         now: datetime,
-    ) -> tuple[RequestRow, MessageRequest, CustomerFacts] | None:
-        journey, profile = tracked.journey, customer.profile
-        email = profile.email
+    ) -> _Request | None:
+        journey, profile = tracked.journey, customer.about()
+        email = profile["email"]
         if journey.test_mode:
             email = journey.test_recipients[0] if journey.test_recipients else None
         if not email:
             return None
         send = action.send
-        context: dict[str, Any] = {"journey_name": journey.name, "customer": _summary(profile)}
+        summary = {name: profile[name] for name in _SUMMARY_FIELDS}
+        context: dict[str, Any] = {"journey_name": journey.name, "customer": summary}
         if send.params:
             context["params"] = {k: str(v) for k, v in send.params.items()}
-        if customer.cart is not None:
-            context["cart"] = customer.cart.model_dump(mode="json")
+        cart = customer.cart_json()
+        if cart is not None:
+            context["cart"] = cart
         if send.offer is not None:
             # A discount code is issued by the dispatcher, one per request key.
             context["offer"] = send.offer.model_dump(mode="json", exclude_none=True)
         key = _request_key(tracked, action)
-        request = MessageRequest(
-            request_key=key,
-            shop_id=profile.shop_id,
-            customer_key=customer.key,
-            journey_id=journey.id,
-            journey_version=journey.version,
-            step_id=action.step_id,
-            template=send.template,
-            subject=send.subject,
-            recipient=Recipient(
-                email=email,
-                first_name=profile.first_name,
-                last_name=profile.last_name,
-                locale=profile.locale,
-            ),
-            consent_required=journey.consent == "marketing",
-            test=journey.test_mode,
-            marketing_consent=profile.marketing_consent,
-            context=context,
-            requested_at=now,
-        )
+        recipient = {
+            "email": email,
+            "first_name": profile["first_name"],
+            "last_name": profile["last_name"],
+            "locale": profile["locale"],
+        }
+        # The contract's fields in its order: the event's data as it is, the request from it.
+        data: dict[str, Any] = {
+            "request_key": key,
+            "shop_id": profile["shop_id"],
+            "customer_key": customer.key,
+            "journey_id": journey.id,
+            "journey_version": journey.version,
+            "step_id": action.step_id,
+            "channel": "email",
+            "template": send.template,
+            "subject": send.subject,
+            "recipient": recipient,
+            "consent_required": journey.consent == "marketing",
+            "marketing_consent": profile["marketing_consent"],
+            "context": context,
+            "requested_at": now,
+            "test": journey.test_mode,
+        }
+        request = MessageRequest.model_validate(data)
         assert tracked.enrollment.id is not None
         row = RequestRow(key, tracked.enrollment.id, action.step_id, action.variant)
-        return row, request, customer
+        return _Request(row, request, data)
 
     def _decision(
         self,
@@ -464,7 +474,7 @@ class Runner:
             type=events.JOURNEY_DECISION,
             subject=customer.key,
             time=now,
-            shopid=customer.profile.shop_id,
+            shopid=customer.about()["shop_id"],
             data=events.JourneyDecision(
                 decision=decision.decision,
                 journey_id=journey.id,
@@ -492,9 +502,9 @@ class Runner:
             id=events.stable_event_id("decision", str(enrollment_id), decision.step_id),
             time=now,
             subject=customer.key,
-            shop_id=customer.profile.shop_id,
+            shop_id=customer.about()["shop_id"],
             data=events.CustomerSunset(
-                shop_id=customer.profile.shop_id,
+                shop_id=customer.about()["shop_id"],
                 customer_key=customer.key,
                 journey_id=journey.id,
                 journey_version=journey.version,
@@ -538,15 +548,15 @@ def _due_sends(plan: _Plan, requests: dict[str, MessageRequest], now: datetime) 
         request = requests.get(_request_key(tracked, action))
         if request is None:
             continue
-        profile, send = customer.profile, action.send
+        profile, send = customer.about(), action.send
         due[request.request_key] = DueSend(
             request,
             now,
             tracked.journey.priority,
             send.expiry,
             send.send_at == "best_hour",
-            profile.time_zone,
-            profile.usual_open_hour,
+            profile["time_zone"],
+            profile["usual_open_hour"],
         )
     return list(due.values())
 
@@ -568,38 +578,52 @@ def _request_key(tracked: _Tracked, action: engine.RequestMessage) -> str:
     return f"{tracked.journey.id}:{tracked.enrollment.id}:{action.step_id}"
 
 
-def _request_event(request: MessageRequest, customer: CustomerFacts, now: datetime) -> bytes:
-    """The bytes `events.encode(make_event(...))` gives, built with one serialisation of the
-    request instead of three passes (dump, validate the envelope, dump again): per timer."""
-    data = request.model_dump(mode="json")
+def _request_event(data: dict[str, Any]) -> bytes:
+    """The bytes `events.encode(make_event(...))` gives for the request whose JSON form (the
+    contract's fields in order) is `data`, in one serialisation: per timer."""
     return orjson.dumps(
         {
             "specversion": "1.0",
-            "id": events.stable_event_id("request", request.request_key),
+            "id": events.stable_event_id("request", data["request_key"]),
             "source": SOURCE,
             "type": events.MESSAGE_REQUESTED,
-            "subject": customer.key,
-            "time": data["requested_at"],  # the same moment, serialised the same way
+            "subject": data["customer_key"],
+            "time": data["requested_at"],
             "datacontenttype": "application/json",
-            "shopid": customer.profile.shop_id,
+            "shopid": data["shop_id"],
             "data": data,
-        }
+        },
+        option=orjson.OPT_UTC_Z,  # pydantic writes UTC as `Z`
     )
 
 
-# What a lifecycle mail may say about the customer (the dispatcher's content.CustomerContext).
-_SUMMARY_FIELDS = {
-    "orders_count",
-    "total_spent",
-    "first_order_at",
-    "last_order_at",
-    "registered_at",
-    "last_order_categories",
-}
+# What a lifecycle mail may say about the customer (the dispatcher's content.CustomerContext),
+# in the profile's order (as `model_dump(include=...)` gave them).
+_SUMMARY_FIELDS = tuple(
+    name
+    for name in Profile.model_fields
+    if name
+    in {
+        "orders_count",
+        "total_spent",
+        "first_order_at",
+        "last_order_at",
+        "registered_at",
+        "last_order_categories",
+    }
+)
 
 
-def _summary(profile: Profile) -> dict[str, Any]:
-    return profile.model_dump(mode="json", include=_SUMMARY_FIELDS)
+def _facts(
+    kind: str,
+    occurred_at: datetime,
+    customer: CustomerFacts,
+    now: datetime,
+    about_message: str | None = None,
+    predictions: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    profile, cart = customer.profile_facts(), customer.cart_facts()
+    return facts_of(kind, occurred_at, profile, cart, now, about_message, predictions)
 
 
 def _customer(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -188,7 +187,7 @@ async def stored(db: AsyncEngine, n: int) -> list[CustomerFacts]:
         await BatchRepository(conn).save_customers(made, NOW)
         await conn.execute(sa.insert(predictions), fitted)
         found = await PredictionRepository(conn).facts_for(c.key for c in made)
-    return [replace(c, predictions=found.get(c.key)) for c in made]
+    return [c.with_predictions(found.get(c.key)) for c in made]
 
 
 async def test_sql_counts_what_python_counts_for_random_conditions(db: AsyncEngine) -> None:

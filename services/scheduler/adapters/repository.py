@@ -13,24 +13,104 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.scheduler.adapters import queries as q
+from services.scheduler.adapters.stored import as_stored, python_dump
 from services.scheduler.adapters.tables import outbox
 from services.scheduler.domain.engine import Enrollment
 from shared.events import CartSnapshot, Profile
 
 
-@dataclass(frozen=True)
 class CustomerFacts:
-    key: str
-    partition: int
-    profile: Profile
-    cart: CartSnapshot | None
-    # The purchase predictions (PredictionRepository.facts_for), read only where a condition
-    # needs them; None: none read, or none fitted for this customer.
-    predictions: Mapping[str, Any] | None = None
+    """A customer's profile and open cart: the contract's models an activity carried, or the
+    JSON a timer reads back from scheduler.customers. A stored one is not validated again
+    (stored.py): its facts and its request come from the JSON, and its models are built only
+    if something asks for them."""
+
+    __slots__ = ("_about", "_cart", "_profile", "_stored", "key", "partition", "predictions")
+
+    def __init__(
+        self,
+        key: str,
+        partition: int,
+        profile: Profile,
+        cart: CartSnapshot | None,
+        # The purchase predictions (PredictionRepository.facts_for), read only where a
+        # condition needs them; None: none read, or none fitted for this customer.
+        predictions: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.key, self.partition, self.predictions = key, partition, predictions
+        self._profile: Profile | None = profile
+        self._cart = cart
+        self._stored: tuple[dict[str, Any], dict[str, Any] | None] | None = None
+        self._about: dict[str, Any] | None = None
+
+    @classmethod
+    def stored(
+        cls, key: str, partition: int, profile: dict[str, Any], cart: dict[str, Any] | None
+    ) -> CustomerFacts:
+        """From the JSON this service stored (`Profile.model_dump_json` and the cart's)."""
+        facts = cls.__new__(cls)
+        facts.key, facts.partition, facts.predictions = key, partition, None
+        facts._profile, facts._cart = None, None
+        facts._stored = (profile, cart)
+        facts._about = profile if as_stored(Profile, profile) else None
+        return facts
+
+    def with_predictions(self, predictions: Mapping[str, Any] | None) -> CustomerFacts:
+        """The same customer with other purchase predictions (what `replace` was for)."""
+        copy = object.__new__(CustomerFacts)
+        for name in self.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.predictions = predictions
+        return copy
+
+    def __repr__(self) -> str:
+        return f"CustomerFacts({self.key!r}, partition={self.partition})"
+
+    @property
+    def profile(self) -> Profile:
+        if self._profile is None:
+            assert self._stored is not None
+            self._profile = Profile.model_validate(self._stored[0])
+        return self._profile
+
+    @property
+    def cart(self) -> CartSnapshot | None:
+        if self._cart is None and self._stored is not None and self._stored[1] is not None:
+            self._cart = CartSnapshot.model_validate(self._stored[1])
+        return self._cart
+
+    def profile_facts(self) -> dict[str, Any]:
+        """`profile.model_dump()`: a new dict, the caller's to change."""
+        if self._stored is None:
+            return self.profile.model_dump()
+        return python_dump(Profile, self._stored[0])
+
+    def cart_facts(self) -> dict[str, Any] | None:
+        """`cart.model_dump()` (None without an open cart): a new dict."""
+        if self._stored is None:
+            return None if self._cart is None else self._cart.model_dump()
+        cart = self._stored[1]
+        return None if cart is None else python_dump(CartSnapshot, cart)
+
+    def cart_json(self) -> dict[str, Any] | None:
+        """`cart.model_dump(mode="json")`, not to be changed."""
+        stored = None if self._stored is None else self._stored[1]
+        if stored is not None and as_stored(CartSnapshot, stored):
+            return stored
+        cart = self.cart
+        return None if cart is None else cart.model_dump(mode="json")
+
+    def about(self) -> dict[str, Any]:
+        """`profile.model_dump(mode="json")`, not to be changed: for the fields a request
+        carries (strings and numbers as they go out)."""
+        if self._about is None:
+            self._about = self.profile.model_dump(mode="json")
+        return self._about
 
 
 @dataclass(frozen=True)
@@ -285,9 +365,10 @@ def _insert_columns(rows: Sequence[NewEnrollment]) -> list[list[Any]]:
 
 
 def _customer(row: Any) -> CustomerFacts:
-    cart = None if row["cart"] is None else CartSnapshot.model_validate_json(row["cart"])
-    profile = Profile.model_validate_json(row["profile"])
-    return CustomerFacts(row["customer_key"], row["partition"], profile, cart)
+    cart = None if row["cart"] is None else orjson.loads(row["cart"])
+    return CustomerFacts.stored(
+        row["customer_key"], row["partition"], orjson.loads(row["profile"]), cart
+    )
 
 
 def _enrollment(row: Any) -> Enrollment:

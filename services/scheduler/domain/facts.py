@@ -38,25 +38,43 @@ def build_facts(
 ) -> dict[str, Any]:
     """`about_message` is the request key an e-mail event or a conversion concerns;
     `predictions` the customer's purchase predictions (PredictionRepository.facts_for)."""
-    profile_facts = profile.model_dump()
+    cart_facts = None if cart is None else cart.model_dump()
+    return facts_of(
+        kind, occurred_at, profile.model_dump(), cart_facts, now, about_message, predictions
+    )
+
+
+def facts_of(
+    kind: str,
+    occurred_at: datetime,
+    profile_facts: dict[str, Any],
+    cart_facts: dict[str, Any] | None,
+    now: datetime,
+    about_message: str | None = None,
+    predictions: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`build_facts` from `profile.model_dump()` and `cart.model_dump()` (dicts this changes
+    and keeps): a timer's customer comes as stored JSON, without the models."""
+    last_order_at = profile_facts["last_order_at"]
+    registered_at = profile_facts["registered_at"]
+    first_order_at = profile_facts["first_order_at"]
+    expected = profile_facts["expected_next_order_at"]
     profile_facts.update(predictions or NO_PREDICTIONS)
-    if profile.recent_orders is not None:  # the period figures as of now, not as of as_of
-        orders = ((o.at, o.total) for o in profile.recent_orders)
-        profile_facts.update(figures(orders, profile.period_days, now))
-    profile_facts["days_since_last_order"] = _days_since(profile.last_order_at, now)
-    profile_facts["days_since_registration"] = _days_since(profile.registered_at, now)
-    profile_facts["days_since_first_order"] = _days_since(profile.first_order_at, now)
-    expected = profile.expected_next_order_at
+    recent = profile_facts["recent_orders"]
+    if recent is not None:  # the period figures as of now, not as of as_of
+        orders = ((o["at"], o["total"]) for o in recent)
+        profile_facts.update(figures(orders, profile_facts["period_days"], now))
+    profile_facts["days_since_last_order"] = _days_since(last_order_at, now)
+    profile_facts["days_since_registration"] = _days_since(registered_at, now)
+    profile_facts["days_since_first_order"] = _days_since(first_order_at, now)
     profile_facts["days_until_expected_order"] = None if expected is None else -_days(expected, now)
     predicted = profile_facts.get("predicted_next_order_at")
     profile_facts["days_until_predicted_order"] = (
         None if predicted is None else -_days(predicted, now)
     )
-    profile_facts["categories"] = _categories(profile, now)
-    cart_facts: dict[str, Any] | None = None
-    if cart is not None:
-        cart_facts = cart.model_dump()
-        cart_facts["item_count"] = sum(line.quantity for line in cart.lines)
+    profile_facts["categories"] = _categories(profile_facts["categories"], now)
+    if cart_facts is not None:
+        cart_facts["item_count"] = sum(line["quantity"] for line in cart_facts["lines"])
     return {
         "event": {"kind": kind, "occurred_at": occurred_at, "request_key": about_message},
         "profile": profile_facts,
@@ -72,13 +90,12 @@ def _days(moment: datetime, now: datetime) -> float:
     return (now - moment).total_seconds() / SECONDS_PER_DAY
 
 
-def _categories(profile: Profile, now: datetime) -> dict[str, dict[str, Any]]:
+def _categories(categories: list[dict[str, Any]], now: datetime) -> dict[str, dict[str, Any]]:
     """Per category by name, so a condition can say profile.categories.<name>.<fact>."""
     out: dict[str, dict[str, Any]] = {}
-    for category in profile.categories:
-        facts = category.model_dump()
-        facts["days_since_last_order"] = _days(category.last_order_at, now)
-        out[category.category] = facts
+    for facts in categories:
+        facts["days_since_last_order"] = _days(facts["last_order_at"], now)
+        out[facts["category"]] = facts
     return out
 
 

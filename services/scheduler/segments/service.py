@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -310,7 +310,7 @@ class PredictionEntries:
         entered = 0
         for customer in customers.values():
             after = segment_facts(customer, now)
-            before = segment_facts(replace(customer, predictions=previous[customer.key]), now)
+            before = segment_facts(customer.with_predictions(previous[customer.key]), now)
             for journey in journeys:
                 segment = segment_of(journey)
                 due = pending.get((journey.id, customer.key))
