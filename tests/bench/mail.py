@@ -7,7 +7,9 @@ connection, `send_message`, quit; it runs in a process of its own so its CPU is 
 same way. The dispatcher is `python -m services.dispatcher run` as deployed: the requests are
 produced to message.requests and the clock stops when all N results are on
 engagement.results. Without smtp-sink (`make smtp-sink` installs Postfix) both go to an
-aiosmtpd sink instead, and the report says so.
+aiosmtpd sink instead, and the report says so. REBOUND_BENCH_PROFILE=1 runs the dispatcher
+under cProfile (dispatcher.prof in the bench directory; its CPU figure then includes the
+profiler's cost).
 
 `python -m tests.bench.mail peer|sink ...` are the peer and the fallback sink, run by the bench.
 """
@@ -247,9 +249,11 @@ def dispatcher_env(
 
 @contextmanager
 def dispatcher(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    profile = ["-m", "tests.bench.profiled", str(log_path.with_suffix(".prof"))]
+    wrap = profile if os.environ.get("REBOUND_BENCH_PROFILE") else ["-m"]
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services.dispatcher", "run"],
+            [sys.executable, *wrap, "services.dispatcher", "run"],
             env=env,
             cwd=ROOT,
             stdout=out,

@@ -687,3 +687,25 @@ async def test_ready_once_database_and_broker_answer_and_metrics_count_mails(
         assert ready.json()["checks"] == {"database": True, "broker": True}
         metrics = (await client.get("/metrics")).text
     assert 'rebound_mails_sent_total{service="dispatcher"}' in metrics
+
+
+async def test_one_producer_sender_for_all_loops_so_an_idle_dispatcher_does_not_spin(
+    harness: Harness,
+) -> None:
+    """The requests, suppressions and privacy loops share one producer. Each start() of an
+    aiokafka producer adds a sender task over the same buffer, and two of them wake each other
+    without end: an idle dispatcher then burns CPU (it was a third of the CPU per mail)."""
+    service = await harness.start()
+    await harness.send(message_request("rk-one-sender"))
+    await eventually(results_for(harness, "rk-one-sender"), 30, "message.sent")
+    await settle()  # the other two loops are past their producer start by now
+
+    producer = service._producer
+    assert producer is not None
+    senders = [
+        task
+        for task in asyncio.all_tasks()
+        if task.get_coro().__qualname__ == "Sender._sender_routine"  # type: ignore[union-attr]
+        and task.get_coro().cr_frame.f_locals.get("self") is producer._sender  # type: ignore[union-attr]
+    ]
+    assert len(senders) == 1
