@@ -4,7 +4,8 @@ A batch is handled as a whole by the Dispatcher (one key once per batch). What c
 mail is answered with message.failed and its record dead-lettered with the reason; the batch
 goes on. When the relay is unreachable (`Unavailable`) or the database away (`Transient`),
 the error is raised after everything decided was recorded and published, so the consumer loop
-retries the batch: decided requests are then merely republished.
+retries the batch: decided requests are then merely republished. So is an error that stopped
+the claiming of a batch part way (the parts before it may have been sent already).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class RequestHandler:
         outcome = await self._dispatcher.handle([request for _, request in pending.values()])
         for key, reason in outcome.unbuildable.items():
             await self._publisher.dead_letter(pending[key][0], reason)
+        if outcome.error is not None:
+            raise outcome.error
         if outcome.database_down is not None:
             raise Transient(outcome.database_down)
         if outcome.relay_down is not None:

@@ -1,11 +1,12 @@
 """A batch of message requests, start to finish: decide, claim, send, record, publish.
 
-Per batch: one statement reads what is already known, one claims the rest (suppressed and
-unbuildable requests are recorded final in the same statement), the mails go out over the
-pooled SMTP connections, each group of them is marked 'data' in one statement just before
-their DATA commands, one statement records every outcome, and the results are published
-together. A crash before DATA leaves a row 'claimed' (sent after the restart), a crash after
-it leaves it 'data' (reported uncertain, never resent).
+Per batch: one statement reads what is already known; the rest is claimed in parts of
+CLAIM_PART requests, one statement each (suppressed and unbuildable requests are recorded
+final in the same statement), and the pooled SMTP connections start on the first part while
+the next ones are rendered and claimed. Each group of mails is marked 'data' in one statement
+just before their DATA commands, one statement records every outcome, and the results are
+published together. A crash before DATA leaves a row 'claimed' (sent after the restart), a
+crash after it leaves it 'data' (reported uncertain, never resent).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ from shared.retry import retry_forever
 from shared.tracking import MessageRef, TokenSigner
 
 SERVICE = "dispatcher"
+# Requests rendered and claimed per statement. Small enough that SMTP starts soon and the
+# next part is claimed while this one is sent; large enough to keep statements few.
+CLAIM_PART = 128
 log = get_logger(__name__)
 
 
@@ -153,11 +157,12 @@ class BatchOutcome:
     unbuildable: dict[str, str] = field(default_factory=dict)  # request key -> reason
     relay_down: str | None = None
     database_down: str | None = None
+    error: Exception | None = None  # a later part's claim failed: raise it after the rest
 
 
 @dataclass
 class _Sending:
-    """Shared state of the connections working on one batch."""
+    """Shared state of the connections working on one batch, and of the task claiming it."""
 
     queue: deque[Job]
     gate: DataGate
@@ -165,6 +170,24 @@ class _Sending:
     bounced: list[tuple[Job, SmtpFailure]] = field(default_factory=list)
     relay_down: str | None = None
     database_down: str | None = None
+    error: Exception | None = None
+    claimed_all: bool = False  # no more jobs will be added
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # jobs added, or stopping
+    mails: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        return (
+            self.relay_down is not None or self.database_down is not None or self.error is not None
+        )
+
+    def add(self, jobs: list[Job]) -> None:
+        self.queue.extend(jobs)
+        self.mails += len(jobs)
+        self.arrived.set()
+
+    def wake(self) -> None:
+        self.arrived.set()
 
 
 class Dispatcher:
@@ -212,21 +235,52 @@ class Dispatcher:
                 outcome.published.append(record)
         outcome.published += await self._mark_uncertain(uncertain, now)
         claim_id = uuid.uuid4().hex
-        jobs = await self._claim(fresh, claim_id, now, outcome)
-        claimed = time.perf_counter()
-        await self._send(jobs, claim_id, outcome)
+        gate = DataGate(lambda keys: self._repo.mark_data(keys, claim_id, self._clock.now()))
+        state = _Sending(deque(), gate)
+        known_at = time.perf_counter()
+        claiming = asyncio.create_task(self._claim_parts(fresh, claim_id, now, outcome, state))
+        try:
+            await self._send(state)
+        finally:
+            gate.close()
+            await claiming  # it stops after its current part when the sending stopped
         sent = time.perf_counter()
+        await self._settle(state, claim_id, outcome)
+        settled = time.perf_counter()
         await self._results.publish(outcome.published)
         log.info(
             "batch_dispatched",
             requests=len(requests),
-            mails=len(jobs),
+            mails=state.mails,
             results=len(outcome.published),
-            claim_ms=round(1000 * (claimed - started)),
-            smtp_ms=round(1000 * (sent - claimed)),
-            publish_ms=round(1000 * (time.perf_counter() - sent)),
+            known_ms=round(1000 * (known_at - started)),
+            claim_and_smtp_ms=round(1000 * (sent - known_at)),
+            record_ms=round(1000 * (settled - sent)),
+            publish_ms=round(1000 * (time.perf_counter() - settled)),
         )
         return outcome
+
+    async def _claim_parts(
+        self,
+        fresh: list[MessageRequest],
+        claim_id: str,
+        now: datetime,
+        outcome: BatchOutcome,
+        state: _Sending,
+    ) -> None:
+        """Claims part after part and hands each one's mail to the connections. A failed
+        claim stops the batch; what was sent is still recorded before the error is raised."""
+        try:
+            for start in range(0, len(fresh), CLAIM_PART):
+                if state.stopped:
+                    break
+                part = fresh[start : start + CLAIM_PART]
+                state.add(await self._claim(part, claim_id, now, outcome))
+        except Exception as exc:
+            state.error = exc
+        finally:
+            state.claimed_all = True
+            state.wake()
 
     async def _mark_uncertain(self, keys: list[str], now: datetime) -> list[MessageRecord]:
         records = await self._repo.mark_uncertain(keys, UNCERTAIN_REASON, now)
@@ -387,32 +441,41 @@ class Dispatcher:
 
     # --- SMTP -----------------------------------------------------------------------------
 
-    async def _send(self, jobs: list[Job], claim_id: str, outcome: BatchOutcome) -> None:
-        if not jobs:
-            return
-        gate = DataGate(lambda keys: self._repo.mark_data(keys, claim_id, self._clock.now()))
-        state = _Sending(deque(jobs), gate)
-        connections = self._pool.connections[: len(jobs)]
-        try:
-            results = await asyncio.gather(
-                *(self._work(c, state) for c in connections), return_exceptions=True
-            )
-        finally:
-            gate.close()
+    async def _send(self, state: _Sending) -> None:
+        """Every connection takes mail as the parts are claimed, until all is sent or the
+        relay or the database stopped the batch."""
+        results = await asyncio.gather(
+            *(self._work(c, state) for c in self._pool.connections), return_exceptions=True
+        )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+
+    async def _settle(self, state: _Sending, claim_id: str, outcome: BatchOutcome) -> None:
+        """Record every outcome (mail left unsent is released 'claimed'), then the bounces."""
         for job in state.queue:  # not sent: the relay or the database stopped the batch
             state.done.append(self._finished(job, "claimed", None))
+        state.queue.clear()
         outcome.published += await self._record(state.done, claim_id)
         await self._hard_bounces(state.bounced)
         outcome.relay_down, outcome.database_down = state.relay_down, state.database_down
-        log.info("batch_sent", marks=gate.statements, connections=len(connections))
+        outcome.error = state.error
+        log.info("batch_sent", marks=state.gate.statements, mails=state.mails)
+
+    async def _next_job(self, state: _Sending) -> Job | None:
+        """The next mail to send; waits while a part is still being claimed."""
+        while not state.stopped:
+            if state.queue:
+                return state.queue.popleft()
+            if state.claimed_all:
+                return None
+            state.arrived.clear()
+            await state.arrived.wait()
+        return None
 
     async def _work(self, connection: SmtpConnection, state: _Sending) -> None:
         """Take mail after mail until the batch is done or cannot go on."""
-        while state.queue and state.relay_down is None and state.database_down is None:
-            job = state.queue.popleft()
+        while (job := await self._next_job(state)) is not None:
             job.tries += 1
             key = job.record.request_key
             try:
@@ -423,6 +486,7 @@ class Dispatcher:
             except Transient as exc:
                 state.database_down = str(exc)
                 state.queue.append(job)
+                state.wake()
                 continue
             if failure is None:
                 metrics.MAILS_SENT.labels(SERVICE).inc()
@@ -451,6 +515,7 @@ class Dispatcher:
         elif action is Next.RELEASE:
             state.relay_down = failure.describe()
             state.queue.append(job)
+            state.wake()
         elif action is Next.UNCERTAIN:
             metrics.MESSAGES_SKIPPED.labels(SERVICE, "uncertain").inc()
             reason = failure_reason(kind, failure, attempts)

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from services.dispatcher.app import DispatcherService
+from services.dispatcher.dispatch import CLAIM_PART
 from services.dispatcher.settings import DispatcherSettings
 from shared.clock import ManualClock
 from shared.db import make_engine
@@ -669,6 +670,38 @@ async def test_a_request_the_database_refuses_is_dead_lettered_and_the_next_ones
     for key in ("rk-after-1", "rk-after-2"):
         row = await harness.row(key)
         assert row is not None and row["status"] == "sent"
+
+
+async def test_a_claim_refused_part_way_through_a_batch_leaves_no_mail_unrecorded(
+    harness: Harness,
+) -> None:
+    """A batch is claimed in parts while the first ones are already on SMTP. When the database
+    refuses a later part, the mail already sent is recorded 'sent' before the batch is retried
+    (not left mid-send, which would read as a crash and answer 'uncertain')."""
+    customer = f"{SHOP}:c:one-partition"  # one partition, in this order: one batch
+    bad = CLAIM_PART + 2
+    requests = [
+        message_request(
+            f"rk-part-{n}",
+            email=f"part-{n}@example.com",
+            customer_key=customer,
+            journey_id="abandoned-cart\u0000" if n == bad else "abandoned-cart",
+        )
+        for n in range(CLAIM_PART + 12)
+    ]
+    await harness.start_clients()
+    await harness.send_many(requests)
+    await harness.start_service()
+
+    good = [r.request_key for n, r in enumerate(requests) if n != bad]
+    await eventually(lambda: all(harness.results.of(k) for k in good), 60, "every result")
+    await eventually(lambda: len(harness.dead_letters.records) == 1, what="one dead letter")
+    await settle()
+    [dead] = harness.dead_letters.records
+    assert decode(dead.value).data["request_key"] == f"rk-part-{bad}"
+    assert {e.type for k in good for e in harness.results.of(k)} == {MESSAGE_SENT}
+    recipients = sorted(r for m in harness.store.messages for r in m.recipients)
+    assert recipients == sorted(f"part-{n}@example.com" for n in range(len(requests)) if n != bad)
 
 
 # --- operations ---------------------------------------------------------------------------
