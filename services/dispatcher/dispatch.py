@@ -145,6 +145,7 @@ class Job:
 
     record: MessageRecord
     envelope: Envelope
+    message_id: str  # the Message-ID header it carries, recorded once it is sent
     tries: int = 0  # SMTP attempts in this batch
 
 
@@ -305,17 +306,17 @@ class Dispatcher:
         ]
         owned = await self._repo.claim([record for record, _ in prepared], claim_id, now)
         jobs: list[Job] = []
-        for record, envelope in prepared:
+        for record, mail in prepared:
             attempts = owned.get(record.request_key)
             if attempts is None:
                 log.info("claimed_by_another_dispatcher", request_key=record.request_key)
-            elif envelope is None:
+            elif mail is None:
                 self._count_skipped(record)
                 outcome.published.append(record)
                 if record.status == "failed" and record.reason is not None:
                     outcome.unbuildable[record.request_key] = record.reason
             else:
-                jobs.append(Job(replace(record, attempts=attempts), envelope))
+                jobs.append(Job(replace(record, attempts=attempts), *mail))
         return jobs
 
     async def _products(
@@ -358,7 +359,7 @@ class Dispatcher:
         suppressed: str | None,
         offer: Issued | None,
         products: list[RecommendedProduct] | None = None,
-    ) -> tuple[MessageRecord, Envelope | None]:
+    ) -> tuple[MessageRecord, tuple[Envelope, str] | None]:
         """The record to claim and the mail to send; a suppressed or unbuildable request, or
         one whose discount code could not be issued, gets its final record and no mail."""
         if suppressed is not None:
@@ -372,14 +373,14 @@ class Dispatcher:
             rendered = self._renderer.render(
                 request.template, request.subject, render_context(request, shown, extras)
             )
-            content, sender = self._content(request, rendered, now)
+            content, sender, mid = self._content(request, rendered, now)
         except InvalidEvent as exc:
             return _new_record(request, request.subject, "failed", now, str(exc)), None
         except UnsendableMessage as exc:
             reason = f"cannot build the e-mail: {exc}"
             return _new_record(request, request.subject, "failed", now, reason), None
         envelope = Envelope(sender, request.recipient.email, content)
-        return _new_record(request, rendered.subject, "claimed", now), envelope
+        return _new_record(request, rendered.subject, "claimed", now), (envelope, mid)
 
     @staticmethod
     def _perk(request: MessageRequest, shop: ShopView | None) -> object | None:
@@ -392,8 +393,9 @@ class Dispatcher:
 
     def _content(
         self, request: MessageRequest, rendered: RenderedMessage, now: datetime
-    ) -> tuple[bytes, str]:
-        """The bytes DATA sends (DKIM-signed when the shop has a key) and the envelope sender."""
+    ) -> tuple[bytes, str, str]:
+        """The bytes DATA sends (DKIM-signed when the shop has a key), the envelope sender and
+        the Message-ID."""
         mail_from, sender, from_header = self._sender_of(request.shop_id)
         shop = self._engagement.shops.get(request.shop_id)
         signer = self._engagement.signer
@@ -403,13 +405,14 @@ class Dispatcher:
             prepared = prepare(rendered, shop.mail, ref, signer.sign)
             rendered, headers = prepared.rendered, prepared.headers
         recipient = request.recipient
+        mid = message_id(request.request_key, mail_from)
         content = build(
             MailParts(
                 sender=sender,
                 to_name=" ".join(filter(None, (recipient.first_name, recipient.last_name))),
                 to_address=recipient.email,
                 subject=rendered.subject,
-                message_id=message_id(request.request_key, mail_from),
+                message_id=mid,
                 date=now,
                 text=rendered.text,
                 html=rendered.html,
@@ -419,7 +422,7 @@ class Dispatcher:
         )
         if shop is not None and shop.dkim is not None:
             content = dkim_sign(content, shop.dkim)  # over the exact bytes DATA sends
-        return content, sender.address
+        return content, sender.address, mid
 
     def _sender_of(self, shop_id: str) -> tuple[str, Mailbox, str]:
         """(From as configured, its mailbox, the encoded From header), once per shop."""
@@ -527,12 +530,11 @@ class Dispatcher:
 
     def _finished(self, job: Job, status: Status, reason: str | None) -> Job:
         record = job.record
-        mid = message_id(record.request_key, self._policy.mail_from) if status == "sent" else None
         final = replace(
             record,
             status=status,
             reason=reason,
-            smtp_message_id=mid,
+            smtp_message_id=job.message_id if status == "sent" else None,
             attempts=record.attempts + job.tries - 1,
         )
         return replace(job, record=final)

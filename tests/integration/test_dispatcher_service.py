@@ -13,11 +13,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from mailcatcher import CaughtMail, MailStore, start_catcher
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from services.dispatcher.app import DispatcherService
 from services.dispatcher.dispatch import CLAIM_PART
 from services.dispatcher.settings import DispatcherSettings
+from services.dispatcher.shops import ShopMailConfig
 from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.events import (
@@ -35,6 +37,7 @@ from shared.events import (
 )
 from shared.kafka import HEADERS, make_producer
 from shared.topics import ENGAGEMENT_RESULTS, MESSAGE_REQUESTS, Topics, dlq
+from shared.tracking import TrackingKey
 from tests.conftest import Infra, eventually
 
 SHOP = "demo.myshopify.com"
@@ -296,6 +299,29 @@ async def test_a_batch_of_500_requests_gives_500_mails_each_exactly_once(harness
     assert sorted(e.data["request_key"] for e in harness.results.events()) == sorted(keys)
     recipients = sorted(r for m in harness.store.messages for r in m.recipients)
     assert recipients == sorted(f"{key}@example.com" for key in keys)
+
+
+async def test_a_shop_sending_from_its_own_domain_records_the_message_id_its_mail_carries(
+    harness: Harness,
+) -> None:
+    own_domain = ShopMailConfig(
+        shop_id=SHOP,
+        sender_name="Demo Shop",
+        sender_address="hello@mail.demo-shop.example",  # not mail_from's domain
+        footer_address="Demo Shop, 1 Main St, Springfield",
+        public_base_url="https://t.shop.example",
+    )
+    keys = [TrackingKey(kid="k1", secret=SecretStr("d" * 40))]
+    await harness.start(shops=[own_domain], tracking_keys=keys)
+    await harness.send(message_request("rk-own-domain", email="own@example.com"))
+
+    await eventually(results_for(harness, "rk-own-domain"), 30, "message.sent")
+    [mail] = harness.mails_to("own@example.com")
+    [event] = harness.results.of("rk-own-domain")
+    assert mail.message["Message-ID"].endswith("@mail.demo-shop.example>")
+    assert event.data["smtp_message_id"] == mail.message["Message-ID"]
+    row = await harness.row("rk-own-domain")
+    assert row is not None and row["smtp_message_id"] == mail.message["Message-ID"]
 
 
 async def test_hostile_names_make_well_formed_mail_and_every_request_gets_a_result(

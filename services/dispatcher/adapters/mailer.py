@@ -10,16 +10,26 @@ a refused envelope it sends RSET so the next mail starts clean; after the relay 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiosmtplib import SMTP, SMTPException, SMTPResponseException
+from aiosmtplib import (
+    SMTP,
+    SMTPException,
+    SMTPRecipientRefused,
+    SMTPResponseException,
+    SMTPSenderRefused,
+    SMTPStatus,
+)
 
 from services.dispatcher.domain.decisions import SmtpFailure, Stage
 from shared.retry import backoff_s
 
 # The relay closes the connection with this code (e.g. too many connections or mails).
 SERVICE_CLOSING = 421
+# An ASCII address that goes on the command line as it is: no name, space, <, > or quote.
+_PLAIN_ADDRESS = re.compile(r'[^\s<>"@]+@[^\s<>"@]+', re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -80,9 +90,9 @@ class SmtpConnection:
         try:
             smtp = await self._connected()
             stage = "envelope"
-            await smtp.mail(envelope.sender)
+            await _mail_from(smtp, envelope.sender)
             stage = "recipient"
-            await smtp.rcpt(envelope.recipient)
+            await _rcpt_to(smtp, envelope.recipient)
             await self._gate(smtp, before_data)
             stage = "data"
             await smtp.data(envelope.content)
@@ -138,6 +148,35 @@ class SmtpConnection:
         if self._smtp is not None:
             self._smtp.close()
             self._smtp = None
+
+
+def _plain(smtp: SMTP, address: str) -> bool:
+    """aiosmtplib's mail() and rcpt() parse each address again (about a tenth of the SMTP
+    CPU per mail); a plain address needs none of it. The first mail on a connection and any
+    other address take the library's way (it also says EHLO first)."""
+    return (
+        not smtp.is_ehlo_or_helo_needed
+        and address.isascii()
+        and _PLAIN_ADDRESS.fullmatch(address) is not None
+    )
+
+
+async def _mail_from(smtp: SMTP, address: str) -> None:
+    if not _plain(smtp, address):
+        await smtp.mail(address)
+        return
+    response = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % address.encode())
+    if response.code != SMTPStatus.completed:
+        raise SMTPSenderRefused(response.code, response.message, address)
+
+
+async def _rcpt_to(smtp: SMTP, address: str) -> None:
+    if not _plain(smtp, address):
+        await smtp.rcpt(address)
+        return
+    response = await smtp.execute_command(b"RCPT", b"TO:<%s>" % address.encode())
+    if response.code not in (SMTPStatus.completed, SMTPStatus.will_forward):
+        raise SMTPRecipientRefused(response.code, response.message, address)
 
 
 class SmtpPool:
