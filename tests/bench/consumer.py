@@ -191,14 +191,30 @@ class Progress:
     done_at: float | None = None
     count: int = 0  # committed so far
     last_at: float | None = None  # when `count` was first seen
+    # CPU seconds (of whatever `cpu` measures) at the first commit seen and at the end.
+    cpu: Callable[[], tuple[float, ...]] | None = None
+    first_cpu: tuple[float, ...] = ()
+    last_cpu: tuple[float, ...] = ()
 
     def observe(self, count: int, now: float) -> None:
         if self.first_at is None and count > 0:
             self.first_at, self.first_count = now, count
+            self.first_cpu = self.cpu() if self.cpu else ()
         if count > self.count:
             self.count, self.last_at = count, now
+            self.last_cpu = self.cpu() if self.cpu else ()
         if self.done_at is None and count >= self.target:
             self.done_at = now
+
+    def steady_cpu_ms_per_event(self) -> list[float]:
+        """CPU ms per event of each measured thing, between the first and the last commit."""
+        events = self.count - self.first_count
+        if not events or not self.first_cpu or not self.last_cpu:
+            return []
+        return [
+            1000 * (last - first) / events
+            for first, last in zip(self.first_cpu, self.last_cpu, strict=True)
+        ]
 
     def steady_events_per_s(self) -> float:
         """From the first commit seen to the last progress seen (all done, or time up)."""
@@ -216,8 +232,9 @@ async def wait_committed(
     started_at: float,
     timeout_s: float,
     alive: Callable[[], bool],
+    cpu: Callable[[], tuple[float, ...]] | None = None,
 ) -> Progress:
-    progress = Progress(target, started_at)
+    progress = Progress(target, started_at, cpu=cpu)
     async with CommittedOffsets(bootstrap, group, topic) as offsets:
         while progress.done_at is None:
             await _poll(offsets, progress, timeout_s, alive)
@@ -232,9 +249,10 @@ async def committed_for(
     started_at: float,
     limit_s: float,
     alive: Callable[[], bool],
+    cpu: Callable[[], tuple[float, ...]] | None = None,
 ) -> Progress:
     """Like wait_committed, but stops after `limit_s` with whatever was committed by then."""
-    progress = Progress(target, started_at)
+    progress = Progress(target, started_at, cpu=cpu)
     async with CommittedOffsets(bootstrap, group, topic) as offsets:
         while progress.done_at is None and time.perf_counter() - started_at < limit_s:
             await _poll(offsets, progress, limit_s + 60, alive)

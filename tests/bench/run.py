@@ -124,9 +124,14 @@ def process(
 
 
 @contextmanager
-def ingest(s: Stack, role: str, prefix: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def ingest(
+    s: Stack, role: str, prefix: str, profile: str | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """One ingest process; with `profile`, under cProfile writing its statistics there."""
     port = devstack.free_port()
     args = ["-m", "services.ingest", "run", "--role", role]
+    if profile:
+        args = ["-m", "tests.bench.profiled", profile, *args[1:]]
     with process(args, ingest_env(s, role, port, prefix), f"ingest-{role}.log") as proc:
         yield proc, port
 
@@ -178,6 +183,21 @@ def cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pg_cpu_s(s: Stack) -> float:
+    """CPU seconds of the bench's PostgreSQL so far: the postmaster and its live children
+    (backends, WAL writer, checkpointer); a backend that exited is no longer counted."""
+    postmaster = int((s.pg.datadir / "postmaster.pid").read_text().split()[0])
+    total = cpu_s(postmaster)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 # --- (a) webhooks ------------------------------------------------------------------------------
@@ -308,7 +328,8 @@ def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
     log(f"consumer: produced in {produce_s:.1f}s")
     naive = bench_naive_consumer(s, args, topic, len(events))
     log("consumer: starting one --role consumer process")
-    with ingest(s, "consumer", CONSUMER_PREFIX) as (proc, _):
+    statements = PgStatements(s) if args.pg_statements else None
+    with ingest(s, "consumer", CONSUMER_PREFIX, args.profile_consumer) as (proc, _):
         started = time.perf_counter()
         cpu_before = cpu_s(proc.pid)
         progress = asyncio.run(
@@ -320,6 +341,7 @@ def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
                 started,
                 args.consumer_timeout,
                 lambda: proc.poll() is None,
+                lambda: (cpu_s(proc.pid), pg_cpu_s(s)),
             )
         )
         cpu = cpu_s(proc.pid) - cpu_before
@@ -329,7 +351,7 @@ def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
     )
     dead = asyncio.run(cbench.end_offsets(s.bootstrap, CONSUMER_PREFIX + dlq(SHOP_EVENTS)))
     total_s = progress.done_at - started
-    rebound = {
+    rebound: dict[str, Any] = {
         "events": len(events),
         "produce_s": round(produce_s, 1),
         "wall_s_from_process_start": round(total_s, 2),
@@ -341,8 +363,47 @@ def bench_consumer(s: Stack, args: argparse.Namespace) -> dict[str, Any]:
         "customer_activity_distinct_sources": distinct,
         "dead_lettered": dead,
         "consumer_cpu_pct": round(100 * cpu / total_s, 1),
+        **steady_cpu(progress),
     }
+    if statements:
+        rebound["pg_top_statements"] = statements.top()
     return {"naive": naive, "rebound": rebound}
+
+
+def steady_cpu(progress: cbench.Progress) -> dict[str, float]:
+    """CPU ms per event between the first and the last commit: the process, PostgreSQL."""
+    per_event = progress.steady_cpu_ms_per_event()
+    if not per_event:
+        return {}
+    return {
+        "cpu_ms_per_event_steady": round(per_event[0], 4),
+        "postgres_cpu_ms_per_event_steady": round(per_event[1], 4),
+    }
+
+
+class PgStatements:
+    """pg_stat_statements for one part (`--pg-statements`): PostgreSQL restarted with the
+    extension preloaded, its counters reset now; `top()` reads them and switches it off
+    again (the bench's cluster is kept between runs)."""
+
+    def __init__(self, s: Stack) -> None:
+        self._s = s
+        s.pg.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        s.pg.stop()
+        s.pg.start()
+        s.pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", DATABASE)
+        s.pg.psql("SELECT pg_stat_statements_reset()", DATABASE)
+
+    def top(self, limit: int = 12) -> list[str]:
+        out = self._s.pg.psql(
+            "SELECT round(total_exec_time)::text || ' ms | ' || calls || ' calls | ' || rows"
+            " || ' rows | ' || regexp_replace(left(query, 160), '\\s+', ' ', 'g')"
+            " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
+            f" WHERE datname = '{DATABASE}') ORDER BY total_exec_time DESC LIMIT {limit}",
+            DATABASE,
+        )
+        self._s.pg.psql("ALTER SYSTEM RESET shared_preload_libraries")
+        return str(out).splitlines()
 
 
 def bench_naive_consumer(
@@ -364,6 +425,7 @@ def bench_naive_consumer(
                 started,
                 args.naive_seconds,
                 lambda: proc.poll() is None,
+                lambda: (cpu_s(proc.pid), pg_cpu_s(s)),
             )
         )
         cpu = cpu_s(proc.pid) - cpu_before
@@ -374,6 +436,7 @@ def bench_naive_consumer(
         "measured_s": round(wall_s, 1),
         "events_per_s_steady": round(progress.steady_events_per_s(), 1),
         "consumer_cpu_pct": round(100 * cpu / wall_s, 1),
+        **steady_cpu(progress),
     }
 
 
@@ -457,8 +520,16 @@ def consumer_table(c: dict[str, Any]) -> list[str]:
         f"customers {r['customers_rows']}, customer.activity {r['customer_activity_events']} "
         f"({r['customer_activity_distinct_sources']} distinct), dead-lettered "
         f"{r['dead_lettered']}",
+        f"  CPU ms per event, steady: naive {_ms(n, 'cpu')} (its PostgreSQL {_ms(n, 'postgres')});"
+        f" Rebound {_ms(r, 'cpu')} (its PostgreSQL {_ms(r, 'postgres')})",
+        *(f"    pg: {line}" for line in r.get("pg_top_statements", ())),
         "",
     ]
+
+
+def _ms(result: dict[str, Any], what: str) -> str:
+    value = result.get(f"{what}_ms_per_event_steady")
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def table(results: dict[str, Any]) -> str:
@@ -503,6 +574,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--consumer-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--profile-consumer", metavar="FILE", help="run the consumer under cProfile (FILE.prof)"
+    )
+    parser.add_argument(
+        "--pg-statements",
+        action="store_true",
+        help="report PostgreSQL's top statements of the consumer part (pg_stat_statements)",
+    )
     parser.add_argument(
         "--naive-seconds", type=float, default=45.0, help="at most this long for the ORM loop"
     )
