@@ -18,7 +18,7 @@ from services.ingest.adapters.catalog_repository import CatalogRepository
 from services.ingest.adapters.facts_repository import FactsRepository
 from services.ingest.adapters.identity_repository import IdentityRepository
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
-from services.ingest.domain.activity import activity_events, stage_events
+from services.ingest.domain.activity import activity_events, encoded_stage_events
 from services.ingest.domain.catalog import fold_products
 from services.ingest.domain.customer_facts import FactsSettings
 from services.ingest.domain.facts import FactChanges, ShopEventIn, fold
@@ -71,12 +71,11 @@ class FactsHandler:
         topic = self._activity_topic
         merged = merged_activities(joined.announce, joined.aliases, profiles, open_carts, now)
         out = [(topic, key, ev.encode(event)) for key, event in merged]
-        out += [
-            (topic, key, value)
-            for key, value in activity_events(unique, owners, profiles, open_carts)
-        ]
-        stages = stage_events(changes, profiles, open_carts, _last_event_ids(unique), now)
-        return out + [(topic, key, ev.encode(event)) for key, event in stages]
+        facts: dict[str, bytes] = {}  # each customer's profile and cart, encoded once
+        activity = activity_events(unique, owners, profiles, open_carts, facts)
+        causes = _last_event_ids(unique)
+        stages = encoded_stage_events(changes, profiles, open_carts, causes, now, facts)
+        return out + [(topic, key, value) for key, value in activity + stages]
 
 
 async def _store(

@@ -65,13 +65,15 @@ def activity_events(
     owners: Mapping[tuple[str, str], str],
     profiles: Mapping[str, ev.Profile],
     open_carts: Mapping[str, OpenCart],
+    facts: dict[str, bytes] | None = None,
 ) -> list[tuple[str, bytes]]:
     """(key, encoded event) per shop event whose customer is known; an unclaimed cart yields none.
 
     `owners` names the customer of carts that arrived anonymously but were claimed since.
+    `facts` caches each customer's encoded profile and cart, to share with encoded_stage_events.
     """
     out: list[tuple[str, bytes]] = []
-    facts: dict[str, bytes] = {}
+    facts = {} if facts is None else facts
     for event in events:
         key = event.customer_key or _owner(event, owners)
         profile = profiles.get(key) if key else None
@@ -107,6 +109,51 @@ def _facts_json(profile: ev.Profile, cart: OpenCart | None) -> bytes:
         else b"null"
     )
     return b'"profile":' + profile.model_dump_json().encode() + b',"cart":' + cart_json
+
+
+def encoded_stage_events(
+    changes: Iterable[StageChangeLike],
+    profiles: Mapping[str, ev.Profile],
+    carts: Mapping[str, OpenCart],
+    cause_ids: Mapping[str, str],
+    now: datetime,
+    facts: dict[str, bytes] | None = None,
+) -> list[tuple[str, bytes]]:
+    """stage_events' activity, encoded straight to its bytes as activity_events does (the same
+    bytes as encoding stage_events' CloudEvents; a unit test compares them)."""
+    out: list[tuple[str, bytes]] = []
+    facts = {} if facts is None else facts
+    for change in changes:
+        key = change.customer_key
+        profile = profiles.get(key)
+        if profile is None:
+            continue
+        if key not in facts:
+            facts[key] = _facts_json(profile, carts.get(key))
+        source_id = _stage_source_id(change, cause_ids, now)
+        head = orjson.dumps(
+            {"kind": ev.STAGE_CHANGED_KIND, "source_event_id": source_id, "occurred_at": now},
+            option=_JSON_OPTIONS,
+        )
+        tail = dict(_TAIL_DEFAULTS)
+        tail["previous_stage"] = change.previous
+        data = head[:-1] + b"," + facts[key] + b"," + orjson.dumps(tail)[1:]
+        value = ev.encode_parts(
+            id=activity_id(source_id),
+            source=SOURCE_ACTIVITY,
+            type=ev.CUSTOMER_ACTIVITY,
+            subject=key,
+            time=now,
+            shop_id=change.shop_id,
+            data_json=data,
+        )
+        out.append((key, value))
+    return out
+
+
+def _stage_source_id(change: StageChangeLike, cause_ids: Mapping[str, str], now: datetime) -> str:
+    cause = cause_ids.get(change.customer_key) or now.isoformat()
+    return ev.stable_event_id("stage", change.customer_key, change.stage, cause)
 
 
 def _activity(event: ShopEventIn, key: str, facts: bytes) -> bytes:
@@ -158,8 +205,7 @@ def stage_events(
         profile = profiles.get(change.customer_key)
         if profile is None:
             continue
-        cause = cause_ids.get(change.customer_key) or now.isoformat()
-        source_id = ev.stable_event_id("stage", change.customer_key, change.stage, cause)
+        source_id = _stage_source_id(change, cause_ids, now)
         data = ev.Activity.model_construct(
             kind=ev.STAGE_CHANGED_KIND,
             source_event_id=source_id,
