@@ -593,9 +593,9 @@ def construct(model: type[P], **values: Any) -> P:
     called, anything else deep-copied, as pydantic does."""
     plan = _construct_plan(model)
     if plan is None:  # aliases, extra="allow" or a post-init: pydantic's own path
-        for name, factory in _default_factories(model):
+        for name, make in _default_factories(model):
             if name not in values:
-                values[name] = factory()
+                values[name] = make()
         return cast(P, model.model_construct(**values))
     fields: dict[str, Any] = {}
     for name, required, default, factory in plan:
@@ -607,7 +607,7 @@ def construct(model: type[P], **values: Any) -> P:
             fields[name] = default
     built = model.__new__(model)
     object.__setattr__(built, "__dict__", fields)
-    object.__setattr__(built, "__pydantic_fields_set__", {n for n in values if n in fields})
+    object.__setattr__(built, "__pydantic_fields_set__", values.keys() & fields.keys())
     object.__setattr__(built, "__pydantic_extra__", None)
     object.__setattr__(built, "__pydantic_private__", None)
     return built

@@ -55,9 +55,9 @@ class FactsHandler:
             repo = FactsRepository(conn)
             order_repo = OrderFactsRepository(conn)
             identities = IdentityRepository(conn)
-            await lock_identities(identities, unique)
+            found = await lock_identities(identities, unique)
             new_ids = await repo.claim_new([e.event_id for e in unique])
-            joined = await join_identities(identities, unique, now)
+            joined = await join_identities(identities, unique, now, found)
             unique = joined.events  # one key per person (docs/adr/0004-one-customer.md)
             fresh = [e for e in unique if e.event_id in new_ids]
             await _store_catalog(CatalogRepository(conn), fresh)

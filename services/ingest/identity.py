@@ -27,15 +27,24 @@ class Joined:
         return {link.account_key for link in self.merged}
 
 
-async def lock_identities(repo: IdentityRepository, events: Sequence[ShopEventIn]) -> None:
-    """First statement of the batch, so every transaction takes these locks before any row."""
-    await repo.lock(rules.identity_keys(events, rules.links(events)))
+async def lock_identities(
+    repo: IdentityRepository, events: Sequence[ShopEventIn]
+) -> list[rules.Link]:
+    """First statement of the batch, so every transaction takes these locks before any row.
+    Returns the batch's links, for join_identities."""
+    found = rules.links(events)
+    await repo.lock(rules.identity_keys(events, found))
+    return found
 
 
 async def join_identities(
-    repo: IdentityRepository, events: Sequence[ShopEventIn], now: datetime
+    repo: IdentityRepository,
+    events: Sequence[ShopEventIn],
+    now: datetime,
+    found: list[rules.Link] | None = None,
 ) -> Joined:
-    found = rules.links(events)
+    """`found`: the events' links as lock_identities returned them (else computed here)."""
+    found = rules.links(events) if found is None else found
     keys = rules.identity_keys(events, found)
     if not keys:
         return Joined(list(events))

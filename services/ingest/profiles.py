@@ -9,7 +9,7 @@ from typing import Any
 
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository, StoredFacts
 from services.ingest.domain.customer_facts import high_value_from
-from services.ingest.domain.profile import ENGAGEMENT_WINDOW, with_order_facts
+from services.ingest.domain.profile import ENGAGEMENT_WINDOW, order_fact_fields
 from services.ingest.order_facts import SettingsFor
 from shared import events as ev
 
@@ -26,8 +26,7 @@ async def grown_profiles(
 
 def _grown(stored: StoredFacts, settings_for: SettingsFor, now: datetime) -> ev.Profile:
     settings = settings_for(stored.shop_id)
-    return with_order_facts(
-        _base(stored.row),
+    grown = order_fact_fields(
         stored.facts,
         stored.place,
         stored.engagement,
@@ -35,12 +34,12 @@ def _grown(stored: StoredFacts, settings_for: SettingsFor, now: datetime) -> ev.
         high_value_from(settings, stored.high_value_cut),
         now,
     )
+    return ev.construct(ev.Profile, **_base(stored.row), **grown)  # built once
 
 
-def _base(row: Any) -> ev.Profile:
+def _base(row: Any) -> dict[str, Any]:
     # Stored from validated events by this service; the column types are the field types.
-    return ev.construct(
-        ev.Profile,
+    return dict(
         key=row["customer_key"],
         shop_id=row["shop_id"],
         email=row["email"],

@@ -520,8 +520,9 @@ def consumer_table(c: dict[str, Any]) -> list[str]:
         f"customers {r['customers_rows']}, customer.activity {r['customer_activity_events']} "
         f"({r['customer_activity_distinct_sources']} distinct), dead-lettered "
         f"{r['dead_lettered']}",
-        f"  CPU ms per event, steady: naive {_ms(n, 'cpu')} (its PostgreSQL {_ms(n, 'postgres_cpu')});"
-        f" Rebound {_ms(r, 'cpu')} (its PostgreSQL {_ms(r, 'postgres_cpu')})",
+        f"  CPU ms per event, steady: naive {_ms(n, 'cpu')} "
+        f"(its PostgreSQL {_ms(n, 'postgres_cpu')}); Rebound {_ms(r, 'cpu')} "
+        f"(its PostgreSQL {_ms(r, 'postgres_cpu')})",
         *(f"    pg: {line}" for line in r.get("pg_top_statements", ())),
         "",
     ]

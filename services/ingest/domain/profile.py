@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.ingest.domain import customer_facts as cf
@@ -28,45 +29,49 @@ class Place:
     explicit_zone: str | None
 
 
-def with_order_facts(
-    profile: ev.Profile,
+def order_fact_fields(
     facts: cf.OrderFacts,
     place: Place,
     engagement: EngagementSummary,
     settings: cf.FactsSettings,
     high_value_from: Decimal | None,
     now: datetime,
-) -> ev.Profile:
+) -> dict[str, Any]:
+    """The profile's fields from the order facts, engagement and place, as of `now` (values
+    of the fields' types, for ev.construct)."""
     derived = cf.derive(facts, now, settings, high_value_from)
     zone = cf.time_zone(place.explicit_zone, place.country, settings.time_zone)
-    return profile.model_copy(
-        update={
-            "as_of": now,
-            "first_order_at": facts.first_order_at,
-            "average_order_value": derived.average_order_value,
-            "average_days_between_orders": derived.average_days_between_orders,
-            "expected_next_order_at": derived.expected_next_order_at,
-            "days_since_last_order": derived.days_since_last_order,
-            "period_days": settings.period_days,
-            "orders_last_period": derived.orders_last_period,
-            "spent_last_period": derived.spent_last_period,
-            "orders_previous_period": derived.orders_previous_period,
-            "spent_previous_period": derived.spent_previous_period,
-            "recent_orders": [ev.RecentOrder(at=at, total=total) for at, total in facts.recent],
-            "categories": _categories(facts.categories.values()),
-            "last_order_categories": list(facts.last_categories),
-            "country": place.country,
-            "time_zone": zone,
-            "opens_90d": engagement.opens_90d,
-            "clicks_90d": engagement.clicks_90d,
-            "usual_open_hour": cf.usual_hour(_local_hours(engagement.open_times, zone)),
-            "stage": derived.stage,
-            "high_value": derived.high_value,
-            # None (recounted in the same transaction) never reaches a profile; 0 is safe.
-            "purchase_days": facts.purchase_days or 0,
-            "first_day_spent": facts.first_day_spent,
-        }
-    )
+    return {
+        "as_of": now,
+        "first_order_at": facts.first_order_at,
+        "average_order_value": derived.average_order_value,
+        "average_days_between_orders": derived.average_days_between_orders,
+        "expected_next_order_at": derived.expected_next_order_at,
+        "days_since_last_order": derived.days_since_last_order,
+        "period_days": settings.period_days,
+        "orders_last_period": derived.orders_last_period,
+        "spent_last_period": derived.spent_last_period,
+        "orders_previous_period": derived.orders_previous_period,
+        "spent_previous_period": derived.spent_previous_period,
+        "recent_orders": [_recent_order(at, total) for at, total in facts.recent],
+        "categories": _categories(facts.categories.values()),
+        "last_order_categories": list(facts.last_categories),
+        "country": place.country,
+        "time_zone": zone,
+        "opens_90d": engagement.opens_90d,
+        "clicks_90d": engagement.clicks_90d,
+        "usual_open_hour": cf.usual_hour(_local_hours(engagement.open_times, zone)),
+        "stage": derived.stage,
+        "high_value": derived.high_value,
+        # None (recounted in the same transaction) never reaches a profile; 0 is safe.
+        "purchase_days": facts.purchase_days or 0,
+        "first_day_spent": facts.first_day_spent,
+    }
+
+
+def _recent_order(at: datetime, total: Decimal) -> ev.RecentOrder:
+    # Both fields already of their types (stored timestamptz and numeric, aware times).
+    return ev.construct(ev.RecentOrder, at=at, total=total)
 
 
 def _categories(categories: Iterable[cf.CategoryFacts]) -> list[ev.CategoryFacts]:
