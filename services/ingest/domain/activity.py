@@ -31,6 +31,8 @@ _TAIL_DEFAULTS: dict[str, Any] = {
     name: ev.Activity.model_fields[name].get_default(call_default_factory=True)
     for name in _TAIL_FIELDS
 }
+# The tail of an event that is not an order: every field its default (`,"order_id":null,...}`).
+_DEFAULT_TAIL = b"," + orjson.dumps(_TAIL_DEFAULTS)[1:]
 
 
 @dataclass(frozen=True)
@@ -166,11 +168,13 @@ def _activity(event: ShopEventIn, key: str, facts: bytes) -> bytes:
         },
         option=_JSON_OPTIONS,
     )
-    tail = dict(_TAIL_DEFAULTS)  # e.g. message, previous_stage: not for shop events
+    tail = _DEFAULT_TAIL  # e.g. message, previous_stage: not for shop events
     if order is not None:
-        tail["order_id"], tail["order_total"] = order.order_id, _decimal(order.total_price)
-        tail["discount_codes"] = order.discount_codes
-    data = head[:-1] + b"," + facts + b"," + orjson.dumps(tail)[1:]  # the three parts as one object
+        fields = dict(_TAIL_DEFAULTS)
+        fields["order_id"], fields["order_total"] = order.order_id, _decimal(order.total_price)
+        fields["discount_codes"] = order.discount_codes
+        tail = b"," + orjson.dumps(fields)[1:]
+    data = head[:-1] + b"," + facts + tail  # the three parts as one object
     return ev.encode_parts(
         id=activity_id(event.event_id),
         source=SOURCE_ACTIVITY,
