@@ -12,6 +12,7 @@ import functools
 import hashlib
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar, cast
@@ -597,41 +598,56 @@ def construct(model: type[P], **values: Any) -> P:
             if name not in values:
                 values[name] = make()
         return cast(P, model.model_construct(**values))
-    fields: dict[str, Any] = {}
-    for name, required, default, factory in plan:
-        if name in values:
-            fields[name] = values[name]
-        elif factory is not None:
+    fields = plan.template.copy()  # every field, in the model's order
+    fields.update(values)
+    for name, factory in plan.factories:
+        if name not in values:
             fields[name] = factory()
-        elif not required:
-            fields[name] = default
+    if len(fields) != len(plan.template) or not plan.required <= values.keys():
+        # a name that is no field (ignored, as extra="ignore" does), or a required field not
+        # given (left out, as model_construct does)
+        fields = {n: v for n, v in fields.items() if n in plan.template and v is not _MISSING}
     built = model.__new__(model)
     object.__setattr__(built, "__dict__", fields)
-    object.__setattr__(built, "__pydantic_fields_set__", values.keys() & fields.keys())
+    object.__setattr__(built, "__pydantic_fields_set__", values.keys() & plan.template.keys())
     object.__setattr__(built, "__pydantic_extra__", None)
     object.__setattr__(built, "__pydantic_private__", None)
     return built
 
 
-_Plan = tuple[tuple[str, bool, Any, Callable[[], Any] | None], ...]
+_MISSING = object()  # a required field's place in a construct plan's template
 _IMMUTABLE = (type(None), bool, int, float, str, bytes, Decimal, datetime)
 
 
+@dataclass(frozen=True)
+class _ConstructPlan:
+    template: dict[str, Any]  # per field: its shareable default, a factory's field None
+    factories: tuple[tuple[str, Callable[[], Any]], ...]  # fresh defaults: called per instance
+    required: frozenset[str]
+
+
 @functools.cache
-def _construct_plan(model: type[Contract]) -> _Plan | None:
-    """Per field: name, required, a shareable default, or the factory of a fresh one."""
+def _construct_plan(model: type[Contract]) -> _ConstructPlan | None:
     if model.model_config.get("extra") == "allow" or model.__pydantic_post_init__:
         return None
-    plan = []
+    template: dict[str, Any] = {}
+    factories: list[tuple[str, Callable[[], Any]]] = []
     for name, field in model.model_fields.items():
         if field.alias is not None or field.validation_alias is not None:
             return None
         factory = cast(Callable[[], Any] | None, field.default_factory)
-        default = field.default
-        if factory is None and not field.is_required() and not isinstance(default, _IMMUTABLE):
-            factory = functools.partial(copy.deepcopy, default)
-        plan.append((name, field.is_required(), default, factory))
-    return tuple(plan)
+        if field.is_required():
+            template[name] = _MISSING
+        elif factory is not None:
+            template[name] = None
+            factories.append((name, factory))
+        elif isinstance(field.default, _IMMUTABLE):
+            template[name] = field.default
+        else:
+            template[name] = None
+            factories.append((name, functools.partial(copy.deepcopy, field.default)))
+    required = frozenset(n for n, v in template.items() if v is _MISSING)
+    return _ConstructPlan(template, tuple(factories), required)
 
 
 @functools.cache
