@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from shared import events as ev
 
@@ -37,7 +38,8 @@ def test_constructed_with_every_field_encodes_as_validated() -> None:
 
 
 def test_a_missing_required_field_or_an_unknown_name_is_left_out_as_model_construct_does() -> None:
-    built = ev.construct(ev.Profile, key="s:c:1", nickname="x")
-    expected = ev.Profile.model_construct(key="s:c:1", nickname="x")
+    values: dict[str, Any] = {"key": "s:c:1", "nickname": "x"}
+    built = ev.construct(ev.Profile, **values)
+    expected = ev.Profile.model_construct(**values)
     assert built.__dict__ == expected.__dict__
     assert "shop_id" not in built.__dict__ and "nickname" not in built.__dict__
