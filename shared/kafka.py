@@ -256,8 +256,8 @@ class ConsumerLoop:
             await asyncio.sleep(self.retry_initial_s)
             return []
         batch = [record for records in fetched.values() for record in records]
-        for record in batch:
-            metrics.EVENTS_IN.labels(self.service, record.topic).inc()
+        for tp, records in fetched.items():  # one count per partition, not per record
+            metrics.EVENTS_IN.labels(self.service, tp.topic).inc(len(records))
         return batch
 
     async def _handle(self, batch: list[Record]) -> None:

@@ -1,7 +1,9 @@
-"""ev.construct: model_construct for hot paths, with the defaults a validated model gets."""
+"""Hot-path helpers of the contracts: ev.construct (model_construct with the defaults a
+validated model gets) and ev.stable_event_id (uuid5)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -43,3 +45,9 @@ def test_a_missing_required_field_or_an_unknown_name_is_left_out_as_model_constr
     expected = ev.Profile.model_construct(**values)
     assert built.__dict__ == expected.__dict__
     assert "shop_id" not in built.__dict__ and "nickname" not in built.__dict__
+
+
+def test_stable_event_ids_are_uuid5_of_the_joined_parts() -> None:
+    for parts in [("a",), ("activity", "0f8c-evt"), ("stage", "s:c:1", "new", "Zoë ✓"), ("",)]:
+        expected = str(uuid.uuid5(ev.NAMESPACE, "\x1f".join(parts)))
+        assert ev.stable_event_id(*parts) == expected
