@@ -231,9 +231,7 @@ def derive(
 ) -> Derived:
     """Everything that depends on `now`; `high_value_from` is the shop's spend threshold
     (its setting, else the top-share cut the stage sweep computed), None: nobody yet."""
-    period = settings.period_days * DAY
-    last = _sum_between(facts.recent, now - period, now)
-    previous = _sum_between(facts.recent, now - 2 * period, now - period)
+    last, previous = _periods(facts.recent, now, settings.period_days * DAY)
     avg_days = _average_days(facts.orders, facts.first_order_at, facts.last_order_at)
     high = is_high_value(facts, high_value_from)
     return Derived(
@@ -258,11 +256,18 @@ def is_high_value(facts: OrderFacts, high_value_from: Decimal | None) -> bool:
     return high_value_from is not None and facts.orders > 0 and facts.spent >= high_value_from
 
 
-def _sum_between(
-    recent: Iterable[tuple[datetime, Decimal]], start: datetime, end: datetime
-) -> tuple[int, Decimal]:
-    picked = [total for at, total in recent if start < at <= end]
-    return len(picked), sum(picked, Decimal(0))
+def _periods(
+    recent: Iterable[tuple[datetime, Decimal]], now: datetime, period: timedelta
+) -> tuple[tuple[int, Decimal], tuple[int, Decimal]]:
+    """Orders and spend in (now - period, now] and in the period before it, in one pass."""
+    start, middle = now - 2 * period, now - period
+    last_n, last_spent, previous_n, previous_spent = 0, Decimal(0), 0, Decimal(0)
+    for at, total in recent:
+        if middle < at <= now:
+            last_n, last_spent = last_n + 1, last_spent + total
+        elif start < at <= middle:
+            previous_n, previous_spent = previous_n + 1, previous_spent + total
+    return (last_n, last_spent), (previous_n, previous_spent)
 
 
 def _days_since(moment: datetime | None, now: datetime) -> int | None:
