@@ -34,7 +34,7 @@ from shared.errors import (
     decide,
 )
 from shared.events import CONTENT_TYPE, CloudEvent, encode
-from shared.logging import get_logger
+from shared.logging import Laps, get_logger
 from shared.retry import OUTAGE_RETRY_MAX_S, backoff_s, retry_forever
 from shared.topics import dlq
 
@@ -240,12 +240,17 @@ class ConsumerLoop:
         if not _started(self.consumer):  # a loop restarted after a crash keeps its consumer
             await start_with_retry(self.consumer, f"{self.service} consumer")
         while True:
+            laps = Laps()
             batch = await self._fetch()
             if not batch:
                 continue
+            laps.lap("fetch_s")
             await self._handle(batch)
+            laps.lap("handle_s")
             await self._commit(batch)
+            laps.lap("commit_s")
             self._report_lag(batch)
+            log.debug("batch_done", size=len(batch), **laps.laps)
 
     async def _fetch(self) -> list[Record]:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import structlog
 
@@ -47,3 +48,19 @@ def configure_logging(service: str, level: str = "INFO", json: bool = True) -> N
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+class Laps:
+    """Wall time between the awaits of one batch or pass, for a debug log line: where a
+    batch waits (the broker, the database, a commit) when its CPU does not explain it."""
+
+    __slots__ = ("_at", "laps")
+
+    def __init__(self) -> None:
+        self._at = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._at, 4)
+        self._at = now

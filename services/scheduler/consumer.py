@@ -18,6 +18,9 @@ from shared import events
 from shared.clock import Clock
 from shared.events import Activity, InvalidEvent
 from shared.kafka import Publisher, Record
+from shared.logging import Laps, get_logger
+
+log = get_logger(__name__)
 
 
 class _ActivityEvent(events.CloudEvent):
@@ -55,6 +58,7 @@ class ActivityHandler:
     segments: SegmentTracker | None = None  # segment-triggered journeys: entries by activity
 
     async def __call__(self, batch: list[Record]) -> None:
+        laps = Laps()
         decoded: list[tuple[str, Activity, int]] = []
         for record in batch:
             try:
@@ -62,12 +66,20 @@ class ActivityHandler:
                 decoded.append((event_id, activity, record.partition))
             except InvalidEvent as exc:
                 await self.publisher.dead_letter(record, str(exc))
+        laps.lap("decode_s")
         if decoded:
-            await self.outbox.publish(await self._apply(decoded))
+            published = await self._apply(decoded, laps)
+            await self.outbox.publish(published)
+            laps.lap("publish_s")
+        log.debug("activities_applied", size=len(batch), **laps.laps)
 
-    async def _apply(self, decoded: list[tuple[str, Activity, int]]) -> Published:
+    async def _apply(
+        self, decoded: list[tuple[str, Activity, int]], laps: Laps | None = None
+    ) -> Published:
+        laps = laps or Laps()
         now = self.clock.now()
         async with self.engine.begin() as conn:
+            laps.lap("checkout_s")
             new_ids = await BatchRepository(conn).claim_new_activities(
                 [event_id for event_id, _, _ in decoded], now
             )
@@ -76,13 +88,19 @@ class ActivityHandler:
                 if event_id in new_ids:
                     new_ids.discard(event_id)  # the same event twice in one batch counts once
                     fresh.append((activity, partition))
+            laps.lap("dedupe_s")
             fresh = await join_customers(conn, fresh, now)  # one key per person
+            laps.lap("merge_s")
             # The segment timers of these customers are locked before their enrolments.
             before = await self.segments.before(conn, fresh) if self.segments else None
+            laps.lap("segments_s")
             published = await self.runner.apply_activities(conn, fresh, now)
+            laps.lap("runner_s")
             if self.segments is not None and before is not None:
                 entered = await self.segments.after(conn, fresh, before, now)
                 published = merge([published, entered])
+            laps.lap("segments_s")
+        laps.lap("db_commit_s")
         soon = now + timedelta(seconds=self.poll_interval_s)
         if published.earliest_timer is not None and published.earliest_timer <= soon:
             self.wake_timers.set()  # the timer loop may be asleep past this one's due time

@@ -28,7 +28,7 @@ from shared import errors, metrics
 from shared.clock import Clock
 from shared.driver_errors import translate
 from shared.kafka import Assignment, Publisher
-from shared.logging import get_logger
+from shared.logging import Laps, get_logger
 from shared.retry import OUTAGE_RETRY_MAX_S, backoff_s
 
 log = get_logger(__name__)
@@ -69,9 +69,12 @@ class OutboxPublisher:
     async def publish(self, published: Published) -> None:
         if not published.outbox_ids:
             return
+        laps = Laps()
         try:
             async with self.engine.begin() as conn:
+                laps.lap("checkout_s")
                 taken = set(await BatchRepository(conn).take_outbox(published.outbox_ids))
+                laps.lap("take_s")
                 await self.publisher.publish_raw(
                     [
                         (m.topic, m.key, m.value)
@@ -79,6 +82,9 @@ class OutboxPublisher:
                         if i in taken  # the rest the relay already sent
                     ]
                 )
+                laps.lap("broker_s")
+            laps.lap("db_commit_s")
+            log.debug("outbox_published", rows=len(published.outbox_ids), **laps.laps)
         except Exception as exc:  # the rows stay in the outbox: the relay retries them
             metrics.ERRORS.labels(SERVICE, "outbox").inc()
             log.warning("outbox_publish_deferred", rows=len(published.outbox_ids), error=repr(exc))
@@ -147,10 +153,15 @@ class TimerLoop:
 
     async def _pass_and_publish_behind(self) -> int:
         """The next pass runs while the broker acknowledges the previous one's events."""
+        laps = Laps()
         fired, published = await self._pass()
+        laps.lap("pass_s")
         if self._publishing is not None:
             await self._publishing
+        laps.lap("publish_wait_s")
         self._publishing = asyncio.create_task(self.outbox.publish(published))
+        if fired:
+            log.debug("timer_pass_done", fired=fired, **laps.laps)
         return fired
 
     async def _pass(self) -> tuple[int, Published]:
@@ -210,11 +221,17 @@ class TimerLoop:
         return looked, Published(ids, messages)
 
     async def _set_pass(self, partitions: list[int], now: datetime) -> tuple[int, Published]:
+        laps = Laps()
         async with self.engine.begin() as conn:
+            laps.lap("checkout_s")
             due = await BatchRepository(conn).claim_due(partitions, now, self.batch)
+            laps.lap("claim_s")
             if not due:
                 return 0, Published([], [])
             published = await self.runner.fire_timers(conn, due, now)
+            laps.lap("fire_s")
+        laps.lap("db_commit_s")
+        log.debug("timer_set_pass", fired=len(due), **laps.laps)
         for timer in due:
             self._attempts.pop(timer.enrollment_id, None)
         return len(due), published

@@ -167,7 +167,8 @@ def _scheduler(w: Where, name: str, offset_s: float = 0.0) -> subprocess.Popen[b
         "REBOUND_SCHEDULER_KAFKA_BOOTSTRAP_SERVERS": w.bootstrap,
         "REBOUND_SCHEDULER_TOPIC_PREFIX": w.prefix,
         "REBOUND_SCHEDULER_HTTP_PORT": str(_free_port()),
-        "REBOUND_SCHEDULER_LOG_LEVEL": "WARNING",
+        # DEBUG: every batch and pass logs where its wall time went (scheduler-<name>.log).
+        "REBOUND_SCHEDULER_LOG_LEVEL": os.environ.get("REBOUND_BENCH_SCHEDULER_LOG", "WARNING"),
         "REBOUND_SCHEDULER_CLOCK_OFFSET_S": repr(offset_s),
     }
     # REBOUND_BENCH_PROFILE=1: the scheduler runs under cProfile (scheduler-<name>.prof).

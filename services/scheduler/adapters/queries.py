@@ -55,21 +55,37 @@ _ENROLLMENT_COLUMNS = """
 """
 
 # name: enrollments_with_customers
-# The enrolments of claimed timers (already locked by the claim) with their customer facts.
+# The enrolments of claimed timers (already locked by the claim) with their customer facts:
+# one primary-key probe of customers per enrolment (LATERAL, OFFSET 0). As a plain join the
+# planner hashed the whole customers table for every pass of a thousand timers.
 ENROLLMENTS_WITH_CUSTOMERS = f"""
-    SELECT {_ENROLLMENT_COLUMNS}, c.partition, c.profile::text AS profile, c.cart::text AS cart
+    SELECT {_ENROLLMENT_COLUMNS}, c.partition, c.profile, c.cart
     FROM scheduler.enrollments e
-    JOIN scheduler.customers c ON c.customer_key = e.customer_key
+    CROSS JOIN LATERAL (
+        SELECT c.partition, c.profile::text AS profile, c.cart::text AS cart
+        FROM scheduler.customers c WHERE c.customer_key = e.customer_key
+        OFFSET 0
+    ) AS c
     WHERE e.id = ANY($1::bigint[])
 """
 
 # name: active_enrollments_for_update
-# Every active enrolment of the batch's customers, locked until the batch commits.
+# Every active enrolment of the batch's customers, locked until the batch commits: one probe
+# of enrollments_one_active (led by the customer) per key, LATERAL and OFFSET 0 so it is not
+# flattened into a join. `customer_key = ANY(...)` let the planner read every active
+# enrolment whenever statistics were missing or stale (a table filling faster than
+# autovacuum analyses it), a cost that grew with the table. Rows are locked in the order of
+# the keys given (sorted by the caller): transactions lock shared customers in one order.
 ACTIVE_ENROLLMENTS_FOR_UPDATE = f"""
-    SELECT {_ENROLLMENT_COLUMNS} FROM scheduler.enrollments e
-    WHERE e.customer_key = ANY($1::text[]) AND e.status = 'active'
+    SELECT {_ENROLLMENT_COLUMNS}
+    FROM unnest($1::text[]) AS k(key)
+    CROSS JOIN LATERAL (
+        SELECT * FROM scheduler.enrollments e
+        WHERE e.customer_key = k.key AND e.status = 'active'
+        OFFSET 0
+        FOR UPDATE
+    ) AS e
     ORDER BY e.id
-    FOR UPDATE
 """
 
 # name: ever_enrolled

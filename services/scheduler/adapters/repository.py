@@ -255,7 +255,7 @@ class BatchRepository:
 
     async def active_for_update(self, customer_keys: Sequence[str]) -> list[Enrollment]:
         rows = await (await self._driver()).fetch(
-            q.ACTIVE_ENROLLMENTS_FOR_UPDATE, list(customer_keys)
+            q.ACTIVE_ENROLLMENTS_FOR_UPDATE, sorted(set(customer_keys))
         )
         return [_enrollment(r) for r in rows]
 
