@@ -214,7 +214,11 @@ class IngestService:
         consumer = self._side_consumer("ingest-email", EMAIL_EVENTS)
         publisher = await self._sink.started()
         handler = EmailEventsConsumer(
-            self._require(self._engine), publisher, self._topics.name(CUSTOMER_ACTIVITY)
+            self._require(self._engine),
+            publisher,
+            self._topics.name(CUSTOMER_ACTIVITY),
+            self._clock,
+            facts_settings_for(self.settings.shops),
         )
         await self._run_loop(consumer, handler.handle)
 
@@ -232,7 +236,14 @@ class IngestService:
             )
             for shop in self.settings.shops
         }
-        handler = AttributionConsumer(self._require(self._engine), publisher, topics, windows)
+        handler = AttributionConsumer(
+            self._require(self._engine),
+            publisher,
+            topics,
+            windows,
+            self._clock,
+            facts_settings_for(self.settings.shops),
+        )
         await self._run_loop(consumer, handler.handle)
 
     async def _sweep_stages(self) -> None:

@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.engagement_repository import EngagementRepository
 from services.ingest.adapters.facts_repository import FactsRepository
+from services.ingest.adapters.order_facts_repository import OrderFactsRepository
+from services.ingest.domain.customer_facts import FactsSettings
 from services.ingest.domain.engagement import (
     Order,
     Touch,
@@ -30,7 +32,10 @@ from services.ingest.domain.engagement import (
     recovered_cart,
     redemption,
 )
+from services.ingest.order_facts import SettingsFor
+from services.ingest.profiles import grown_profiles
 from shared import events as ev
+from shared.clock import Clock, SystemClock
 from shared.kafka import Publisher, Record
 from shared.logging import get_logger
 
@@ -68,11 +73,15 @@ class AttributionConsumer:
         publisher: Publisher,
         topics: Topics,
         windows: Mapping[str, Windows],
+        clock: Clock | None = None,
+        settings_for: SettingsFor | None = None,
     ) -> None:
         self._engine = engine
         self._publisher = publisher
         self._topics = topics
         self._windows = windows
+        self._clock = clock or SystemClock()
+        self._settings_for = settings_for or (lambda _shop: FactsSettings())
 
     def windows(self, shop_id: str) -> Windows:
         return self._windows.get(shop_id, Windows())
@@ -128,9 +137,11 @@ class AttributionConsumer:
             await repo.record_conversions(await _with_carts(repo, touches, stored))
             conversions = await repo.conversions(ids)
             keys = {c["customer_key"] for c in conversions}
-            facts = FactsRepository(conn)
-            profiles = await facts.profiles(keys)
-            carts = await facts.open_carts(keys)
+            # The whole profile, like every activity (the scheduler keeps the latest facts).
+            profiles = await grown_profiles(
+                OrderFactsRepository(conn), keys, self._settings_for, self._clock.now()
+            )
+            carts = await FactsRepository(conn).open_carts(keys)
             messages_now = await repo.messages(c["request_key"] for c in conversions)
         return [
             event

@@ -14,6 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.ingest.adapters.engagement_repository import EngagementRepository
 from services.ingest.adapters.facts_repository import FactsRepository
 from services.ingest.adapters.identity_repository import IdentityRepository
+from services.ingest.adapters.order_facts_repository import OrderFactsRepository
+from services.ingest.domain.customer_facts import FactsSettings
 from services.ingest.domain.engagement import (
     EmailEventIn,
     activity,
@@ -21,7 +23,10 @@ from services.ingest.domain.engagement import (
     with_touches,
 )
 from services.ingest.identity import resolve_email_events
+from services.ingest.order_facts import SettingsFor
+from services.ingest.profiles import grown_profiles
 from shared import events as ev
+from shared.clock import Clock, SystemClock
 from shared.kafka import Publisher, Record
 
 
@@ -34,10 +39,19 @@ def decode_email_event(raw: bytes | None) -> EmailEventIn:
 
 
 class EmailEventsConsumer:
-    def __init__(self, engine: AsyncEngine, publisher: Publisher, activity_topic: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        publisher: Publisher,
+        activity_topic: str,
+        clock: Clock | None = None,
+        settings_for: SettingsFor | None = None,
+    ) -> None:
         self._engine = engine
         self._publisher = publisher
         self._activity_topic = activity_topic
+        self._clock = clock or SystemClock()
+        self._settings_for = settings_for or (lambda _shop: FactsSettings())
 
     async def handle(self, batch: list[Record]) -> None:
         decoded: list[EmailEventIn] = []
@@ -63,9 +77,11 @@ class EmailEventsConsumer:
             await repo.unsubscribe(
                 e.data.customer_key for e in unique if e.type == ev.EMAIL_UNSUBSCRIBED
             )
-            facts = FactsRepository(conn)
-            profiles = await facts.profiles(keys)
-            carts = await facts.open_carts(keys)
+            # The whole profile, order facts included, like every activity: the scheduler keeps
+            # the latest activity's facts, so a thinner one would erase the stage, rhythm, ...
+            order_repo = OrderFactsRepository(conn)
+            profiles = await grown_profiles(order_repo, keys, self._settings_for, self._clock.now())
+            carts = await FactsRepository(conn).open_carts(keys)
             touches = await repo.last_touches(keys)
             messages = await repo.messages(e.data.request_key for e in unique)
         out = [

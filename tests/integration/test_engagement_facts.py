@@ -279,3 +279,34 @@ async def _attributions_settled(infra: Infra, topics: Topics) -> bool:
     published = await on_topic(infra, topics.name(CUSTOMER_ACTIVITY))
     kinds = [ev.payload(e, ev.Activity).kind for e in published]
     return kinds.count(ev.ORDER_PLACED) == 2 and ev.MESSAGE_CONVERTED in kinds
+
+
+async def test_a_click_tells_the_scheduler_the_whole_profile_not_only_the_touch(
+    client: httpx.AsyncClient, db: AsyncEngine, infra: Infra, topics: Topics, clock: ManualClock
+) -> None:
+    """The scheduler keeps the latest activity's facts: an open or a click that carried a
+    thinner profile would erase the customer's rhythm and stage from its segments."""
+    await registered(client, db)
+    await order(client, "o1", clock.now() - timedelta(days=30), "20.00")
+    await order(client, "o2", clock.now() - timedelta(days=10), "30.00")
+
+    async def both_orders() -> bool:
+        return bool(await rows(db, "SELECT 1 FROM ingest.customers WHERE orders_count = 2"))
+
+    await eventually(both_orders, what="the two orders in the facts")
+    ref = message(clock)
+    await client.get(f"/t/c/{SIGNER.sign(Claims('click', ref, Link(0, 1, LINK)))}")
+
+    async def told() -> list[ev.Activity]:
+        published = await on_topic(infra, topics.name(CUSTOMER_ACTIVITY))
+        return [
+            a for a in (ev.payload(e, ev.Activity) for e in published) if a.kind == ev.EMAIL_CLICKED
+        ]
+
+    await eventually(told, what="activity for the click")
+    [activity] = await told()
+    profile = activity.profile
+    assert profile.last_click_at == clock.now()
+    assert (profile.orders_count, profile.average_days_between_orders) == (2, 20)
+    assert profile.expected_next_order_at == clock.now() + timedelta(days=10)
+    assert profile.stage == "active" and len(profile.recent_orders or []) == 2

@@ -127,13 +127,6 @@ class FactsRepository:
         )
         return {(r[0], r[1]): r[2] for r in rows}
 
-    async def profiles(self, keys: Iterable[str]) -> dict[str, ev.Profile]:
-        wanted = list(set(keys))
-        if not wanted:
-            return {}
-        rows = await (await self._driver()).fetch(_PROFILES, wanted)
-        return {r["customer_key"]: _profile(r) for r in rows}
-
     async def open_carts(self, keys: Iterable[str]) -> dict[str, ev.CartSnapshot]:
         """Each customer's most recently updated open cart."""
         stored = await self.stored_open_carts(keys)
@@ -310,12 +303,6 @@ _CART_OWNERS = """
     WHERE c.customer_key IS NOT NULL
 """
 
-_PROFILES = """
-    SELECT customer_key, shop_id, email, first_name, last_name, locale, marketing_consent,
-        registered_at, orders_count, total_spent, last_order_at
-    FROM ingest.customers WHERE customer_key = ANY($1::text[])
-"""
-
 _OPEN_CARTS = """
     SELECT DISTINCT ON (customer_key) customer_key, cart_id, lines::text AS lines, currency,
         total_price, recovery_url, updated_at
@@ -333,24 +320,6 @@ def _columns(rows: Sequence[Any], names: Sequence[str]) -> list[list[Any]]:
 def order_columns(rows: Sequence[Any]) -> list[list[Any]]:
     """Orders as the column arrays `_INSERT_ORDERS` takes."""
     return _columns(rows, _ORDER_COLUMNS)
-
-
-def _profile(row: Any) -> ev.Profile:
-    # Stored from validated events by this service; the column types are the field types.
-    return ev.construct(
-        ev.Profile,
-        key=row["customer_key"],
-        shop_id=row["shop_id"],
-        email=row["email"],
-        first_name=row["first_name"],
-        last_name=row["last_name"],
-        locale=row["locale"],
-        marketing_consent=row["marketing_consent"],
-        registered_at=row["registered_at"],
-        orders_count=row["orders_count"],
-        total_spent=row["total_spent"],
-        last_order_at=row["last_order_at"],
-    )
 
 
 def _open_cart(row: Any) -> OpenCart:
