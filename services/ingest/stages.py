@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.facts_repository import FactsRepository
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
-from services.ingest.domain.activity import stage_events
+from services.ingest.domain.activity import encoded_stage_events
 from services.ingest.order_facts import SettingsFor, sweep_stages
 from services.ingest.profiles import grown_profiles
 from shared.clock import Clock
@@ -65,8 +65,8 @@ class StageSweeper:
                 now,
             )
             carts = await FactsRepository(conn).stored_open_carts(profiles)
-        events = stage_events(changes, profiles, carts, {}, now)
-        await self.publisher.publish_many([(self.activity_topic, k, e) for k, e in events])
+        events = encoded_stage_events(changes, profiles, carts, {}, now)
+        await self.publisher.publish_raw([(self.activity_topic, k, e) for k, e in events])
         if changes:
             log.info("stages_changed", customers=len(changes))
         return len(due)

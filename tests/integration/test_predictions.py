@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
-from services.ingest.domain.activity import stage_events
+from services.ingest.domain.activity import encoded_stage_events
 from services.ingest.domain.customer_facts import FactsSettings
 from services.ingest.history_import import import_orders
 from services.ingest.order_facts import StageChange
@@ -112,8 +112,8 @@ async def import_and_announce(db: AsyncEngine, csv_path: Path, shop_id: str, now
         profiles = await grown_profiles(OrderFactsRepository(conn), keys, defaults, now)
     changes = [StageChange(k, shop_id, None, p.stage or "new") for k, p in profiles.items()]
     activities = [
-        (ev.payload(ev.decode(ev.encode(event)), ev.Activity), 0)
-        for _, event in stage_events(changes, profiles, {}, {}, now)
+        (ev.payload(ev.decode(value), ev.Activity), 0)
+        for _, value in encoded_stage_events(changes, profiles, {}, {}, now)
     ]
     async with db.begin() as conn:
         await Runner(JourneyCatalog(), Topics()).apply_activities(conn, activities, now)

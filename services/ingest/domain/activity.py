@@ -121,8 +121,12 @@ def encoded_stage_events(
     now: datetime,
     facts: dict[str, bytes] | None = None,
 ) -> list[tuple[str, bytes]]:
-    """stage_events' activity, encoded straight to its bytes as activity_events does (the same
-    bytes as encoding stage_events' CloudEvents; a unit test compares them)."""
+    """customer.stage.changed.v1 activity for each stage an order or time moved, encoded
+    straight to its bytes as activity_events does (a unit test compares them with the
+    contract's own encoding). The id is derived from what caused it, so a republished change
+    is recognisably the same. Like every activity it carries all the customer's facts, the
+    open cart included: a consumer keeps the latest activity's facts, so a stage change must
+    not read as "the cart is gone"."""
     out: list[tuple[str, bytes]] = []
     facts = {} if facts is None else facts
     for change in changes:
@@ -191,44 +195,6 @@ def _decimal(value: Decimal | None) -> str | None:
     if value is None or isinstance(value, Decimal):
         return None if value is None else str(value)
     raise TypeError(f"{type(value).__name__} is not part of the activity contract")
-
-
-def stage_events(
-    changes: Iterable[StageChangeLike],
-    profiles: Mapping[str, ev.Profile],
-    carts: Mapping[str, OpenCart],
-    cause_ids: Mapping[str, str],
-    now: datetime,
-) -> list[tuple[str, ev.CloudEvent]]:
-    """customer.stage.changed.v1 activity for each stage an order or time moved. The id is
-    derived from what caused it, so a republished change is recognisably the same. Like every
-    activity it carries all the customer's facts, the open cart included: a consumer keeps
-    the latest activity's facts, so a stage change must not read as "the cart is gone"."""
-    out: list[tuple[str, ev.CloudEvent]] = []
-    for change in changes:
-        profile = profiles.get(change.customer_key)
-        if profile is None:
-            continue
-        source_id = _stage_source_id(change, cause_ids, now)
-        data = ev.Activity.model_construct(
-            kind=ev.STAGE_CHANGED_KIND,
-            source_event_id=source_id,
-            occurred_at=now,
-            profile=profile,
-            cart=None if (cart := carts.get(change.customer_key)) is None else cart.snapshot(),
-            previous_stage=change.previous,
-        )
-        event = ev.CloudEvent.model_construct(
-            id=activity_id(source_id),
-            source=SOURCE_ACTIVITY,
-            type=ev.CUSTOMER_ACTIVITY,
-            subject=change.customer_key,
-            time=now,
-            shopid=change.shop_id,
-            data=data.model_dump(mode="json"),
-        )
-        out.append((change.customer_key, event))
-    return out
 
 
 class StageChangeLike(Protocol):

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import orjson
 
-from services.ingest.domain.activity import OpenCart, encoded_stage_events, stage_events
+from services.ingest.domain.activity import (
+    SOURCE_ACTIVITY,
+    OpenCart,
+    StageChangeLike,
+    _stage_source_id,
+    activity_id,
+    encoded_stage_events,
+)
 from services.ingest.order_facts import StageChange
 from shared import events as ev
 
@@ -29,6 +37,41 @@ def _profile(key: str) -> ev.Profile:
         ],
         recent_orders=[ev.RecentOrder(at=NOW, total=Decimal("19.00"))],
     )
+
+
+def stage_events(
+    changes: Iterable[StageChangeLike],
+    profiles: Mapping[str, ev.Profile],
+    carts: Mapping[str, OpenCart],
+    cause_ids: Mapping[str, str],
+    now: datetime,
+) -> list[tuple[str, ev.CloudEvent]]:
+    """The reference: the same activity built as the contract's models and encoded by them."""
+    out: list[tuple[str, ev.CloudEvent]] = []
+    for change in changes:
+        profile = profiles.get(change.customer_key)
+        if profile is None:
+            continue
+        source_id = _stage_source_id(change, cause_ids, now)
+        data = ev.Activity.model_construct(
+            kind=ev.STAGE_CHANGED_KIND,
+            source_event_id=source_id,
+            occurred_at=now,
+            profile=profile,
+            cart=None if (cart := carts.get(change.customer_key)) is None else cart.snapshot(),
+            previous_stage=change.previous,
+        )
+        event = ev.CloudEvent.model_construct(
+            id=activity_id(source_id),
+            source=SOURCE_ACTIVITY,
+            type=ev.CUSTOMER_ACTIVITY,
+            subject=change.customer_key,
+            time=now,
+            shopid=change.shop_id,
+            data=data.model_dump(mode="json"),
+        )
+        out.append((change.customer_key, event))
+    return out
 
 
 def test_stage_activity_bytes_equal_the_contracts_encoding() -> None:
