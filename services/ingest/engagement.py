@@ -20,7 +20,6 @@ from services.ingest.domain.engagement import (
     EmailEventIn,
     activity,
     fold,
-    with_touches,
 )
 from services.ingest.identity import resolve_email_events
 from services.ingest.order_facts import SettingsFor
@@ -77,12 +76,12 @@ class EmailEventsConsumer:
             await repo.unsubscribe(
                 e.data.customer_key for e in unique if e.type == ev.EMAIL_UNSUBSCRIBED
             )
-            # The whole profile, order facts included, like every activity: the scheduler keeps
-            # the latest activity's facts, so a thinner one would erase the stage, rhythm, ...
+            # The whole profile (order facts, and the last open and click just stored), like
+            # every activity: the scheduler keeps the latest activity's facts, so a thinner one
+            # would erase the stage, rhythm, ...
             order_repo = OrderFactsRepository(conn)
             profiles = await grown_profiles(order_repo, keys, self._settings_for, self._clock.now())
             carts = await FactsRepository(conn).open_carts(keys)
-            touches = await repo.last_touches(keys)
             messages = await repo.messages(e.data.request_key for e in unique)
         out = [
             (
@@ -92,9 +91,7 @@ class EmailEventsConsumer:
                     kind=e.type,
                     source_event_id=e.event_id,
                     occurred_at=e.at,
-                    profile=with_touches(
-                        profiles[e.data.customer_key], touches.get(e.data.customer_key)
-                    ),
+                    profile=profiles[e.data.customer_key],
                     cart=carts.get(e.data.customer_key),
                     message=messages.get(e.data.request_key),
                 ),

@@ -60,18 +60,6 @@ class EngagementRepository(DriverWrites):
         rows = await (await self._driver()).fetch(_MESSAGES_BY_KEY, keys)
         return {row["request_key"]: _engagement(row) for row in rows}
 
-    async def last_touches(self, customer_keys: Iterable[str]) -> dict[str, CustomerEngagement]:
-        keys = list(set(customer_keys))
-        if not keys:
-            return {}
-        rows = await (await self._driver()).fetch(_ENGAGEMENT_BY_KEY, keys)
-        return {
-            r["customer_key"]: CustomerEngagement(
-                r["customer_key"], r["last_human_open_at"], r["last_click_at"], r["unsubscribed_at"]
-            )
-            for r in rows
-        }
-
     async def touched_messages(
         self, customer_keys: Iterable[str], since: datetime
     ) -> dict[str, list[MessageRow]]:
@@ -251,8 +239,6 @@ _UNSUBSCRIBE = """
 """
 
 _MESSAGES_BY_KEY = "SELECT * FROM ingest.messages WHERE request_key = ANY($1::text[])"
-_ENGAGEMENT_BY_KEY = "SELECT * FROM ingest.engagement WHERE customer_key = ANY($1::text[])"
-
 _TOUCHED = """
     SELECT * FROM ingest.messages
     WHERE customer_key = ANY($1::text[])

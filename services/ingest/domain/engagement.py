@@ -321,17 +321,6 @@ def _multiset(lines: Sequence[LineId]) -> dict[tuple[str, str], int] | None:
 SOURCE_ENGAGEMENT = "rebound/ingest/engagement"
 
 
-def with_touches(profile: ev.Profile, touches: CustomerEngagement | None) -> ev.Profile:
-    if touches is None:
-        return profile
-    return profile.model_copy(
-        update={
-            "last_human_open_at": touches.last_human_open_at,
-            "last_click_at": touches.last_click_at,
-        }
-    )
-
-
 def activity(
     *,
     kind: str,
