@@ -90,7 +90,10 @@ class ContactGate:
     def governs(self, send: DueSend) -> bool:
         """A shop with a policy has every journey mail timed by it; elsewhere only a step that
         asks for the customer's best hour waits."""
-        return send.request.shop_id in self._policies or send.best_hour
+        return self.governs_shop(send.request.shop_id, send.best_hour)
+
+    def governs_shop(self, shop_id: str, best_hour: bool) -> bool:
+        return shop_id in self._policies or best_hour
 
     async def hold(
         self, repo: ContactRepository, sends: Sequence[DueSend], now: datetime

@@ -37,7 +37,7 @@ from services.scheduler.domain.engine import Enrollment
 from services.scheduler.domain.facts import (
     EnrollmentView,
     LastMessage,
-    facts_of,
+    lazy_facts,
     for_enrollment,
 )
 from services.scheduler.domain.journey import Journey, journey_reads_predictions
@@ -172,11 +172,15 @@ class _Seen:
 
 @dataclass(frozen=True)
 class _Request:
-    """A message request made in this pass or batch: its record, the contract, its JSON form."""
+    """A message request made in this pass or batch: its record and its JSON form (the
+    contract's fields in order), made from facts validated when they came in."""
 
     row: RequestRow
-    message: MessageRequest
     data: dict[str, Any]
+
+    def message(self) -> MessageRequest:
+        """The contract, for the contact gate: built only for the mail it times."""
+        return MessageRequest.model_validate(self.data)
 
     def event(self) -> bytes:
         return _request_event(self.data)
@@ -371,14 +375,41 @@ class Runner:
                 request = self._message_request(tracked, action, customer, now)
                 if request is not None:
                     requests.append(request)
-        due = _due_sends(plan, {r.row.request_key: r.message for r in requests}, now)
-        _stay_while_held(plan, {d.request.request_key for d in due if self.contact.governs(d)})
+        due = self._governed(plan, {r.row.request_key: r for r in requests}, now)
+        _stay_while_held(plan, {d.request.request_key for d in due})
         fresh = await repo.write(plan.writes([r.row for r in requests]), now)
         due = [d for d in due if d.request.request_key in fresh]
         fresh -= await self.contact.hold(ContactRepository(repo.connection), due, now)
         messages = self._messages(plan, {r.row.request_key: r for r in requests}, fresh, now)
         ids = await repo.add_outbox(messages, now)
         return Published(ids, messages, plan.earliest_timer())
+
+    def _governed(
+        self, plan: _Plan, requests: dict[str, _Request], now: datetime
+    ) -> list[DueSend]:
+        """The requests the contact policy times, with what it weighs (test mode goes as due:
+        its mail is not the customer's and must not use up their slots)."""
+        due: dict[str, DueSend] = {}
+        for tracked, action, customer in plan.actions:
+            if not isinstance(action, engine.RequestMessage) or tracked.journey.test_mode:
+                continue
+            key = _request_key(tracked, action)
+            request, best_hour = requests.get(key), action.send.send_at == "best_hour"
+            if request is None or key in due:
+                continue
+            if not self.contact.governs_shop(request.data["shop_id"], best_hour):
+                continue
+            profile = customer.about()
+            due[key] = DueSend(
+                request.message(),
+                now,
+                tracked.journey.priority,
+                action.send.expiry,
+                best_hour,
+                profile["time_zone"],
+                profile["usual_open_hour"],
+            )
+        return list(due.values())
 
     def _messages(
         self,
@@ -452,10 +483,9 @@ class Runner:
             "requested_at": now,
             "test": journey.test_mode,
         }
-        request = MessageRequest.model_validate(data)
         assert tracked.enrollment.id is not None
         row = RequestRow(key, tracked.enrollment.id, action.step_id, action.variant)
-        return _Request(row, request, data)
+        return _Request(row, data)
 
     def _decision(
         self,
@@ -526,11 +556,11 @@ def _of(winners: dict[Version, dict[str, str]], journey: Journey) -> engine.Winn
 
 
 def _scoped(
-    facts: dict[str, Any],
+    facts: Mapping[str, Any],
     journey: Journey,
     enrollment: Enrollment,
     last: tuple[LastMessage, int] | None,
-) -> dict[str, Any]:
+) -> Mapping[str, Any]:
     """The facts as one enrolment sees them: its own last message and progress."""
     step = journey.steps[min(enrollment.step_index, len(journey.steps) - 1)]
     message, sent = last if last is not None else (None, 0)
@@ -538,27 +568,6 @@ def _scoped(
     return for_enrollment(facts, view, message)
 
 
-def _due_sends(plan: _Plan, requests: dict[str, MessageRequest], now: datetime) -> list[DueSend]:
-    """The requests with what the contact policy weighs (test mode goes as due: its mail is
-    not the customer's and must not use up their slots)."""
-    due: dict[str, DueSend] = {}
-    for tracked, action, customer in plan.actions:
-        if not isinstance(action, engine.RequestMessage) or tracked.journey.test_mode:
-            continue
-        request = requests.get(_request_key(tracked, action))
-        if request is None:
-            continue
-        profile, send = customer.about(), action.send
-        due[request.request_key] = DueSend(
-            request,
-            now,
-            tracked.journey.priority,
-            send.expiry,
-            send.send_at == "best_hour",
-            profile["time_zone"],
-            profile["usual_open_hour"],
-        )
-    return list(due.values())
 
 
 def _stay_while_held(plan: _Plan, held: set[str]) -> None:
@@ -621,9 +630,16 @@ def _facts(
     now: datetime,
     about_message: str | None = None,
     predictions: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    profile, cart = customer.profile_facts(), customer.cart_facts()
-    return facts_of(kind, occurred_at, profile, cart, now, about_message, predictions)
+) -> Mapping[str, Any]:
+    return lazy_facts(
+        kind,
+        occurred_at,
+        customer.profile_facts,
+        customer.cart_facts,
+        now,
+        about_message,
+        predictions,
+    )
 
 
 def _customer(

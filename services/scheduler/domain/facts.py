@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -55,6 +55,41 @@ def facts_of(
 ) -> dict[str, Any]:
     """`build_facts` from `profile.model_dump()` and `cart.model_dump()` (dicts this changes
     and keeps): a timer's customer comes as stored JSON, without the models."""
+    return {
+        "event": event_facts(kind, occurred_at, about_message),
+        "profile": _profile_part(profile_facts, now, predictions),
+        "cart": _cart_part(cart_facts),
+    }
+
+
+def lazy_facts(
+    kind: str,
+    occurred_at: datetime,
+    profile_facts: Callable[[], dict[str, Any]],
+    cart_facts: Callable[[], dict[str, Any] | None],
+    now: datetime,
+    about_message: str | None = None,
+    predictions: Mapping[str, Any] | None = None,
+) -> Mapping[str, Any]:
+    """What `facts_of` gives, with the profile and the cart built when a condition first reads
+    them: a timer whose step only sends, or an activity no journey's condition is about,
+    reads neither, and building them was most of a fired timer's facts."""
+    return LazyFacts(
+        {"event": event_facts(kind, occurred_at, about_message)},
+        {
+            "profile": lambda: _profile_part(profile_facts(), now, predictions),
+            "cart": lambda: _cart_part(cart_facts()),
+        },
+    )
+
+
+def event_facts(kind: str, occurred_at: datetime, about_message: str | None) -> dict[str, Any]:
+    return {"kind": kind, "occurred_at": occurred_at, "request_key": about_message}
+
+
+def _profile_part(
+    profile_facts: dict[str, Any], now: datetime, predictions: Mapping[str, Any] | None
+) -> dict[str, Any]:
     last_order_at = profile_facts["last_order_at"]
     registered_at = profile_facts["registered_at"]
     first_order_at = profile_facts["first_order_at"]
@@ -73,13 +108,74 @@ def facts_of(
         None if predicted is None else -_days(predicted, now)
     )
     profile_facts["categories"] = _categories(profile_facts["categories"], now)
-    if cart_facts is not None:
-        cart_facts["item_count"] = sum(line["quantity"] for line in cart_facts["lines"])
-    return {
-        "event": {"kind": kind, "occurred_at": occurred_at, "request_key": about_message},
-        "profile": profile_facts,
-        "cart": cart_facts or {"item_count": 0},
-    }
+    return profile_facts
+
+
+def _cart_part(cart_facts: dict[str, Any] | None) -> dict[str, Any]:
+    if cart_facts is None:
+        return {"item_count": 0}
+    cart_facts["item_count"] = sum(line["quantity"] for line in cart_facts["lines"])
+    return cart_facts
+
+
+class FactsUnreadable(RuntimeError):
+    """A lazy part of the facts could not be built."""
+
+
+class LazyFacts(Mapping[str, Any]):
+    """A mapping whose named parts are computed on their first read, then kept."""
+
+    __slots__ = ("_known", "_later")
+
+    def __init__(
+        self, known: dict[str, Any], later: dict[str, Callable[[], Any]] | None = None
+    ) -> None:
+        self._known = known
+        self._later = later or {}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._known[key]
+        except KeyError:
+            build = self._later.pop(key)  # neither: the KeyError a mapping raises
+            try:
+                value = self._known[key] = build()
+            except Exception as exc:
+                # Not a definition error (those end the enrolment): the customer's stored
+                # facts are unreadable, which fails the pass as it did before they were lazy.
+                raise FactsUnreadable(f"the customer's {key} facts: {exc!r}") from exc
+            return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._known or key in self._later
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._known, *self._later])
+
+    def __len__(self) -> int:
+        return len(self._known) + len(self._later)
+
+
+class _Scoped(Mapping[str, Any]):
+    """One enrolment's view: its own parts over the customer's shared (lazy) facts."""
+
+    __slots__ = ("_own", "_shared")
+
+    def __init__(self, shared: Mapping[str, Any], own: dict[str, Any]) -> None:
+        self._shared, self._own = shared, own
+
+    def __getitem__(self, key: str) -> Any:
+        own = self._own
+        return own[key] if key in own else self._shared[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._own or key in self._shared
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(self._shared), **dict.fromkeys(self._own)})
+
+    def __len__(self) -> int:
+        return len({*self._shared, *self._own})
 
 
 def _days_since(moment: datetime | None, now: datetime) -> float | None:
@@ -141,9 +237,11 @@ class EnrollmentView:
 
 def for_enrollment(
     facts: Mapping[str, Any], enrollment: EnrollmentView, last_message: LastMessage | None
-) -> dict[str, Any]:
-    """The shared facts plus what belongs to one enrolment (its last message, its progress)."""
-    scoped = dict(facts)
+) -> Mapping[str, Any]:
+    """The shared facts plus what belongs to one enrolment (its last message, its progress);
+    the shared ones are read through, not copied (a lazy part stays lazy, and is built once
+    for all of the customer's enrolments)."""
+    scoped: dict[str, Any] = {}
     scoped["enrollment"] = {
         "journey_id": enrollment.journey_id,
         "step_id": enrollment.step_id,
@@ -153,7 +251,7 @@ def for_enrollment(
     }
     if last_message is not None:
         scoped["last_message"] = last_message.as_facts()
-    return scoped
+    return _Scoped(facts, scoped)
 
 
 def engagement_of(message: MessageEngagement) -> LastMessage:

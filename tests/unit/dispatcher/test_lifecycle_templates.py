@@ -101,7 +101,7 @@ def scheduler_request(journey: Journey, step_id: str, send: Send) -> MessageRequ
     tracked = _Tracked(journey, enrollment, customer, False)
     made = runner._message_request(tracked, engine.RequestMessage(step_id, send), customer, NOW)
     assert made is not None
-    return made.message
+    return made.message()
 
 
 def dispatched(request: MessageRequest, extras: Extras) -> RenderedMessage:

@@ -103,7 +103,7 @@ def published(customer: CustomerFacts) -> tuple[MessageRequest, bytes]:
     tracked = _Tracked(JOURNEY, enrollment, customer, False)
     made = runner._message_request(tracked, action, customer, NOW)
     assert made is not None
-    return made.message, made.event()
+    return made.message(), made.event()
 
 
 def jsonb(model: Profile | CartSnapshot) -> dict[str, Any]:
