@@ -37,8 +37,8 @@ from services.scheduler.domain.engine import Enrollment
 from services.scheduler.domain.facts import (
     EnrollmentView,
     LastMessage,
-    lazy_facts,
     for_enrollment,
+    lazy_facts,
 )
 from services.scheduler.domain.journey import Journey, journey_reads_predictions
 from services.scheduler.journeys.repository import JourneyRepository
@@ -384,9 +384,7 @@ class Runner:
         ids = await repo.add_outbox(messages, now)
         return Published(ids, messages, plan.earliest_timer())
 
-    def _governed(
-        self, plan: _Plan, requests: dict[str, _Request], now: datetime
-    ) -> list[DueSend]:
+    def _governed(self, plan: _Plan, requests: dict[str, _Request], now: datetime) -> list[DueSend]:
         """The requests the contact policy times, with what it weighs (test mode goes as due:
         its mail is not the customer's and must not use up their slots)."""
         due: dict[str, DueSend] = {}
@@ -566,8 +564,6 @@ def _scoped(
     message, sent = last if last is not None else (None, 0)
     view = EnrollmentView(journey.id, step.id, enrollment.entered_at, enrollment.holdout, sent)
     return for_enrollment(facts, view, message)
-
-
 
 
 def _stay_while_held(plan: _Plan, held: set[str]) -> None:
