@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -37,7 +38,7 @@ def scoped(
     about: str | None = None,
     consent: str = "subscribed",
     sent: int = 1,
-) -> dict[str, Any]:
+) -> Mapping[str, Any]:
     profile = Profile(key=KEY, shop_id="shop", email="a@example.com", marketing_consent=consent)
     facts = build_facts(kind, T0, profile, None, T0, about_message=about)
     view = EnrollmentView(
