@@ -190,3 +190,34 @@ async def _has_rows(database_url: str, query: str) -> bool:
 
 async def _scheduler_customers(database_url: str) -> list[str]:
     return [r[0] for r in await sql(database_url, "SELECT customer_key FROM scheduler.customers")]
+
+
+async def test_the_guests_orders_count_for_the_account_in_the_reports_after_the_merge(
+    service: SchedulerService,
+    producer: AIOKafkaProducer,
+    database_url: str,
+    topics: Topics,
+    clock: ManualClock,
+) -> None:
+    """The guest's order converts the enrolment that moves to the account, and the person is
+    one customer in the cohorts; the guest's half-person prediction goes."""
+    order = _activity(
+        GUEST, "guest-order", clock, kind=events.ORDER_PLACED, order_id="1001", order_total=30
+    )
+    await _send(producer, topics, GUEST, order)
+    orders = "SELECT customer_key FROM scheduler.customer_orders"
+    await eventually(lambda: _has_rows(database_url, orders), what="the guest's order")
+    await sql(
+        database_url,
+        "INSERT INTO scheduler.predictions (customer_key, shop_id, as_of, p_alive, orders_30d,"
+        f" orders_90d, order_value, changed_at) VALUES ('{GUEST}', '{SHOP}', now(), 0.5, 0.1,"
+        " 0.2, 30, now())",
+    )
+
+    await _send(producer, topics, ACCOUNT, _merged(clock))
+    await eventually(
+        lambda: _has_rows(database_url, "SELECT 1 FROM scheduler.customer_aliases"),
+        what="the merge",
+    )
+    assert [r[0] for r in await sql(database_url, orders)] == [ACCOUNT]
+    assert await sql(database_url, "SELECT customer_key FROM scheduler.predictions") == []

@@ -107,4 +107,11 @@ class IngestPrivacyRepository:
                 "ORDER BY l.order_id, l.line_no",
                 {"keys": keys},
             )
+            data["customer_aliases"] = await rows_as_json(
+                conn,
+                "SELECT to_jsonb(a)::text FROM ingest.customer_aliases a"
+                " WHERE a.alias_key = ANY(:keys) OR a.canonical_key = ANY(:keys)"
+                " ORDER BY a.alias_key",
+                {"keys": keys},
+            )
         return data

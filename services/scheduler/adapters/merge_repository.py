@@ -1,5 +1,6 @@
 """The scheduler's SQL for a guest merged into an account: the aliases, and the move of the
-guest's enrolments, timers and contact history to the account's key and partition. The
+guest's enrolments, timers, contact history and report orders to the account's key and
+partition. The
 caller owns the transaction; statements take whole columns as arrays, like queries.py."""
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class MergeRepository(DriverWrites):
         for statement in _MOVE_CONTACTS:
             await driver.execute(statement, *columns[:2])
         await driver.execute(_FORGET_GUESTS, columns[0])
+        # After the guest's row is gone (its delete waits for a batch still writing the
+        # guest), so the guest's orders that batch recorded move too.
+        await driver.execute(_MOVE_ORDERS, *columns[:2])
+        await driver.execute(_FORGET_PREDICTIONS, columns[0])
 
     async def canonical(self, guest_keys: Sequence[str]) -> dict[str, Canonical]:
         if not guest_keys:
@@ -148,6 +153,19 @@ _MOVE_CONTACTS = tuple(
 
 # name: forget_guests
 _FORGET_GUESTS = "DELETE FROM scheduler.customers WHERE customer_key = ANY($1::text[])"
+
+# name: move_orders
+# The reports' orders: an enrolment that moved to the account keeps the orders that converted
+# it, and the person is one customer in the cohorts.
+_MOVE_ORDERS = """
+    UPDATE scheduler.customer_orders x SET customer_key = m.account
+    FROM unnest($1::text[], $2::text[]) AS m(guest, account) WHERE x.customer_key = m.guest
+"""
+
+# name: forget_predictions
+# The guest's figures were of half the person; the next fit predicts the account from the
+# merged facts (a guest segment timer still pending finds no customer when due and goes).
+_FORGET_PREDICTIONS = "DELETE FROM scheduler.predictions WHERE customer_key = ANY($1::text[])"
 
 # name: canonical
 # Merged guest keys with their account's key, partition and stored facts.

@@ -4,6 +4,8 @@ Erasure of a customer: the facts snapshot and held messages (contact queue, unpu
 rows) are deleted, the customer's timers too, so nothing more is sent; active enrolments end
 ('exited', 'redacted'); enrolments and the contact log keep their rows for the reports under a
 random pseudonym. Exports already assembled for that customer are deleted.
+An export holds every row with the customer's key, and the timers, message requests and their
+results and engagement of the customer's enrolments.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from shared.subject_tables import (
     export_customers,
     pseudonym,
     pseudonymise,
+    rows_as_json,
 )
 
 SCHEMA = "scheduler"
@@ -78,6 +81,27 @@ _ERASE_EXPORTS = sa.text("""
 """)
 
 
+# What the scheduler holds about the customer's enrolments, in tables without a customer key:
+# their timers, the messages asked for and what became of them.
+_REQUESTS_OF = """
+    SELECT r.* FROM scheduler.message_requests r JOIN scheduler.enrollments e
+    ON e.id = r.enrollment_id WHERE e.customer_key = ANY(:keys)
+"""
+_BY_ENROLMENT = {
+    "timers": "SELECT to_jsonb(t)::text FROM scheduler.timers t JOIN scheduler.enrollments e"
+    " ON e.id = t.enrollment_id WHERE e.customer_key = ANY(:keys) ORDER BY t.enrollment_id",
+    "message_requests": f"SELECT to_jsonb(r)::text FROM ({_REQUESTS_OF}) r ORDER BY r.request_key",
+    "message_engagement": "SELECT to_jsonb(m)::text FROM scheduler.message_engagement m"
+    f" JOIN ({_REQUESTS_OF}) r USING (request_key) ORDER BY m.request_key",
+    "message_results": "SELECT to_jsonb(x)::text FROM scheduler.message_results x"
+    f" JOIN ({_REQUESTS_OF}) r USING (request_key) ORDER BY x.request_key",
+}
+_ALIASES_OF = """
+    SELECT to_jsonb(a)::text FROM scheduler.customer_aliases a
+    WHERE a.alias_key = ANY(:keys) OR a.canonical_key = ANY(:keys) ORDER BY a.alias_key
+"""
+
+
 @dataclass(frozen=True)
 class Subject:
     keys: list[str]
@@ -124,7 +148,11 @@ class SchedulerPrivacyRepository:
     async def export(self, request: PrivacyRequest) -> ExportData:
         async with self._engine.connect() as conn:
             subject = await find_subject(conn, request)
-            return await export_customers(conn, SCHEMA, subject.keys)
+            data = await export_customers(conn, SCHEMA, subject.keys)
+            for table, query in _BY_ENROLMENT.items():
+                data[table] = await rows_as_json(conn, query, {"keys": subject.keys})
+            data["customer_aliases"] = await rows_as_json(conn, _ALIASES_OF, {"keys": subject.keys})
+        return data
 
 
 async def _stop_everything_for(
