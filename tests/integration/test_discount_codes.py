@@ -95,6 +95,21 @@ async def test_ten_thousand_requests_get_ten_thousand_distinct_codes_and_again_t
         assert offer.expires_at == clock.now() + timedelta(days=7)
 
 
+async def test_a_shops_code_prefix_leads_every_generated_code(
+    database_url: str, clock: ManualClock
+) -> None:
+    engine = make_engine(database_url, pool_size=2)
+    config = ShopCoupons(shop_id=SHOP, code_prefix="TEA-")
+    desk = CouponDesk(CouponRepository(engine), {SHOP: config}, {}, None, "unused")
+    try:
+        issued = await desk.issue([discount_request(f"rk-p{i}") for i in range(3)], clock.now())
+    finally:
+        await engine.dispose()
+    codes = [offer.code for offer in issued.values() if isinstance(offer, OfferView)]
+    assert len(set(codes)) == 3
+    assert all(re.fullmatch(r"TEA-[A-HJKMNP-Z2-9]{12}", code) for code in codes), codes
+
+
 async def test_the_mail_shows_the_issued_code_and_a_redelivery_shows_the_same(
     harness: Harness,
 ) -> None:
