@@ -43,8 +43,12 @@ def _unreachable(request: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError("connection refused", request=request)
 
 
-THROTTLED = {"errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}]}
-NO_NODE = {"data": {"discountCodeBasicCreate": {"codeDiscountNode": None, "userErrors": []}}}
+THROTTLED: dict[str, object] = {
+    "errors": [{"message": "Throttled", "extensions": {"code": "THROTTLED"}}]
+}
+NO_NODE: dict[str, object] = {
+    "data": {"discountCodeBasicCreate": {"codeDiscountNode": None, "userErrors": []}}
+}
 
 
 @pytest.mark.parametrize(
