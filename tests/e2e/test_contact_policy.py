@@ -79,6 +79,14 @@ trigger: {event: shop.cart.updated.v1}
 steps:
   - {id: only, send: {template: abandoned_cart_reminder, subject: "At night"}}
 """
+BEST_HOUR = """
+id: best
+version: 1
+name: At the customer's hour
+trigger: {event: shop.cart.updated.v1}
+steps:
+  - {id: only, send: {template: abandoned_cart_reminder, subject: "Best", send_at: best_hour}}
+"""
 
 
 @pytest.fixture
@@ -116,6 +124,7 @@ class Shop:
         zone: ZoneInfo = BERLIN,
         source_id: str = "e1",
         consent: events.ConsentState = "subscribed",
+        usual_open_hour: int | None = None,
     ) -> None:
         now = self.clock.now()
         profile = Profile(
@@ -125,6 +134,7 @@ class Shop:
             first_name="Ada",
             marketing_consent=consent,
             time_zone=zone.key,
+            usual_open_hour=usual_open_hour,
         )
         cart = CartSnapshot(
             cart_id="cart-1",
@@ -356,6 +366,48 @@ async def test_consent_withdrawn_while_a_mail_waits_is_honoured_when_it_goes(sho
     await eventually(decided, what="the dispatcher's decision")
     assert await decided() == [("suppressed", "no_marketing_consent")]
     assert shop.mail.messages == []
+
+
+async def test_a_best_hour_step_goes_at_the_hour_the_customer_usually_opens_mail(
+    shop: Shop,
+) -> None:
+    """send_at: best_hour through the runner: the customer's usual hour comes from the facts
+    the activity carried, in their own zone (Tokyo, while the shop's default is Berlin)."""
+    await _load(shop.database_url, shop.clock, BEST_HOUR)
+    ten_am_tokyo = datetime(2022, 1, 4, 10, 0, tzinfo=TOKYO)
+    await shop.clock.advance(ten_am_tokyo.astimezone(UTC) - shop.clock.now())
+    await shop.activity(events.CART_UPDATED, TOKYO, usual_open_hour=19)
+    await eventually(lambda: _at_least(shop.held, 1), what="the mail held for its hour")
+    await shop.scheduler.timers.fire_due()
+    assert shop.mail.messages == [] and await shop.held() == 1
+
+    await shop.run_until(ten_am_tokyo + timedelta(days=1))
+    await eventually(lambda: len(shop.mail.messages) == 1, 30, "the evening mail")
+    [(_, at)] = await shop.released()
+    assert at.astimezone(TOKYO) == datetime(2022, 1, 4, 19, 0, tzinfo=TOKYO)
+
+
+async def test_an_unsubscribe_while_a_mail_waits_means_it_never_goes(shop: Shop) -> None:
+    await _load(shop.database_url, shop.clock, NIGHT)
+    eleven_pm = datetime(2022, 1, 3, 23, 0, tzinfo=BERLIN)
+    await shop.clock.advance(eleven_pm.astimezone(UTC) - shop.clock.now())
+    await shop.activity(events.CART_UPDATED)
+    await eventually(lambda: _at_least(shop.held, 1), what="the mail held")
+    await shop.clock.advance(timedelta(minutes=30))
+    await shop.activity(events.CONSENT_CHANGED, source_id="u1", consent="unsubscribed")
+
+    async def left() -> list[Any]:
+        return await shop.sql("SELECT status, exit_reason FROM scheduler.enrollments")
+
+    await eventually(lambda: _is(left, [("exited", "unsubscribed")]), what="the journey left")
+    await shop.run_until(eleven_pm + timedelta(days=1))
+    await asyncio.sleep(0.3)  # let any (wrong) mail arrive
+    assert shop.mail.messages == [] and await shop.held() == 0
+    assert list((await _suppressed(shop)).values()) == ["journey_exited"]
+
+
+async def _is(read: Any, expected: list[Any]) -> bool:
+    return bool(await read() == expected)
 
 
 async def _ended(shop: Shop) -> bool:

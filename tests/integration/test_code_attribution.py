@@ -1,6 +1,7 @@
 """A discount code across services: the dispatcher mails it and publishes coupon.issued, ingest
 learns it, and an order that uses it (events API `discount_codes`) is that message's
-conversion without any open or click; used after expiry, a late redemption."""
+conversion without any open or click; used after expiry (here in Shopify's `discount_codes`
+of an orders/create webhook), a late redemption."""
 
 from __future__ import annotations
 
@@ -21,7 +22,14 @@ from shared.clock import ManualClock
 from shared.topics import ENGAGEMENT_RESULTS, Topics
 from tests.conftest import Infra, eventually, read_topic
 from tests.integration.test_dispatcher_service import Harness, message_request
-from tests.unit.ingest.deliveries import API_TOKEN, SHOP, SHOP_ID
+from tests.unit.ingest.deliveries import (
+    API_TOKEN,
+    SHOP,
+    SHOP_ID,
+    Delivery,
+    delivery,
+    fixture_body,
+)
 
 CUSTOMER = f"{SHOP_ID}:c:77"
 AUTH = {"authorization": f"Bearer {API_TOKEN}"}
@@ -80,6 +88,15 @@ def order(order_id: str, placed_at: str, codes: list[str]) -> dict[str, Any]:
     }
 
 
+def shopify_order(order_id: int, placed_at: str, code: str) -> Delivery:
+    """Shopify's orders/create webhook of customer 77 with the code in `discount_codes`."""
+    body = fixture_body("orders.create")
+    body |= {"id": order_id, "created_at": placed_at, "processed_at": placed_at}
+    body |= {"email": "ada@example.com", "customer": {"id": 77, "email": "ada@example.com"}}
+    body["discount_codes"] = [{"code": code, "amount": "4.00", "type": "percentage"}]
+    return delivery("orders.create", body=body, webhook_id=f"order-{order_id}")
+
+
 async def scalar(harness: Harness, sql: str) -> Any:
     async with harness.engine.connect() as conn:
         return (await conn.execute(text(sql))).scalar()
@@ -117,8 +134,9 @@ async def test_an_order_with_the_code_is_the_conversion_of_the_message_that_carr
     await clock.advance(timedelta(days=2))  # no open, no click: only the code ties them
     await submit(client, ev.ORDER_PLACED, "o-1", order("o-1", "2022-01-03T00:00:00Z", [code]))
     await clock.advance(timedelta(days=8))  # the code expired on 8 January
-    late = order("o-2", "2022-01-11T00:00:00Z", [code.lower()])
-    await submit(client, ev.ORDER_PLACED, "o-2", late)
+    late = shopify_order(5002, "2022-01-11T00:00:00Z", code.lower())  # a checkout lowercases
+    answer = await client.post("/webhooks/shopify", content=late.body, headers=late.headers)
+    assert answer.status_code == 200, answer.text
 
     async def converted() -> dict[str, ev.MessageConverted]:
         published = await read_topic(infra.bootstrap, topics.name(ENGAGEMENT_RESULTS))
@@ -131,7 +149,7 @@ async def test_an_order_with_the_code_is_the_conversion_of_the_message_that_carr
     await eventually(lambda: _both(converted), what="both orders attributed")
     await client.aclose()
     credited = await converted()
-    on_time, after_expiry = credited["o-1"], credited["o-2"]
+    on_time, after_expiry = credited["o-1"], credited["5002"]
     assert (on_time.request_key, on_time.touch, on_time.code) == (request.request_key, "code", code)
     assert (on_time.journey_id, on_time.step_id) == ("abandoned-cart", "discount")
     assert on_time.late_redemption is False

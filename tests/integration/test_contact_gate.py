@@ -216,3 +216,25 @@ async def test_an_instance_releases_only_the_customers_of_its_partitions(
         owner = await gate.release(ContactRepository(conn), [1], now, limit=100)
     assert other.send == []
     assert [r.request_key for r in owner.send] == ["cart:7:reminder"]
+
+
+@pytest.mark.parametrize(("service_mail", "days"), [("exempt", [0, 0, 1]), ("counted", [0, 1, 2])])
+async def test_service_mail_is_exempt_from_the_limits_or_counted_as_the_shop_says(
+    engine: AsyncEngine, service_mail: str, days: list[int]
+) -> None:
+    """A cart reminder of a `consent: none` journey beside two marketing mails, 1 a day."""
+    monday = datetime(2026, 3, 2, 10, 0, tzinfo=BERLIN)
+    clock = ManualClock(monday.astimezone(UTC))
+    gate = ContactGate({SHOP: ONE_A_DAY.model_copy(update={"service_mail": service_mail})})
+    service = request("cart:5:reminder", "abandoned-cart")
+    service = service.model_copy(update={"consent_required": False})
+    await hold(
+        engine,
+        gate,
+        DueSend(service, monday, priority=100),
+        DueSend(request("win:5:reason", "win-back"), monday, priority=10),
+        DueSend(request("win:5:last", "win-back"), monday + timedelta(minutes=1), priority=10),
+    )
+    went = await run_until(engine, gate, clock, monday + timedelta(days=3))
+    assert [key for key, _ in went] == ["cart:5:reminder", "win:5:reason", "win:5:last"]
+    assert [(at.astimezone(BERLIN).date() - monday.date()).days for _, at in went] == days

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 from sqlalchemy import text
 
+from services.dispatcher import coupons
 from services.dispatcher.adapters.coupons import CouponRepository
 from services.dispatcher.coupons import CouponDesk
 from services.dispatcher.domain.offers import OfferView
@@ -92,6 +93,21 @@ async def test_ten_thousand_requests_get_ten_thousand_distinct_codes_and_again_t
         assert isinstance(offer, OfferView)
         assert offer.code == codes[key]
         assert offer.expires_at == clock.now() + timedelta(days=7)
+
+
+async def test_a_shops_code_prefix_leads_every_generated_code(
+    database_url: str, clock: ManualClock
+) -> None:
+    engine = make_engine(database_url, pool_size=2)
+    config = ShopCoupons(shop_id=SHOP, code_prefix="TEA-")
+    desk = CouponDesk(CouponRepository(engine), {SHOP: config}, {}, None, "unused")
+    try:
+        issued = await desk.issue([discount_request(f"rk-p{i}") for i in range(3)], clock.now())
+    finally:
+        await engine.dispose()
+    codes = [offer.code for offer in issued.values() if isinstance(offer, OfferView)]
+    assert len(set(codes)) == 3
+    assert all(re.fullmatch(r"TEA-[A-HJKMNP-Z2-9]{12}", code) for code in codes), codes
 
 
 async def test_the_mail_shows_the_issued_code_and_a_redelivery_shows_the_same(
@@ -182,6 +198,43 @@ async def test_a_pool_of_three_runs_out_on_the_fourth_request_with_a_clear_failu
     assert "no discount code left in the pool" in failed.data["reason"]
     pool = {"shop": SHOP}
     assert REGISTRY.get_sample_value("rebound_coupon_pool_remaining", pool) == 0.0
+
+
+class Warnings:
+    """Stands in for the coupon desk's logger: which warnings it gave."""
+
+    def __init__(self) -> None:
+        self.given: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.given.append((event, fields))
+
+    def error(self, event: str, **fields: Any) -> None:
+        pass
+
+
+async def test_a_pool_running_low_is_a_warning_and_the_gauge_counts_down(
+    database_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warnings = Warnings()
+    monkeypatch.setattr(coupons, "log", warnings)
+    engine = make_engine(database_url, pool_size=2)
+    config = ShopCoupons(shop_id=SHOP, source="pool", low_pool_warning=2)
+    repository = CouponRepository(engine)
+    desk = CouponDesk(repository, {SHOP: config}, {}, None, "unused")
+    pool = {"shop": SHOP}
+    try:
+        await repository.add_to_pool(SHOP, ["LOW-AAA1", "LOW-BBB2", "LOW-CCC3"], clock.now())
+        assert await desk.report_pools([SHOP]) == {SHOP: 3}
+        assert warnings.given == []
+        await desk.issue([discount_request("rk-low-1")], clock.now())
+        assert REGISTRY.get_sample_value("rebound_coupon_pool_remaining", pool) == 2.0
+        assert warnings.given == []  # 2 left is not below 2
+        await desk.issue([discount_request("rk-low-2")], clock.now())
+    finally:
+        await engine.dispose()
+    assert REGISTRY.get_sample_value("rebound_coupon_pool_remaining", pool) == 1.0
+    assert warnings.given == [("coupon_pool_low", {"shop_id": SHOP, "remaining": 1})]
 
 
 async def test_an_upload_with_a_broken_code_stores_nothing(harness: Harness) -> None:

@@ -30,6 +30,8 @@ CUSTOMER = f"{SHOP_ID}:c:77"
 BROWSER = {"user-agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0"}
 AUTH = {"authorization": f"Bearer {API_TOKEN}"}
 LINK = "https://shop.example/new?utm_source=rebound"
+PROXY = {"user-agent": "Mozilla/5.0"}  # how a mail privacy proxy fetches the pixel
+CONSENT = {"marketing_consent": "subscribed"}
 
 
 @pytest.fixture
@@ -310,3 +312,37 @@ async def test_a_click_tells_the_scheduler_the_whole_profile_not_only_the_touch(
     assert (profile.orders_count, profile.average_days_between_orders) == (2, 20)
     assert profile.expected_next_order_at == clock.now() + timedelta(days=10)
     assert profile.stage == "active" and len(profile.recent_orders or []) == 2
+
+
+async def test_the_usual_opening_hour_comes_from_human_opens_in_the_customers_zone(
+    client: httpx.AsyncClient, db: AsyncEngine, infra: Infra, topics: Topics, clock: ManualClock
+) -> None:
+    """`send_at: best_hour` sends at profile.usual_open_hour: the local hour this customer's
+    own opens happen at most; a privacy proxy fetching the pixel says nothing about them."""
+    customer = {"id": "77", "email": "ada@example.com", "time_zone": "Asia/Tokyo"}
+    await submit(client, ev.CUSTOMER_REGISTERED, "reg-77", {"customer": customer | CONSENT})
+
+    async def known() -> bool:
+        return bool(await rows(db, "SELECT 1 FROM ingest.customers"))
+
+    await eventually(known, what="the customer in the facts")
+    await clock.advance(timedelta(hours=3))  # 03:00 UTC, noon in Tokyo: three proxy fetches
+    for step in ("m1", "m2", "m3"):
+        ref = message(clock, step)
+        await client.get(f"/t/o/{SIGNER.sign(Claims('open', ref))}", headers=PROXY)
+    await clock.advance(timedelta(hours=7))  # 10:00 UTC, 19:00 in Tokyo: two of her own
+    for step in ("h1", "h2"):
+        await client.get(
+            f"/t/o/{SIGNER.sign(Claims('open', message(clock, step)))}", headers=BROWSER
+        )
+        await clock.advance(timedelta(days=1))
+
+    async def told() -> list[ev.Activity]:
+        published = await on_topic(infra, topics.name(CUSTOMER_ACTIVITY))
+        opened = (ev.payload(e, ev.Activity) for e in published)
+        return [a for a in opened if a.kind == ev.EMAIL_OPENED and a.profile.opens_90d == 2]
+
+    await eventually(told, what="the second human open told to the scheduler")
+    activity = (await told())[-1]
+    assert activity.profile.time_zone == "Asia/Tokyo"
+    assert activity.profile.usual_open_hour == 19

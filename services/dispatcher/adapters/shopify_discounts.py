@@ -34,6 +34,11 @@ def shopify_customer_gid(customer_key: str) -> str | None:
     return f"gid://shopify/Customer/{customer_id}" if sep and customer_id.isdigit() else None
 
 
+def shopify_collection_gid(collection: str) -> str:
+    """A collection as the journey names it (Shopify's numeric id, or its gid) -> its gid."""
+    return f"gid://shopify/Collection/{collection}" if collection.isdigit() else collection
+
+
 def discount_input(
     coupon: Coupon, terms: OfferTerms, customer_key: str, title: str
 ) -> dict[str, Any]:
@@ -46,7 +51,9 @@ def discount_input(
     )
     applies = terms.applies_to
     items: dict[str, Any] = (
-        {"all": True} if applies == "order" else {"collections": {"add": applies.collections}}
+        {"all": True}
+        if applies == "order"
+        else {"collections": {"add": [shopify_collection_gid(c) for c in applies.collections]}}
     )
     gid = shopify_customer_gid(customer_key)
     basic: dict[str, Any] = {
