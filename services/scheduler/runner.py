@@ -231,9 +231,8 @@ class Runner:
         given = [_customer(a, p) for a, p in batch]
         await repo.save_customers(given, now)
         latest = {c.key: c for c in given}
-        for activity, _ in batch:  # e-mail events: what the recipient did with a message
-            if activity.message is not None:
-                await self.engagement.record(conn, activity.message)
+        # E-mail events: what the recipient did with a message.
+        await self.engagement.record(conn, [a.message for a, _ in batch if a.message is not None])
         # Orders placed: the reports' holdout conversions and retention cohorts.
         await ReportFactsRepository(conn).record_orders(
             [a for a, _ in batch if a.kind == events.ORDER_PLACED]

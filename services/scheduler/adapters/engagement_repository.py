@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import text
@@ -40,20 +40,27 @@ _LAST_MESSAGES = text("""
 
 
 class EngagementRepository:
-    async def record(self, conn: AsyncConnection, message: MessageEngagement) -> None:
+    async def record(self, conn: AsyncConnection, messages: Sequence[MessageEngagement]) -> None:
+        """One executemany for a batch's e-mail events (the same message twice, opened then
+        clicked, is two rows of it applied in order, which one set statement could not do)."""
+        if not messages:
+            return
         await conn.execute(
             _UPSERT,
-            {
-                "request_key": message.request_key,
-                "sent_at": message.sent_at,
-                "human_opened_at": message.first_human_open_at,
-                "machine_opened_at": message.first_machine_open_at,
-                "clicked_at": message.first_click_at,
-                "converted_at": message.converted_at,
-                "revenue": message.revenue,
-                "unsubscribed_at": message.unsubscribed_at,
-                "bounced_at": message.bounced_at,
-            },
+            [
+                {
+                    "request_key": message.request_key,
+                    "sent_at": message.sent_at,
+                    "human_opened_at": message.first_human_open_at,
+                    "machine_opened_at": message.first_machine_open_at,
+                    "clicked_at": message.first_click_at,
+                    "converted_at": message.converted_at,
+                    "revenue": message.revenue,
+                    "unsubscribed_at": message.unsubscribed_at,
+                    "bounced_at": message.bounced_at,
+                }
+                for message in messages
+            ],
         )
 
     async def last_messages(
