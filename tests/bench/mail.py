@@ -106,22 +106,41 @@ def requests(count: int, run: str) -> list[MessageRequest]:
 
 
 class Sink:
-    """smtp-sink (or the aiosmtpd fallback) on a loopback port, counting accepted mail."""
+    """smtp-sink (or the aiosmtpd fallback) on a loopback port, counting accepted mail.
 
-    def __init__(self, port: int, log_path: Path) -> None:
+    With `record`, always the aiosmtpd sink, writing one line per recipient of every mail
+    it accepts to that file: `<arrival, epoch seconds> <recipient>` (smtp-sink's dumps carry
+    the recipient but only a time stamp to the second).
+    """
+
+    def __init__(self, port: int, log_path: Path, record: Path | None = None) -> None:
         self.port = port
         self._log_path = log_path
-        self.kind = "postfix smtp-sink" if shutil.which("smtp-sink") else "aiosmtpd (fallback)"
+        self.record = record
+        if record is not None:
+            self.kind = "aiosmtpd (records arrival time and recipient)"
+        elif shutil.which("smtp-sink"):
+            self.kind = "postfix smtp-sink"
+        else:
+            self.kind = "aiosmtpd (fallback)"
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
 
     def start(self) -> None:
         out = self._log_path.open("wb")
-        if shutil.which("smtp-sink"):
+        command = [sys.executable, "-m", "tests.bench.mail", "sink", "--port", str(self.port)]
+        if self.record is not None:
+            self.record.unlink(missing_ok=True)
+            command += ["--record", str(self.record)]
+        elif shutil.which("smtp-sink"):
             # -c: running counters on stdout; -u: it refuses to keep root privileges.
             command = ["smtp-sink", "-c", "-u", "nobody", f"127.0.0.1:{self.port}", "1024"]
         else:
             log("smtp-sink not found (make smtp-sink installs it): using the aiosmtpd sink")
-            command = [sys.executable, "-m", "tests.bench.mail", "sink", "--port", str(self.port)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self._proc = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
@@ -149,14 +168,19 @@ def _wait_port(port: int, timeout_s: float = 15) -> None:
     raise TimeoutError(f"no SMTP server on port {port}")
 
 
-def run_fallback_sink(port: int) -> None:
+def run_fallback_sink(port: int, record: Path | None = None) -> None:
     from aiosmtpd.controller import Controller
+
+    arrivals = None if record is None else record.open("a", buffering=1)  # a line each
 
     class Counting:
         count = 0
 
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            arrived = time.time()  # the whole mail is here; the 250 goes out next
             Counting.count += 1
+            if arrivals is not None:
+                arrivals.writelines(f"{arrived:.6f} {to}\n" for to in envelope.rcpt_tos)
             print(f"mesg={Counting.count}", end="\r", flush=True)
             return "250 OK"
 
@@ -172,23 +196,29 @@ def run_fallback_sink(port: int) -> None:
 # --- the peer: smtplib, a new connection per mail ----------------------------------------------
 
 
+def send_naively(renderer: TemplateRenderer, request: MessageRequest, port: int) -> None:
+    """What the naive peers do per mail: render, build an `EmailMessage`, open an SMTP
+    connection, `send_message`, quit."""
+    rendered = renderer.render(request.template, request.subject, render_context(request))
+    message = EmailMessage()
+    message["Subject"] = rendered.subject
+    message["From"] = MAIL_FROM
+    name = f"{request.recipient.first_name} {request.recipient.last_name}"
+    message["To"] = formataddr((name, request.recipient.email))
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = message_id(request.request_key, MAIL_FROM)
+    message.set_content(rendered.text)
+    message.add_alternative(rendered.html, subtype="html")
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="localhost") as smtp:
+        smtp.send_message(message)
+
+
 def run_peer(port: int, count: int) -> dict[str, Any]:
     renderer = TemplateRenderer()
     batch = requests(count, "peer")
     started = time.perf_counter()
     for request in batch:
-        rendered = renderer.render(request.template, request.subject, render_context(request))
-        message = EmailMessage()
-        message["Subject"] = rendered.subject
-        message["From"] = MAIL_FROM
-        name = f"{request.recipient.first_name} {request.recipient.last_name}"
-        message["To"] = formataddr((name, request.recipient.email))
-        message["Date"] = format_datetime(datetime.now(UTC))
-        message["Message-ID"] = message_id(request.request_key, MAIL_FROM)
-        message.set_content(rendered.text)
-        message.add_alternative(rendered.html, subtype="html")
-        with smtplib.SMTP("127.0.0.1", port, local_hostname="localhost") as smtp:
-            smtp.send_message(message)
+        send_naively(renderer, request, port)
     wall_s = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"mails": count, "wall_s": wall_s, "cpu_s": usage.ru_utime + usage.ru_stime}
@@ -448,11 +478,12 @@ def main(argv: list[str] | None = None) -> None:
     peer.add_argument("--n", type=int, required=True)
     sink = sub.add_parser("sink", help="the aiosmtpd sink used when smtp-sink is absent")
     sink.add_argument("--port", type=int, required=True)
+    sink.add_argument("--record", type=Path, help="append '<epoch s> <recipient>' per mail")
     args = parser.parse_args(argv)
     if args.command == "peer":
         print(json.dumps(run_peer(args.port, args.n)))
     else:
-        run_fallback_sink(args.port)
+        run_fallback_sink(args.port, args.record)
 
 
 if __name__ == "__main__":

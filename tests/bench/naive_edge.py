@@ -47,10 +47,15 @@ def serve(make_app: Callable[[str, str], FastAPI], description: str | None) -> N
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     args = parser.parse_args()
+    serve_app(make_app(args.bootstrap, args.topic), args.port)
+
+
+def serve_app(app: FastAPI, port: int) -> None:
+    """One uvicorn process as a shop would run it: uvloop, httptools, no access log."""
     uvicorn.run(
-        make_app(args.bootstrap, args.topic),
+        app,
         host="127.0.0.1",
-        port=args.port,
+        port=port,
         loop="uvloop",
         http="httptools",
         log_level="warning",

@@ -27,6 +27,7 @@ from shared.db import upgrade
 from shared.kafka import ensure_topics
 from shared.topics import CUSTOMER_ACTIVITY, EMAIL_EVENTS, SHOP_EVENTS, Topics, dlq
 from tests.bench import consumer as cbench
+from tests.bench import e2e as ebench
 from tests.bench import importer as ibench
 from tests.bench import mail as mbench
 from tests.bench import predictions as pbench
@@ -56,6 +57,7 @@ NAIVE_CONSUMER_GROUP = "naive-orm"
 class Stack:
     pg: devstack.Postgres
     bootstrap: str
+    tansu_pid: int
 
     @property
     def database_url(self) -> str:
@@ -79,7 +81,7 @@ def stack() -> Iterator[Stack]:
     broker_port = devstack.free_port()
     tansu = devstack.start_tansu(broker_port, BENCH_DIR / "tansu.log")
     try:
-        result = Stack(pg, f"127.0.0.1:{broker_port}")
+        result = Stack(pg, f"127.0.0.1:{broker_port}", tansu.pid)
         for database in (DATABASE, NAIVE_DATABASE):
             pg.psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             pg.psql(f'CREATE DATABASE "{database}"')
@@ -559,6 +561,8 @@ def table(results: dict[str, Any]) -> str:
         lines += sbench.table_lines(results["segments"])
     if "segment_timers" in results:
         lines += sbench.pending_lines(results["segment_timers"])
+    if "e2e" in results:
+        lines += ebench.table_lines(results["e2e"])
     return "\n".join(lines)
 
 
@@ -620,6 +624,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="segment timers not due, in the table while those fire (segments bench)",
     )
     parser.add_argument(
+        "--e2e-rate", type=float, default=200.0, help="checkouts posted per second (e2e)"
+    )
+    parser.add_argument(
+        "--e2e-seconds", type=float, default=20.0, help="seconds of posting at that rate (e2e)"
+    )
+    parser.add_argument(
         "--only",
         choices=[
             "webhooks",
@@ -630,6 +640,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "import",
             "predictions",
             "segments",
+            "e2e",
         ],
     )
     return parser.parse_args(argv)
@@ -666,6 +677,11 @@ def main(argv: list[str] | None = None) -> None:
             results["segment_timers"] = sbench.bench_pending_timers(
                 s.database_url, args.segment_due, args.segment_pending, args.naive_segment_customers
             )
+        if args.only in (None, "e2e"):
+            whole = ebench.Where(
+                s.pg, s.bootstrap, BENCH_DIR, PARTITIONS, lambda: pg_cpu_s(s), s.tansu_pid
+            )
+            results["e2e"] = ebench.bench_e2e(whole, args.e2e_rate, args.e2e_seconds)
     (BENCH_DIR / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results), flush=True)
     log(f"written to {BENCH_DIR / 'results.json'}")
