@@ -13,7 +13,7 @@ that checks the HMAC, renders the same template and sends it with smtplib on a n
 connection before answering.
 
 The load is open loop: delivery n is posted at start + n / rate whatever happened to the
-earlier ones (httpx, keep-alive, as many connections as answers are outstanding). Each side
+earlier ones (raw HTTP/1.1 on keep-alive connections, as many as answers are outstanding). Each side
 mails to an aiosmtpd sink of its own that writes the arrival time and the recipient of every
 mail (smtp-sink cannot: its dumps time-stamp to the second). Latency of a delivery = first
 arrival of its mail minus the moment its POST was sent (both on this machine's clock).
@@ -33,13 +33,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import httpx
+import uvloop
 
 from shared.kafka import ensure_topics
 from shared.topics import Topics
 from tests.bench import mail as mbench
+from tests.bench.webhooks import take_response
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
@@ -55,7 +56,6 @@ PEER_FIRST = 500_000  # the peer's customers: none of them is one of Rebound's
 WARMUP = 5  # deliveries, mailed before the clock starts (consumer groups joined, code warm)
 QUIET_S = 30.0  # no new mail this long: stop waiting for the rest
 SETTLE_S = 2.0  # after the last expected mail: this long more for late duplicates
-MAX_CONNECTIONS = 2048
 JOURNEY = """
 id: bench-e2e-at-once
 version: 1
@@ -159,31 +159,104 @@ def deliveries(first: int, count: int) -> list[Delivery]:
     return [Delivery(c.email, c.body, drill.signed_headers(c)) for c in made]
 
 
-async def post_at_rate(url: str, batch: list[Delivery], rate: float) -> list[Posted]:
-    """Delivery n is posted at start + n / rate, whether or not earlier ones were answered."""
-    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=256)
+def request_bytes(port: int, delivery: Delivery) -> bytes:
+    lines = [
+        "POST /webhooks/shopify HTTP/1.1",
+        f"host: 127.0.0.1:{port}",
+        f"content-length: {len(delivery.body)}",
+        *(f"{name}: {value}" for name, value in delivery.headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + delivery.body
+
+
+async def post_at_rate(port: int, batch: list[Delivery], rate: float) -> list[Posted]:
+    """Delivery n is posted at start + n / rate, whether or not earlier ones were answered:
+    on an idle keep-alive connection, else on a new one."""
+    loop = asyncio.get_running_loop()
+    idle: list[_Connection] = []
+    requests = [request_bytes(port, delivery) for delivery in batch]
     posted: list[Posted] = []
-    async with httpx.AsyncClient(timeout=300.0, limits=limits) as client:
-        start = time.time() + 0.1
-        tasks = []
-        for n, delivery in enumerate(batch):
-            pause = start + n / rate - time.time()
-            if pause > 0:
-                await asyncio.sleep(pause)
-            posted.append(Posted(delivery.email, start + n / rate))
-            tasks.append(asyncio.create_task(_post(client, url, delivery, posted[-1])))
-        await asyncio.gather(*tasks)
+    tasks = []
+    start = time.time() + 0.1
+    for n, (delivery, request) in enumerate(zip(batch, requests, strict=True)):
+        pause = start + n / rate - time.time()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        posted.append(Posted(delivery.email, start + n / rate))
+        tasks.append(asyncio.create_task(_post(loop, port, idle, request, posted[-1])))
+    await asyncio.gather(*tasks)
+    for conn in idle:
+        conn.close()
     return posted
 
 
-async def _post(client: httpx.AsyncClient, url: str, delivery: Delivery, posted: Posted) -> None:
+async def _post(
+    loop: asyncio.AbstractEventLoop,
+    port: int,
+    idle: list[_Connection],
+    request: bytes,
+    posted: Posted,
+) -> None:
     posted.sent = time.time()
-    try:
-        answer = await client.post(url, content=delivery.body, headers=delivery.headers)
-        posted.status = answer.status_code
-    except httpx.HTTPError as exc:
-        posted.error = repr(exc)
-    posted.answered = time.time()
+    while idle and not idle[-1].open:
+        idle.pop()
+    if idle:
+        conn = idle.pop()
+    else:
+        try:
+            _, conn = await loop.create_connection(lambda: _Connection(idle), "127.0.0.1", port)
+        except OSError as exc:
+            posted.error, posted.answered = repr(exc), time.time()
+            return
+    answered: asyncio.Future[None] = loop.create_future()
+    conn.send(request, posted, answered)
+    await answered
+
+
+class _Connection(asyncio.Protocol):
+    """A keep-alive connection with at most one request in flight; back to `idle` when its
+    answer is in. (Raw HTTP/1.1: an HTTP client library's pool costs more CPU per request
+    than the peer's whole endpoint once hundreds of connections are open.)"""
+
+    def __init__(self, idle: list[_Connection]) -> None:
+        self._idle = idle
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._posted: Posted | None = None
+        self._answered: asyncio.Future[None] | None = None
+        self.open = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.open = True
+
+    def send(self, request: bytes, posted: Posted, answered: asyncio.Future[None]) -> None:
+        assert self._transport is not None
+        self._posted, self._answered = posted, answered
+        self._transport.write(request)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        status = take_response(self._buffer)
+        if status is not None and self._posted is not None:
+            self._finish(status, "")
+            self._idle.append(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        if self._posted is not None:
+            self._finish(0, repr(exc) if exc else "closed by server")
+
+    def _finish(self, status: int, error: str) -> None:
+        assert self._posted is not None and self._answered is not None
+        self._posted.status, self._posted.error = status, error
+        self._posted.answered = time.time()
+        self._posted = None
+        self._answered.set_result(None)
 
 
 def arrivals(record: Path) -> list[tuple[float, str]]:
@@ -209,16 +282,16 @@ def until_arrived(record: Path, expected: set[str], quiet_s: float, cap_s: float
     return False
 
 
-def warm_up(url: str, sink: mbench.Sink, first: int) -> None:
+def warm_up(port: int, sink: mbench.Sink, first: int) -> None:
     batch = deliveries(first, WARMUP)
-    asyncio.run(post_at_rate(url, batch, 10.0))
+    uvloop.run(post_at_rate(port, batch, 10.0))
     assert sink.record is not None
     if not until_arrived(sink.record, {d.email for d in batch}, quiet_s=90, cap_s=120):
         raise RuntimeError(f"the warm-up mail never arrived; see the logs in {sink.record.parent}")
 
 
 def measure(
-    url: str,
+    port: int,
     batch: list[Delivery],
     rate: float,
     sink: mbench.Sink,
@@ -230,7 +303,7 @@ def measure(
     cpus = {**cpus, "smtp sink": lambda: mbench.cpu_s(sink.pid), "load generator": _own_cpu_s}
     before = {name: cpu() for name, cpu in cpus.items()}
     started = time.perf_counter()
-    posted = asyncio.run(post_at_rate(url, batch, rate))
+    posted = uvloop.run(post_at_rate(port, batch, rate))
     until_arrived(sink.record, {d.email for d in batch}, QUIET_S, cap_s=600)
     wall_s = time.perf_counter() - started
     cpu_pct = {name: round(100 * (cpu() - before[name]) / wall_s, 1) for name, cpu in cpus.items()}
@@ -320,16 +393,16 @@ def bench_rebound(w: Where, count: int, rate: float) -> dict[str, Any]:
     sink.start()
     try:
         with rebound(w, sink.port) as members:
-            url = f"http://127.0.0.1:{members['ingest'].port}/webhooks/shopify"
+            port = members["ingest"].port
             log("Rebound up; warm-up mail")
-            warm_up(url, sink, first=count)
+            warm_up(port, sink, first=count)
             log(f"Rebound: {count} checkouts at {rate:.0f}/s")
             cpus: dict[str, Callable[[], float]] = {
                 name: _cpu_of(member) for name, member in members.items()
             }
             cpus["postgres"] = w.pg_cpu_s
             cpus["tansu"] = lambda: mbench.cpu_s(w.tansu_pid)
-            return {"sink": sink.kind, **measure(url, deliveries(0, count), rate, sink, cpus)}
+            return {"sink": sink.kind, **measure(port, deliveries(0, count), rate, sink, cpus)}
     finally:
         sink.stop()
 
@@ -362,11 +435,11 @@ def bench_peer(w: Where, count: int, rate: float) -> dict[str, Any]:
         )
     try:
         devstack.wait_for_port(port, proc=proc)
-        url = f"http://127.0.0.1:{port}/webhooks/shopify"
-        warm_up(url, sink, first=PEER_FIRST + count)
+        warm_up(port, sink, first=PEER_FIRST + count)
         log(f"naive peer: {count} checkouts at {rate:.0f}/s")
         cpus = {"peer (uvicorn)": lambda: mbench.cpu_s(proc.pid)}
-        return {"sink": sink.kind, **measure(url, deliveries(PEER_FIRST, count), rate, sink, cpus)}
+        batch = deliveries(PEER_FIRST, count)
+        return {"sink": sink.kind, **measure(port, batch, rate, sink, cpus)}
     finally:
         devstack.stop_process(proc)
         sink.stop()

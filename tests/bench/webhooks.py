@@ -106,16 +106,9 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
+        status = take_response(self._buffer)
+        if status is None:
             return
-        head = bytes(self._buffer[:end]).lower() + b"\r\n"  # every header line ends in CRLF
-        marker = head.find(b"content-length:")
-        length = int(head[marker + 15 : head.find(b"\r\n", marker)]) if marker >= 0 else 0
-        if len(self._buffer) < end + 4 + length:
-            return
-        status = int(head[9:12])
-        del self._buffer[: end + 4 + length]
         if self._tally.recording:
             self._tally.latencies_s.append(time.perf_counter() - self._sent_at)
             self._tally.statuses[status] += 1
@@ -130,6 +123,21 @@ class Connection(asyncio.Protocol):
             self._tally.failures[repr(exc) if exc else "closed by server"] += 1
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+def take_response(buffer: bytearray) -> int | None:
+    """The status of the whole HTTP/1.1 response at the start of `buffer`, removed from it;
+    None while it is incomplete."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buffer[:end]).lower() + b"\r\n"  # every header line ends in CRLF
+    marker = head.find(b"content-length:")
+    length = int(head[marker + 15 : head.find(b"\r\n", marker)]) if marker >= 0 else 0
+    if len(buffer) < end + 4 + length:
+        return None
+    del buffer[: end + 4 + length]
+    return int(head[9:12])
 
 
 def percentile_ms(sorted_s: list[float], p: float) -> float:
