@@ -78,28 +78,45 @@ def log(message: str) -> None:
 
 def requests(count: int, run: str) -> list[MessageRequest]:
     return [
-        MessageRequest.model_validate(
+        reminder_request(
+            f"{run}-{n}",
+            f"bench:c:{run}-{n}",
             {
-                "request_key": f"{run}-{n}",
-                "shop_id": "bench",
-                "customer_key": f"bench:c:{run}-{n}",
-                "journey_id": "abandoned-cart",
-                "journey_version": 1,
-                "step_id": "reminder",
-                "template": "abandoned_cart_reminder",
-                "subject": SUBJECT,
-                "recipient": {
-                    "email": f"customer-{n}@example.com",
-                    "first_name": "Zoë" if n % 2 else "Ada",
-                    "last_name": "Lovelace",
-                },
-                "marketing_consent": "subscribed",
-                "context": {"cart": CART},
-                "requested_at": datetime(2024, 10, 1, 3, tzinfo=UTC),
-            }
+                "email": f"customer-{n}@example.com",
+                "first_name": "Zoë" if n % 2 else "Ada",
+                "last_name": "Lovelace",
+            },
+            CART,
+            datetime(2024, 10, 1, 3, tzinfo=UTC),
         )
         for n in range(count)
     ]
+
+
+def reminder_request(
+    key: str,
+    customer_key: str,
+    recipient: dict[str, Any],
+    cart: dict[str, Any],
+    requested_at: datetime,
+) -> MessageRequest:
+    """The abandoned-cart reminder every mail bench sends, for one recipient and cart."""
+    return MessageRequest.model_validate(
+        {
+            "request_key": key,
+            "shop_id": "bench",
+            "customer_key": customer_key,
+            "journey_id": "abandoned-cart",
+            "journey_version": 1,
+            "step_id": "reminder",
+            "template": "abandoned_cart_reminder",
+            "subject": SUBJECT,
+            "recipient": recipient,
+            "marketing_consent": "subscribed",
+            "context": {"cart": cart},
+            "requested_at": requested_at,
+        }
+    )
 
 
 # --- the sink ----------------------------------------------------------------------------------

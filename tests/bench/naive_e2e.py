@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from services.dispatcher.adapters.templates import TemplateRenderer
 from shared.events import MessageRequest
 from tests.bench.e2e import SHOP_SECRET
-from tests.bench.mail import SUBJECT, send_naively
+from tests.bench.mail import reminder_request, send_naively
 from tests.bench.naive_edge import serve_app
 
 
@@ -45,25 +45,14 @@ def reminder(checkout: dict[str, Any]) -> MessageRequest:
         "recovery_url": checkout["abandoned_checkout_url"],
         "updated_at": checkout["updated_at"],
     }
-    return MessageRequest.model_validate(
-        {
-            "request_key": f"checkout-{checkout['token']}",
-            "shop_id": "demo",
-            "customer_key": f"demo:c:{customer.get('id')}",
-            "journey_id": "abandoned-cart",
-            "journey_version": 1,
-            "step_id": "reminder",
-            "template": "abandoned_cart_reminder",
-            "subject": SUBJECT,
-            "recipient": {
-                "email": checkout["email"],
-                "first_name": customer.get("first_name"),
-                "last_name": customer.get("last_name"),
-            },
-            "marketing_consent": "subscribed",
-            "context": {"cart": cart},
-            "requested_at": datetime.now(UTC),
-        }
+    recipient = {
+        "email": checkout["email"],
+        "first_name": customer.get("first_name"),
+        "last_name": customer.get("last_name"),
+    }
+    key = f"checkout-{checkout['token']}"
+    return reminder_request(
+        key, f"bench:c:{customer.get('id')}", recipient, cart, datetime.now(UTC)
     )
 
 
