@@ -22,9 +22,11 @@ arrival of its mail minus the moment its POST was sent (both on this machine's c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -382,6 +384,15 @@ def rebound(w: Where, smtp_port: int) -> Iterator[dict[str, drill.Member]]:
     finally:
         for member in members.values():
             member.stop()
+            _end_session(member)
+
+
+def _end_session(member: drill.Member) -> None:
+    """SIGTERM to what the stopped service left in its session: the scheduler's predictions
+    worker (a spawned process) outlives it."""
+    if member.proc is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(member.proc.pid, signal.SIGTERM)
 
 
 async def _ready(members: list[drill.Member]) -> None:
