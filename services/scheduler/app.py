@@ -99,6 +99,7 @@ class SchedulerService:
             wake_timers,
             settings.poll_interval_s,
             settings.claim_batch,
+            lanes=settings.timer_lanes,
             segments=SegmentTimers(self.engine, self.runner),
         )
         self.segment_sweeper = SegmentSweeper(

@@ -76,12 +76,14 @@ class JourneyCatalog:
         self._checked_in = None if looked is None else weakref.ref(looked)
         if stamp == self._stamp:
             return
-        self._stamp = stamp
         stored = await repo.all_versions(conn)
         self._versions = {(j.id, j.version): j for j, _ in stored}
         self._active = [j for j, active in stored if active]
         self.reads_predictions = any(journey_reads_predictions(j) for j, _ in stored)
         self.sending_winners = [(j.id, j.version) for j, _ in stored if _sends_winner(j)]
+        # Only now: a transaction of another loop (or timer lane) that asks meanwhile reads
+        # the definitions too, instead of taking the stamp for definitions not yet loaded.
+        self._stamp = stamp
 
     def active(self) -> list[Journey]:
         return self._active

@@ -38,7 +38,17 @@ class SchedulerSettings(ServiceSettings, DedupeRetention):
             "timers due that much later fire now. Leave at 0 in production."
         ),
     )
-    claim_batch: int = Field(default=1000, gt=0, description="Due timers fired per pass.")
+    claim_batch: int = Field(
+        default=1000, gt=0, description="Due timers fired per pass (per lane, per transaction)."
+    )
+    timer_lanes: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Timer passes run at once over disjoint groups of this instance's "
+        "partitions, each with its own database connection: one lane's statements run while "
+        "another's timers are computed.",
+    )
     predictions_refresh_s: float = Field(
         default=86_400,
         ge=0,
