@@ -11,6 +11,7 @@ from services.dispatcher.settings import DispatcherSettings
 from shared.clock import SystemClock
 from shared.http import serve
 from shared.logging import configure_logging
+from shared.runtime import quiet_garbage_collector
 
 cli = typer.Typer(
     help="Rebound dispatcher: message requests in, e-mails out.",
@@ -30,6 +31,7 @@ def run() -> None:
     """Consume message.requests, send e-mails, serve /healthz /readyz /metrics."""
     settings = _settings()
     service = DispatcherService(settings, SystemClock())
+    quiet_garbage_collector()
     uvloop.run(serve(service, settings.http_host, settings.http_port))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
@@ -16,10 +15,10 @@ from services.ingest.settings import IngestSettings
 from shared.clock import SystemClock
 from shared.http import serve
 from shared.logging import configure_logging, get_logger
+from shared.runtime import quiet_garbage_collector
 
 log = get_logger(__name__)
 WORKER_STOP_S = 15.0
-GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
 
 
 def _settings(role: str | None) -> IngestSettings:
@@ -38,16 +37,8 @@ def serve_one(role: str | None, reuse_port: bool) -> None:
         shops=[s.shop_id for s in settings.shops],
     )
     service = IngestService(settings, SystemClock())
-    _quiet_garbage_collector()
+    quiet_garbage_collector()
     uvloop.run(serve(service, settings.http_host, settings.http_port, reuse_port=reuse_port))
-
-
-def _quiet_garbage_collector() -> None:
-    """Fewer, shorter collections: every request allocates many short-lived objects (pydantic
-    models, dicts), so collections ran every few requests, and the older ones walked every
-    module and model class loaded at start-up. Their pauses showed in the webhooks' p99."""
-    gc.freeze()  # what start-up made lives as long as the process: never scan it again
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 100)
 
 
 def run_workers(count: int, role: str | None) -> int:

@@ -29,6 +29,7 @@ def run(
     from services.scheduler.app import SchedulerService
     from services.scheduler.settings import SchedulerSettings
     from shared.http import serve
+    from shared.runtime import quiet_garbage_collector
 
     if role is not None and role not in ("api", "engine", "all"):
         raise typer.BadParameter("use api, engine or all", param_hint="--role")
@@ -38,6 +39,7 @@ def run(
     configure_logging("scheduler", settings.log_level, settings.log_json)
 
     clock = OffsetClock(settings.clock_offset_s) if settings.clock_offset_s else SystemClock()
+    quiet_garbage_collector()
 
     async def main() -> None:
         # aiokafka clients bind to the running loop, so the service is built inside it.
