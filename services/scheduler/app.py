@@ -99,7 +99,7 @@ class SchedulerService:
             wake_timers,
             settings.poll_interval_s,
             settings.claim_batch,
-            lanes=settings.timer_lanes,
+            lanes=settings.lanes,
             segments=SegmentTimers(self.engine, self.runner),
         )
         self.segment_sweeper = SegmentSweeper(
@@ -115,6 +115,7 @@ class SchedulerService:
             wake_timers,
             settings.poll_interval_s,
             segments=SegmentTracker(self.runner),
+            lanes=settings.lanes,
         )
         self.consumer_loop = ConsumerLoop(
             self.consumer,

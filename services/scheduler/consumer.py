@@ -56,6 +56,7 @@ class ActivityHandler:
     wake_timers: asyncio.Event
     poll_interval_s: float
     segments: SegmentTracker | None = None  # segment-triggered journeys: entries by activity
+    lanes: int = 1  # transactions at once, over disjoint groups of the batch's partitions
 
     async def __call__(self, batch: list[Record]) -> None:
         laps = Laps()
@@ -68,10 +69,34 @@ class ActivityHandler:
                 await self.publisher.dead_letter(record, str(exc))
         laps.lap("decode_s")
         if decoded:
-            published = await self._apply(decoded, laps)
+            published = await self._apply_in_lanes(decoded, laps)
             await self.outbox.publish(published)
             laps.lap("publish_s")
         log.debug("activities_applied", size=len(batch), **laps.laps)
+
+    async def _apply_in_lanes(
+        self, decoded: list[tuple[str, Activity, int]], laps: Laps
+    ) -> Published:
+        """The batch's partitions in `lanes` groups, each applied in its own transaction at
+        the same time: one group's statements run while another's activities are computed.
+        A customer's activities share a partition, so their order within it is kept. A lane
+        that fails fails the batch (the consumer's error policy hands it again); what the
+        other lanes committed is recognised as already applied then."""
+        partitions = sorted({partition for _, _, partition in decoded})
+        count = min(self.lanes, len(partitions))
+        if count <= 1:
+            return await self._apply(decoded, laps)
+        lane_of = {p: i % count for i, p in enumerate(partitions)}
+        groups: list[list[tuple[str, Activity, int]]] = [[] for _ in range(count)]
+        for item in decoded:
+            groups[lane_of[item[2]]].append(item)
+        done = await asyncio.gather(*(self._apply(g) for g in groups), return_exceptions=True)
+        laps.lap("lanes_s")
+        failed = [d for d in done if isinstance(d, BaseException)]
+        if failed:  # committed lanes' events are in the outbox: the relay sends them
+            self.outbox.wake_relay.set()
+            raise failed[0]
+        return merge([d for d in done if not isinstance(d, BaseException)])
 
     async def _apply(
         self, decoded: list[tuple[str, Activity, int]], laps: Laps | None = None

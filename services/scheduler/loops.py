@@ -23,7 +23,7 @@ from services.scheduler.adapters.repository import (
     TimerRow,
 )
 from services.scheduler.runner import Published, Runner
-from services.scheduler.segments.service import SegmentTimers
+from services.scheduler.segments.service import SegmentTimers, merge
 from shared import errors, metrics
 from shared.clock import Clock
 from shared.driver_errors import translate
@@ -44,12 +44,6 @@ async def _wait_any(*waits: asyncio.Future[object] | asyncio.Task[object]) -> No
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
-
-
-def _merge(parts: list[Published]) -> Published:
-    return Published(
-        [i for p in parts for i in p.outbox_ids], [m for p in parts for m in p.messages]
-    )
 
 
 @dataclass
@@ -182,13 +176,13 @@ class TimerLoop:
         entered, looked = 0, 0
         if self.segments is not None:
             entered, more = await self.segments.fire_due(partitions, now, self.batch)
-            fired, published = fired + entered, _merge([published, more])
+            fired, published = fired + entered, merge([published, more])
         self._count(fired, now)
         looked, released = await self._release_held(partitions, now)
         # Found nothing: the sleep's look-ahead or a poll interval says when to look again.
         idle = not entered and not looked
         self._side_at = now + timedelta(seconds=self.poll_interval_s) if idle else None
-        return max(fired, looked), _merge([published, released])
+        return max(fired, looked), merge([published, released])
 
     async def _lanes(self, partitions: list[int], now: datetime) -> tuple[int, Published]:
         """Set passes over disjoint groups of the partitions at once, each in its own
@@ -197,7 +191,7 @@ class TimerLoop:
         groups = [partitions[i :: self.lanes] for i in range(min(self.lanes, len(partitions)))]
         done = await asyncio.gather(*(self._lane(g, now) for g in groups), return_exceptions=True)
         parts = [d for d in done if not isinstance(d, BaseException)]
-        fired, published = sum(f for f, _ in parts), _merge([p for _, p in parts])
+        fired, published = sum(f for f, _ in parts), merge([p for _, p in parts])
         failed = [d for d in done if isinstance(d, BaseException)]
         if failed:  # the lanes that committed have their events in the outbox: the relay sends
             self.outbox.wake_relay.set()
@@ -267,7 +261,7 @@ class TimerLoop:
                     self._attempts.pop(timer.enrollment_id, None)
                 except Exception as exc:
                     await self._failed(conn, timer, exc, now)
-        return len(due), _merge(parts)
+        return len(due), merge(parts)
 
     async def _failed(
         self, conn: AsyncConnection, timer: DueTimer, exc: Exception, now: datetime

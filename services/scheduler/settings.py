@@ -41,13 +41,13 @@ class SchedulerSettings(ServiceSettings, DedupeRetention):
     claim_batch: int = Field(
         default=1000, gt=0, description="Due timers fired per pass (per lane, per transaction)."
     )
-    timer_lanes: int = Field(
+    lanes: int = Field(
         default=2,
         ge=1,
         le=16,
-        description="Timer passes run at once over disjoint groups of this instance's "
-        "partitions, each with its own database connection: one lane's statements run while "
-        "another's timers are computed.",
+        description="Timer passes, and batches of activity, run this many transactions at "
+        "once over disjoint groups of partitions, each on its own database connection: one "
+        "lane's statements run while another's customers are computed.",
     )
     predictions_refresh_s: float = Field(
         default=86_400,
