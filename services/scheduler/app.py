@@ -122,6 +122,7 @@ class SchedulerService:
             handler,
             SERVICE,
             self.publisher,
+            max_records=settings.activity_batch,
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
         )

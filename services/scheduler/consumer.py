@@ -59,44 +59,43 @@ class ActivityHandler:
     lanes: int = 1  # transactions at once, over disjoint groups of the batch's partitions
 
     async def __call__(self, batch: list[Record]) -> None:
+        """Records of disjoint groups of partitions are decoded and applied in `lanes`
+        transactions at once: one group's statements run while another's activities are
+        decoded and computed. A customer's activities share a partition, so their order is
+        kept. A lane that fails fails the batch (the consumer's error policy hands it again);
+        what the other lanes committed is recognised as already applied then."""
         laps = Laps()
-        decoded: list[tuple[str, Activity, int]] = []
+        partitions = sorted({record.partition for record in batch})
+        count = max(1, min(self.lanes, len(partitions)))
+        lane_of = {p: i % count for i, p in enumerate(partitions)}
+        groups: list[list[Record]] = [[] for _ in range(count)]
         for record in batch:
+            groups[lane_of[record.partition]].append(record)
+        if count == 1:
+            published = await self._lane(batch, laps)
+        else:
+            done = await asyncio.gather(*(self._lane(g) for g in groups), return_exceptions=True)
+            failed = [d for d in done if isinstance(d, BaseException)]
+            if failed:  # committed lanes' events are in the outbox: the relay sends them
+                self.outbox.wake_relay.set()
+                raise failed[0]
+            published = merge([d for d in done if not isinstance(d, BaseException)])
+            laps.lap("lanes_s")
+        await self.outbox.publish(published)
+        laps.lap("publish_s")
+        log.debug("activities_applied", size=len(batch), lanes=count, **laps.laps)
+
+    async def _lane(self, records: list[Record], laps: Laps | None = None) -> Published:
+        decoded: list[tuple[str, Activity, int]] = []
+        for record in records:
             try:
                 event_id, activity = decode_activity(record.value)
                 decoded.append((event_id, activity, record.partition))
             except InvalidEvent as exc:
                 await self.publisher.dead_letter(record, str(exc))
-        laps.lap("decode_s")
-        if decoded:
-            published = await self._apply_in_lanes(decoded, laps)
-            await self.outbox.publish(published)
-            laps.lap("publish_s")
-        log.debug("activities_applied", size=len(batch), **laps.laps)
-
-    async def _apply_in_lanes(
-        self, decoded: list[tuple[str, Activity, int]], laps: Laps
-    ) -> Published:
-        """The batch's partitions in `lanes` groups, each applied in its own transaction at
-        the same time: one group's statements run while another's activities are computed.
-        A customer's activities share a partition, so their order within it is kept. A lane
-        that fails fails the batch (the consumer's error policy hands it again); what the
-        other lanes committed is recognised as already applied then."""
-        partitions = sorted({partition for _, _, partition in decoded})
-        count = min(self.lanes, len(partitions))
-        if count <= 1:
-            return await self._apply(decoded, laps)
-        lane_of = {p: i % count for i, p in enumerate(partitions)}
-        groups: list[list[tuple[str, Activity, int]]] = [[] for _ in range(count)]
-        for item in decoded:
-            groups[lane_of[item[2]]].append(item)
-        done = await asyncio.gather(*(self._apply(g) for g in groups), return_exceptions=True)
-        laps.lap("lanes_s")
-        failed = [d for d in done if isinstance(d, BaseException)]
-        if failed:  # committed lanes' events are in the outbox: the relay sends them
-            self.outbox.wake_relay.set()
-            raise failed[0]
-        return merge([d for d in done if not isinstance(d, BaseException)])
+        if laps is not None:
+            laps.lap("decode_s")
+        return await self._apply(decoded, laps) if decoded else Published([], [])
 
     async def _apply(
         self, decoded: list[tuple[str, Activity, int]], laps: Laps | None = None

@@ -41,6 +41,13 @@ class SchedulerSettings(ServiceSettings, DedupeRetention):
     claim_batch: int = Field(
         default=1000, gt=0, description="Due timers fired per pass (per lane, per transaction)."
     )
+    activity_batch: int = Field(
+        default=500,
+        gt=0,
+        le=10_000,
+        description="customer.activity records taken from the broker per batch (a batch is "
+        "applied in one transaction per lane).",
+    )
     lanes: int = Field(
         default=2,
         ge=1,
