@@ -42,7 +42,7 @@ class SchedulerSettings(ServiceSettings, DedupeRetention):
         default=1000, gt=0, description="Due timers fired per pass (per lane, per transaction)."
     )
     activity_batch: int = Field(
-        default=500,
+        default=2000,
         gt=0,
         le=10_000,
         description="customer.activity records taken from the broker per batch (a batch is "
