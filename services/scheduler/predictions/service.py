@@ -12,6 +12,8 @@ import asyncio
 import functools
 import math
 import multiprocessing
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -218,10 +220,31 @@ class PredictionRefresher:
             # A process: the fit's Python (optimiser steps, rows) would otherwise contend for
             # the GIL with the timer loop. Spawned, not forked, from a threaded event loop.
             context = multiprocessing.get_context("spawn")
-            self.executor = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self.executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=context,
+                initializer=exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
 
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+PARENT_CHECK_S = 1.0
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """In the worker: leave when the scheduler that started it is gone. A worker waits on
+    its job queue, whose writing end it holds itself, so a scheduler that was killed (or
+    stopped in the middle of a fit) would otherwise leave it running for good."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
