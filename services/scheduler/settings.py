@@ -49,7 +49,7 @@ class SchedulerSettings(ServiceSettings, DedupeRetention):
         "applied in one transaction per lane).",
     )
     lanes: int = Field(
-        default=2,
+        default=3,
         ge=1,
         le=16,
         description="Timer passes, and batches of activity, run this many transactions at "
