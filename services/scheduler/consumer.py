@@ -59,18 +59,18 @@ class ActivityHandler:
     lanes: int = 1  # transactions at once, over disjoint groups of the batch's partitions
 
     async def __call__(self, batch: list[Record]) -> None:
-        """Records of disjoint groups of partitions are decoded and applied in `lanes`
-        transactions at once: one group's statements run while another's activities are
-        decoded and computed. A customer's activities share a partition, so their order is
-        kept. A lane that fails fails the batch (the consumer's error policy hands it again);
-        what the other lanes committed is recognised as already applied then."""
+        """The batch's customers in `lanes` groups (by the record's key, the customer's), each
+        decoded and applied in its own transaction at the same time: one group's statements
+        run while another's activities are decoded and computed. A customer's activities stay
+        in one group, in order. A lane that fails fails the batch (the consumer's error policy
+        hands it again); what the other lanes committed is recognised as already applied."""
         laps = Laps()
-        partitions = sorted({record.partition for record in batch})
-        count = max(1, min(self.lanes, len(partitions)))
-        lane_of = {p: i % count for i, p in enumerate(partitions)}
+        count = max(1, min(self.lanes, len(batch)))
         groups: list[list[Record]] = [[] for _ in range(count)]
         for record in batch:
-            groups[lane_of[record.partition]].append(record)
+            groups[hash(record.key or record.partition) % count].append(record)
+        groups = [g for g in groups if g]
+        count = len(groups)
         if count == 1:
             published = await self._lane(batch, laps)
         else:
