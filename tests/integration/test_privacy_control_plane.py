@@ -18,23 +18,12 @@ from shared.clock import ManualClock
 from shared.privacy import answer_event
 from shared.topics import PRIVACY_RESULTS, Topics
 from tests.conftest import ADMIN, Infra, eventually
-from tests.integration.test_scheduler_sets import scheduler
+from tests.integration.test_scheduler_sets import running_scheduler  # noqa: F401
 
 pytestmark = pytest.mark.integration
 SHOP = "cp-shop"
 KEY = f"{SHOP}:c:5"
 EMAIL = "wenna.holt@privacy.example"
-
-
-@pytest.fixture
-async def service(
-    infra: Infra, database_url: str, topics: Topics, clock: ManualClock
-) -> AsyncIterator[SchedulerService]:
-    svc = await scheduler(infra, database_url, topics, clock)
-    try:
-        yield svc
-    finally:
-        await svc.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ still travelling under the guest key lands on the account (docs/adr/0004-one-cus
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,7 +24,7 @@ from tests.conftest import Infra, eventually
 from tests.integration.test_scheduler_sets import (  # noqa: F401
     producer,
     requests,
-    scheduler,
+    running_scheduler,
     sql,
 )
 
@@ -80,17 +80,6 @@ def _merged(clock: ManualClock) -> bytes:
     return _activity(
         ACCOUNT, "merged", clock, kind=events.CUSTOMER_MERGED_KIND, merged=merged, cart=cart
     )
-
-
-@pytest.fixture
-async def service(
-    infra: Infra, database_url: str, topics: Topics, clock: ManualClock
-) -> AsyncIterator[SchedulerService]:
-    svc = await scheduler(infra, database_url, topics, clock)
-    try:
-        yield svc
-    finally:
-        await svc.stop()
 
 
 async def _send(producer: AIOKafkaProducer, topics: Topics, key: str, value: bytes) -> None:

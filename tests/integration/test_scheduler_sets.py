@@ -89,6 +89,18 @@ async def scheduler(
     return service
 
 
+@pytest.fixture(name="service")
+async def running_scheduler(
+    infra: Infra, database_url: str, topics: Topics, clock: ManualClock
+) -> AsyncIterator[SchedulerService]:
+    """`service`: a started scheduler with the shipped journeys, stopped after the test."""
+    svc = await scheduler(infra, database_url, topics, clock)
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
 async def leave_carts(
     producer: AIOKafkaProducer, topics: Topics, clock: ManualClock, customers: range
 ) -> None:
