@@ -44,6 +44,7 @@ Record: TypeAlias = ConsumerRecord  # aiokafka ships no type information
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
 _DEAD_LETTERED_MEMORY = 10_000
 DEFAULT_SESSION_TIMEOUT_MS = 6_000  # Apache Kafka's group.min.session.timeout.ms
+DEFAULT_FETCH_MAX_WAIT_MS = 500  # aiokafka's own default
 
 
 def make_producer(bootstrap: str, client_id: str, linger_ms: int = 2) -> AIOKafkaProducer:
@@ -406,6 +407,7 @@ def make_consumer(
     *topics: str,
     listener: ConsumerRebalanceListener | None = None,
     session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
+    fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
 ) -> AIOKafkaConsumer:
     """A group member whose partitions move `session_timeout_ms` after it falls silent."""
     consumer = AIOKafkaConsumer(
@@ -415,6 +417,7 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         session_timeout_ms=session_timeout_ms,
         # Three heartbeats per session, as Kafka advises, so one lost beat is not an eviction.
         heartbeat_interval_ms=max(100, session_timeout_ms // 3),

@@ -26,6 +26,17 @@ class ServiceSettings(BaseSettings):
             "(group.min.session.timeout.ms)."
         ),
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        default=500,
+        ge=1,
+        le=30_000,
+        description=(
+            "The longest a consumer's fetch waits at the broker for records. Apache Kafka "
+            "answers as soon as records arrive, so this only bounds idle polling; the local "
+            "broker (Tansu) answers an empty fetch only when the wait ends, so each hop of a "
+            "message (webhook, activity, request) waits up to this long: `make run` uses 100."
+        ),
+    )
     topic_prefix: str = Field(default="", description="Prepended to every topic name (tests).")
     http_host: str = "127.0.0.1"
     http_port: int = 8000

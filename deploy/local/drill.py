@@ -139,6 +139,7 @@ class Stack:
 def member_env(service: str, stack: Stack, port: int, index: int) -> dict[str, str]:
     prefix = f"REBOUND_{service.upper()}_"
     env = {
+        **devstack.local_broker_env(prefix),
         **{prefix + name: value for name, value in stack.settings.items()},
         prefix + "DATABASE_URL": stack.pg.url,
         prefix + "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,

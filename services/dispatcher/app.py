@@ -145,6 +145,7 @@ class DispatcherService:
             s.kafka_client_id,
             self.topics.name(MESSAGE_REQUESTS),
             session_timeout_ms=s.kafka_session_timeout_ms,
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
         )
         self._suppression_consumer = make_consumer(
             s.kafka_bootstrap_servers,
@@ -153,12 +154,14 @@ class DispatcherService:
             self.topics.name(EMAIL_EVENTS),
             self.topics.name(ENGAGEMENT_RESULTS),  # customer.sunset.v1
             self.topics.name(CUSTOMER_ACTIVITY),  # orders and opt-ins lift a sunset
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
         )
         self._privacy_consumer = make_consumer(
             s.kafka_bootstrap_servers,
             s.topic_prefix + SERVICE + "-privacy",
             s.kafka_client_id + "-privacy",
             self.topics.name(PRIVACY_REQUESTS),
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
         )
         self._loops.spawn("requests", self._consume)
         self._loops.spawn("suppressions", self._consume_suppressions)

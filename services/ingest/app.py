@@ -165,6 +165,7 @@ class IngestService:
                 f"{s.kafka_client_id}-ingest",
                 self._topics.name(SHOP_EVENTS),
                 session_timeout_ms=s.kafka_session_timeout_ms,
+                fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
             )
             self._loops.spawn("consumer", self._consume)
             self._loops.spawn("prune", self.pruner(self._engine).run)
@@ -193,6 +194,7 @@ class IngestService:
             s.topic_prefix + group,
             f"{s.kafka_client_id}-{group}",
             self._topics.name(topic),
+            fetch_max_wait_ms=s.kafka_fetch_max_wait_ms,
         )
         self._side_consumers.append(consumer)
         return consumer

@@ -85,6 +85,7 @@ class SchedulerService:
             topics.name(CUSTOMER_ACTIVITY),
             listener=self.assignment,
             session_timeout_ms=settings.kafka_session_timeout_ms,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
         gate = ContactGate({p.shop_id: p for p in settings.contact_policies})
         self.runner = Runner(JourneyCatalog(), topics, contact=gate)
@@ -132,6 +133,7 @@ class SchedulerService:
             settings.kafka_client_id,
             topics.name(ENGAGEMENT_RESULTS),
             session_timeout_ms=settings.kafka_session_timeout_ms,
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
         self.results_loop = ConsumerLoop(
             self.results_consumer,
@@ -212,6 +214,7 @@ class SchedulerService:
             settings.kafka_client_id + "-privacy",
             topics.name(PRIVACY_REQUESTS),
             topics.name(PRIVACY_RESULTS),
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         )
         store = SchedulerPrivacyRepository(self.engine, self.clock)
         acting = PrivacyRequestHandler(
