@@ -229,5 +229,66 @@ async def test_a_timer_that_cannot_fire_ends_its_enrolment_and_the_others_fire(
         await service.stop()
 
 
+def ordered(clock: ManualClock, n: int) -> events.CloudEvent:
+    """Customer n's order: the abandoned-cart journey's exit."""
+    profile = Profile(
+        key=key(n), shop_id="shop", email=f"customer{n}@example.com", marketing_consent="subscribed"
+    )
+    data = Activity(
+        kind=events.ORDER_PLACED,
+        source_event_id=f"o{n}",
+        occurred_at=clock.now(),
+        profile=profile,
+        order_id=f"order-{n}",
+        order_total=Decimal("10.00"),
+    )
+    return events.make_event(
+        type=events.CUSTOMER_ACTIVITY,
+        source="test",
+        subject=key(n),
+        id=events.stable_event_id("order", str(n)),
+        time=clock.now(),
+        shop_id="shop",
+        data=data,
+    )
+
+
+async def test_a_customers_cart_and_order_in_one_batch_keep_their_order_across_lanes(
+    infra: Infra, database_url: str, topics: Topics, clock: ManualClock, producer: AIOKafkaProducer
+) -> None:
+    """A batch is applied in lanes at once; each customer's records stay in one lane, in
+    order: every cart is followed by its order, so every enrolment ends as ordered and no
+    reminder is due (an order applied before its cart would leave the reminder waiting)."""
+    engine = make_engine(database_url, pool_size=1)
+    try:  # the journeys first: the scheduler then takes the whole backlog in one batch
+        await load_journeys(engine, DEFAULT_JOURNEYS_DIR, clock)
+    finally:
+        await engine.dispose()
+    customers = range(600)
+    sent = []
+    for n in customers:  # cart then order, per customer; the batch mixes all of them
+        for event in (cart_left(clock, n), ordered(clock, n)):
+            sent.append(
+                await producer.send(
+                    topics.name(CUSTOMER_ACTIVITY), events.encode(event), key=key(n).encode()
+                )
+            )
+    await asyncio.gather(*sent)
+    service = await scheduler(infra, database_url, topics, clock, lanes=3)
+    try:
+        done = "SELECT count(*) FROM scheduler.enrollments WHERE exit_reason = 'ordered'"
+
+        async def all_exited() -> bool:
+            return int((await sql(database_url, done))[0][0]) == len(customers)
+
+        await eventually(all_exited, timeout_s=60, what="every enrolment ended by its order")
+        assert await pending_timers(database_url) == 0
+        await clock.advance(REMINDER_DELAY)
+        assert await service.timers.fire_due() == 0
+        assert await requests(infra, topics) == []
+    finally:
+        await service.stop()
+
+
 async def _equals(count: Any, expected: int) -> bool:
     return bool(await count == expected)
