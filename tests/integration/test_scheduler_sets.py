@@ -51,11 +51,15 @@ def cart_left(clock: ManualClock, n: int) -> events.CloudEvent:
         profile=profile,
         cart=cart,
     )
+    return _activity_event(clock, n, "activity", data)
+
+
+def _activity_event(clock: ManualClock, n: int, what: str, data: Activity) -> events.CloudEvent:
     return events.make_event(
         type=events.CUSTOMER_ACTIVITY,
         source="test",
         subject=key(n),
-        id=events.stable_event_id("activity", str(n)),
+        id=events.stable_event_id(what, str(n)),
         time=clock.now(),
         shop_id="shop",
         data=data,
@@ -242,15 +246,7 @@ def ordered(clock: ManualClock, n: int) -> events.CloudEvent:
         order_id=f"order-{n}",
         order_total=Decimal("10.00"),
     )
-    return events.make_event(
-        type=events.CUSTOMER_ACTIVITY,
-        source="test",
-        subject=key(n),
-        id=events.stable_event_id("order", str(n)),
-        time=clock.now(),
-        shop_id="shop",
-        data=data,
-    )
+    return _activity_event(clock, n, "order", data)
 
 
 async def test_a_customers_cart_and_order_in_one_batch_keep_their_order_across_lanes(
