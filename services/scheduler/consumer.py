@@ -10,10 +10,10 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.adapters.repository import BatchRepository
-from services.scheduler.loops import OutboxPublisher
+from services.scheduler.loops import OutboxPublisher, in_lanes
 from services.scheduler.merge import join_customers
-from services.scheduler.runner import Published, Runner
-from services.scheduler.segments.service import SegmentTracker, merge
+from services.scheduler.runner import Published, Runner, merge
+from services.scheduler.segments.service import SegmentTracker
 from shared import events
 from shared.clock import Clock
 from shared.events import Activity, InvalidEvent
@@ -56,7 +56,7 @@ class ActivityHandler:
     wake_timers: asyncio.Event
     poll_interval_s: float
     segments: SegmentTracker | None = None  # segment-triggered journeys: entries by activity
-    lanes: int = 1  # transactions at once, over disjoint groups of the batch's partitions
+    lanes: int = 1  # transactions at once, over disjoint groups of the batch's customers
 
     async def __call__(self, batch: list[Record]) -> None:
         """The batch's customers in `lanes` groups (by the record's key, the customer's), each
@@ -74,12 +74,9 @@ class ActivityHandler:
         if count == 1:
             published = await self._lane(batch, laps)
         else:
-            done = await asyncio.gather(*(self._lane(g) for g in groups), return_exceptions=True)
-            failed = [d for d in done if isinstance(d, BaseException)]
-            if failed:  # committed lanes' events are in the outbox: the relay sends them
-                self.outbox.wake_relay.set()
-                raise failed[0]
-            published = merge([d for d in done if not isinstance(d, BaseException)])
+            published = merge(
+                await in_lanes([self._lane(g) for g in groups], self.outbox.wake_relay)
+            )
             laps.lap("lanes_s")
         await self.outbox.publish(published)
         laps.lap("publish_s")

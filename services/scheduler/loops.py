@@ -11,8 +11,10 @@ found nothing, they look again when their next row falls due, or after a poll in
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -22,8 +24,8 @@ from services.scheduler.adapters.repository import (
     OutboxRepository,
     TimerRow,
 )
-from services.scheduler.runner import Published, Runner
-from services.scheduler.segments.service import SegmentTimers, merge
+from services.scheduler.runner import Published, Runner, merge
+from services.scheduler.segments.service import SegmentTimers
 from shared import errors, metrics
 from shared.clock import Clock
 from shared.driver_errors import translate
@@ -37,6 +39,7 @@ OUTBOX_BATCH = 500
 GAUGE_EVERY_S = 5.0  # the due-count gauge is a count over the index: not once per pass
 EXIT_REASON_MAX_CHARS = 500
 LOCKED_RETRY_S = 0.05
+T = TypeVar("T")
 
 
 async def _wait_any(*waits: asyncio.Future[object] | asyncio.Task[object]) -> None:
@@ -44,6 +47,18 @@ async def _wait_any(*waits: asyncio.Future[object] | asyncio.Task[object]) -> No
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def in_lanes(lanes: Sequence[Awaitable[T]], wake_relay: asyncio.Event) -> list[T]:
+    """Lanes (transactions over disjoint customers) at once, each awaited to its end. One that
+    failed fails them all once every lane is done; what the others committed is in the outbox,
+    so the relay is woken to send it, and is recognised as done when handed again."""
+    done = await asyncio.gather(*lanes, return_exceptions=True)
+    failed = [d for d in done if isinstance(d, BaseException)]
+    if failed:
+        wake_relay.set()
+        raise failed[0]
+    return [d for d in done if not isinstance(d, BaseException)]
 
 
 @dataclass
@@ -189,14 +204,8 @@ class TimerLoop:
         transaction: one lane's statements run while another's timers are computed. A customer
         lives in one partition, so no two lanes touch the same customer's rows."""
         groups = [partitions[i :: self.lanes] for i in range(min(self.lanes, len(partitions)))]
-        done = await asyncio.gather(*(self._lane(g, now) for g in groups), return_exceptions=True)
-        parts = [d for d in done if not isinstance(d, BaseException)]
-        fired, published = sum(f for f, _ in parts), merge([p for _, p in parts])
-        failed = [d for d in done if isinstance(d, BaseException)]
-        if failed:  # the lanes that committed have their events in the outbox: the relay sends
-            self.outbox.wake_relay.set()
-            raise failed[0]
-        return fired, published
+        parts = await in_lanes([self._lane(g, now) for g in groups], self.outbox.wake_relay)
+        return sum(f for f, _ in parts), merge([p for _, p in parts])
 
     async def _lane(self, partitions: list[int], now: datetime) -> tuple[int, Published]:
         try:

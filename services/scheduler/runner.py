@@ -101,6 +101,16 @@ class Published:
     earliest_timer: datetime | None = None
 
 
+def merge(parts: Sequence[Published]) -> Published:
+    """Several committed parts as one, in their order."""
+    due = [p.earliest_timer for p in parts if p.earliest_timer is not None]
+    return Published(
+        [i for p in parts for i in p.outbox_ids],
+        [m for p in parts for m in p.messages],
+        min(due, default=None),
+    )
+
+
 @dataclass
 class _Tracked:
     """One enrolment while a pass or batch runs: its latest state and its pending timer."""

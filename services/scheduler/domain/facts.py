@@ -56,7 +56,7 @@ def facts_of(
     """`build_facts` from `profile.model_dump()` and `cart.model_dump()` (dicts this changes
     and keeps): a timer's customer comes as stored JSON, without the models."""
     return {
-        "event": event_facts(kind, occurred_at, about_message),
+        "event": _event_facts(kind, occurred_at, about_message),
         "profile": _profile_part(profile_facts, now, predictions),
         "cart": _cart_part(cart_facts),
     }
@@ -75,7 +75,7 @@ def lazy_facts(
     them: a timer whose step only sends, or an activity no journey's condition is about,
     reads neither, and building them was most of a fired timer's facts."""
     return LazyFacts(
-        {"event": event_facts(kind, occurred_at, about_message)},
+        {"event": _event_facts(kind, occurred_at, about_message)},
         {
             "profile": lambda: _profile_part(profile_facts(), now, predictions),
             "cart": lambda: _cart_part(cart_facts()),
@@ -83,7 +83,7 @@ def lazy_facts(
     )
 
 
-def event_facts(kind: str, occurred_at: datetime, about_message: str | None) -> dict[str, Any]:
+def _event_facts(kind: str, occurred_at: datetime, about_message: str | None) -> dict[str, Any]:
     return {"kind": kind, "occurred_at": occurred_at, "request_key": about_message}
 
 

@@ -34,7 +34,7 @@ from services.scheduler.domain.segment_time import (
 from services.scheduler.journeys.repository import JourneyRepository
 from services.scheduler.predictions.repository import PredictionRepository
 from services.scheduler.predictions.service import Refreshed
-from services.scheduler.runner import SEGMENT_ENTERED, JourneyCatalog, Published, Runner
+from services.scheduler.runner import SEGMENT_ENTERED, JourneyCatalog, Published, Runner, merge
 from services.scheduler.segments.repository import (
     Candidates,
     SegmentRepository,
@@ -68,15 +68,6 @@ def segment_facts(customer: CustomerFacts, now: datetime) -> dict[str, Any]:
         SEGMENT_ENTERED, now, customer.profile, customer.cart, now,
         predictions=customer.predictions,
     )  # fmt: skip
-
-
-def merge(parts: Sequence[Published]) -> Published:
-    due = [p.earliest_timer for p in parts if p.earliest_timer is not None]
-    return Published(
-        [i for p in parts for i in p.outbox_ids],
-        [m for p in parts for m in p.messages],
-        min(due, default=None),
-    )
 
 
 # --- entries by activity ----------------------------------------------------------------------
