@@ -3,14 +3,42 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.app import IngestService
+from services.scheduler.app import SchedulerService
+from services.scheduler.settings import SchedulerSettings
+from shared.clock import ManualClock
 from shared.db import make_engine
-from tests.conftest import eventually
+from shared.topics import Topics
+from tests.conftest import ADMIN_TOKEN, Infra, eventually
+
+
+def scheduler_settings(
+    infra: Infra, database_url: str, topics: Topics, **options: Any
+) -> SchedulerSettings:
+    """A scheduler on the test's database, broker and topics, with the test admin token."""
+    return SchedulerSettings(
+        database_url=database_url,
+        topic_prefix=topics.prefix,
+        kafka_bootstrap_servers=infra.bootstrap,
+        admin_token=ADMIN_TOKEN,
+        **options,
+    )
+
+
+async def started_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
+    """Started, and owning its partitions (so its timers fire)."""
+    service = SchedulerService(settings, clock)
+    await service.start()
+    await eventually(
+        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
+    )
+    return service
 
 
 @pytest.fixture

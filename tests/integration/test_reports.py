@@ -20,6 +20,7 @@ from shared.clock import ManualClock
 from shared.topics import Topics
 from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
 from tests.integration import reports_scenario as scenario
+from tests.integration.conftest import scheduler_settings, started_scheduler
 from tests.integration.test_scheduler_sets import producer, sql  # noqa: F401  (fixture)
 
 
@@ -28,17 +29,7 @@ async def service(
     infra: Infra, database_url: str, topics: Topics, clock: ManualClock
 ) -> AsyncIterator[SchedulerService]:
     await scenario.load_journey(database_url, clock)
-    settings = SchedulerSettings(
-        database_url=database_url,
-        topic_prefix=topics.prefix,
-        kafka_bootstrap_servers=infra.bootstrap,
-        admin_token=ADMIN_TOKEN,
-    )
-    service = SchedulerService(settings, clock)
-    await service.start()
-    await eventually(
-        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
-    )
+    service = await started_scheduler(scheduler_settings(infra, database_url, topics), clock)
     yield service
     await service.stop()
 

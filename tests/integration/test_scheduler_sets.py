@@ -16,13 +16,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.scheduler.app import SchedulerService
 from services.scheduler.journeys.loader import load_journeys
-from services.scheduler.settings import DEFAULT_JOURNEYS_DIR, SchedulerSettings
+from services.scheduler.settings import DEFAULT_JOURNEYS_DIR
 from shared import events
 from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.events import Activity, CartSnapshot, Line, MessageRequest, Profile
 from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
-from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
+from tests.conftest import ADMIN, Infra, eventually
+from tests.integration.conftest import scheduler_settings, started_scheduler
 
 REMINDER_DELAY = timedelta(hours=3)
 
@@ -77,17 +78,8 @@ async def producer(infra: Infra) -> AsyncIterator[AIOKafkaProducer]:
 async def scheduler(
     infra: Infra, database_url: str, topics: Topics, clock: ManualClock, **options: Any
 ) -> SchedulerService:
-    settings = SchedulerSettings(
-        database_url=database_url,
-        topic_prefix=topics.prefix,
-        kafka_bootstrap_servers=infra.bootstrap,
-        admin_token=ADMIN_TOKEN,
-        **options,
-    )
-    service = SchedulerService(settings, clock)
-    await service.start()
-    await eventually(
-        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
+    service = await started_scheduler(
+        scheduler_settings(infra, database_url, topics, **options), clock
     )
     await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
     return service

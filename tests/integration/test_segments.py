@@ -24,7 +24,8 @@ from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.events import Activity, MessageRequest, Profile, RecentOrder
 from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
-from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually, read_topic
+from tests.conftest import ADMIN, Infra, eventually, read_topic
+from tests.integration.conftest import scheduler_settings, started_scheduler
 
 pytestmark = pytest.mark.integration
 DAY = timedelta(days=1)
@@ -69,12 +70,7 @@ steps:
 
 @pytest.fixture
 async def settings(infra: Infra, database_url: str, topics: Topics) -> SchedulerSettings:
-    return SchedulerSettings(
-        database_url=database_url,
-        topic_prefix=topics.prefix,
-        kafka_bootstrap_servers=infra.bootstrap,
-        admin_token=ADMIN_TOKEN,
-    )
+    return scheduler_settings(infra, database_url, topics)
 
 
 @pytest.fixture
@@ -89,11 +85,7 @@ async def producer(infra: Infra) -> AsyncIterator[AIOKafkaProducer]:
 async def scheduler(
     settings: SchedulerSettings, clock: ManualClock
 ) -> AsyncIterator[SchedulerService]:
-    service = SchedulerService(settings, clock)
-    await service.start()
-    await eventually(
-        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
-    )
+    service = await started_scheduler(settings, clock)
     yield service
     await service.stop()
 

@@ -18,11 +18,11 @@ from services.ingest.history_import import import_orders
 from services.ingest.history_publish import publish_imported
 from services.scheduler.adapters.tables import customers, enrollments
 from services.scheduler.app import SchedulerService
-from services.scheduler.settings import SchedulerSettings
 from shared.clock import ManualClock
 from shared.kafka import Publisher
 from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
-from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually, read_topic
+from tests.conftest import ADMIN, Infra, eventually, read_topic
+from tests.integration.conftest import scheduler_settings
 from tests.integration.test_history_import import cdnow_purchases, generic_csv
 
 # The CDNOW history (23,570 customers) is imported for real: minutes on a loaded machine.
@@ -76,13 +76,7 @@ async def test_cdnow_win_back_preview_and_backfill_match_the_file(
     tmp_path: Path,
 ) -> None:
     clock = ManualClock(AS_OF)
-    settings = SchedulerSettings(
-        database_url=database_url,
-        topic_prefix=topics.prefix,
-        kafka_bootstrap_servers=infra.bootstrap,
-        admin_token=ADMIN_TOKEN,
-    )
-    service = SchedulerService(settings, clock)
+    service = SchedulerService(scheduler_settings(infra, database_url, topics), clock)
     await service.start()
     try:
         await eventually(lambda: bool(service.assignment.partitions), what="partitions")

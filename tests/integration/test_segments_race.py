@@ -22,12 +22,12 @@ from services.scheduler.app import SchedulerService
 from services.scheduler.consumer import ActivityHandler
 from services.scheduler.segments.repository import SegmentRepository
 from services.scheduler.segments.service import SegmentTracker
-from services.scheduler.settings import SchedulerSettings
 from shared import events
 from shared.clock import ManualClock
 from shared.events import Activity, Profile
 from shared.topics import Topics
-from tests.conftest import ADMIN_TOKEN, Infra, eventually
+from tests.conftest import Infra, eventually
+from tests.integration.conftest import scheduler_settings
 from tests.integration.test_segments import WIN_BACK, put
 
 pytestmark = pytest.mark.integration
@@ -41,13 +41,7 @@ async def service(
     infra: Infra, database_url: str, topics: Topics, clock: ManualClock
 ) -> AsyncIterator[SchedulerService]:
     """The scheduler's parts, not started: the test drives the sweep and the batches."""
-    settings = SchedulerSettings(
-        database_url=database_url,
-        topic_prefix=topics.prefix,
-        kafka_bootstrap_servers=infra.bootstrap,
-        admin_token=ADMIN_TOKEN,
-    )
-    service = SchedulerService(settings, clock)
+    service = SchedulerService(scheduler_settings(infra, database_url, topics), clock)
     service.assignment.partitions = {PARTITION}
     yield service
     await service.engine.dispose()

@@ -19,13 +19,13 @@ from aiokafka import AIOKafkaProducer
 from services.scheduler.app import SchedulerService
 from services.scheduler.domain.journey import parse_journey
 from services.scheduler.journeys.repository import JourneyRepository
-from services.scheduler.settings import SchedulerSettings
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.topics import Topics
-from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
+from tests.conftest import ADMIN, Infra, eventually
 from tests.integration import reports_scenario as scenario
+from tests.integration.conftest import scheduler_settings, started_scheduler
 from tests.integration.test_scheduler_sets import producer, requests, sql  # noqa: F401
 
 JOURNEY = """
@@ -78,19 +78,14 @@ async def service(
     async with engine.begin() as conn:
         await JourneyRepository().add(conn, parse_journey(JOURNEY), clock.now())
     await engine.dispose()
-    settings = SchedulerSettings(
-        database_url=database_url,
-        topic_prefix=topics.prefix,
-        kafka_bootstrap_servers=infra.bootstrap,
-        admin_token=ADMIN_TOKEN,
+    settings = scheduler_settings(
+        infra,
+        database_url,
+        topics,
         winner_check_s=CHECK_S,
         predictions_refresh_s=0,  # the clock moves by hours here: no fit in the background
     )
-    service = SchedulerService(settings, clock)
-    await service.start()
-    await eventually(
-        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
-    )
+    service = await started_scheduler(settings, clock)
     yield service
     await service.stop()
 
