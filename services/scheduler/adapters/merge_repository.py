@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from services.scheduler.adapters.queries import ENROLLMENT_COLUMNS
+from services.scheduler.adapters.repository import enrollment_of
 from services.scheduler.domain.engine import Enrollment
 from shared.db import DriverWrites
 from shared.events import CartSnapshot, Profile
@@ -48,7 +50,7 @@ class MergeRepository(DriverWrites):
     async def enrollments_for_update(self, keys: Sequence[str]) -> list[Enrollment]:
         """Every enrolment of these customers, locked (a timer pass skips them meanwhile)."""
         rows = await (await self._driver()).fetch(_ENROLLMENTS_FOR_UPDATE, list(keys))
-        return [_enrollment(r) for r in rows]
+        return [enrollment_of(r) for r in rows]
 
     async def end(self, enrollment_ids: Sequence[int], reason: str, now: datetime) -> None:
         if enrollment_ids:
@@ -81,20 +83,6 @@ class MergeRepository(DriverWrites):
         return {r["alias_key"]: _canonical(r) for r in rows}
 
 
-def _enrollment(row: Any) -> Enrollment:
-    return Enrollment(
-        id=row["id"],
-        journey_id=row["journey_id"],
-        journey_version=row["journey_version"],
-        customer_key=row["customer_key"],
-        entered_at=row["entered_at"],
-        step_index=row["step_index"],
-        status=row["status"],
-        holdout=row["holdout"],
-        exit_reason=row["exit_reason"],
-    )
-
-
 def _canonical(row: Any) -> Canonical:
     profile = None if row["profile"] is None else Profile.model_validate_json(row["profile"])
     cart = None if row["cart"] is None else CartSnapshot.model_validate_json(row["cart"])
@@ -110,9 +98,8 @@ _ADD_ALIASES = """
 """
 
 # name: enrollments_for_update
-_ENROLLMENTS_FOR_UPDATE = """
-    SELECT e.id, e.journey_id, e.journey_version, e.customer_key, e.entered_at, e.step_index,
-        e.status, e.holdout, e.exit_reason
+_ENROLLMENTS_FOR_UPDATE = f"""
+    SELECT {ENROLLMENT_COLUMNS}
     FROM scheduler.enrollments e WHERE e.customer_key = ANY($1::text[])
     ORDER BY e.id FOR UPDATE
 """

@@ -49,17 +49,19 @@ RESTORE_TIMERS = """
     ON CONFLICT (enrollment_id) DO NOTHING
 """
 
-_ENROLLMENT_COLUMNS = """
-    e.id, e.journey_id, e.journey_version, e.customer_key, e.entered_at, e.step_index,
-    e.status, e.holdout, e.exit_reason
-"""
+# The enrolment's columns in the order repository._enrollment reads them back.
+ENROLLMENT_FIELDS = (
+    "id", "journey_id", "journey_version", "customer_key", "entered_at", "step_index",
+    "status", "holdout", "exit_reason",
+)  # fmt: skip
+ENROLLMENT_COLUMNS = ", ".join(f"e.{name}" for name in ENROLLMENT_FIELDS)
 
 # name: enrollments_with_customers
 # The enrolments of claimed timers (already locked by the claim) with their customer facts:
 # one primary-key probe of customers per enrolment (LATERAL, OFFSET 0). As a plain join the
 # planner hashed the whole customers table for every pass of a thousand timers.
 ENROLLMENTS_WITH_CUSTOMERS = f"""
-    SELECT {_ENROLLMENT_COLUMNS}, c.partition, c.profile, c.cart
+    SELECT {ENROLLMENT_COLUMNS}, c.partition, c.profile, c.cart
     FROM scheduler.enrollments e
     CROSS JOIN LATERAL (
         SELECT c.partition, c.profile::text AS profile, c.cart::text AS cart
@@ -77,7 +79,7 @@ ENROLLMENTS_WITH_CUSTOMERS = f"""
 # autovacuum analyses it), a cost that grew with the table. Rows are locked in the order of
 # the keys given (sorted by the caller): transactions lock shared customers in one order.
 ACTIVE_ENROLLMENTS_FOR_UPDATE = f"""
-    SELECT {_ENROLLMENT_COLUMNS}
+    SELECT {ENROLLMENT_COLUMNS}
     FROM unnest($1::text[]) AS k(key)
     CROSS JOIN LATERAL (
         SELECT * FROM scheduler.enrollments e

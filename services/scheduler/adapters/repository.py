@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -113,47 +113,41 @@ class CustomerFacts:
         return self._about
 
 
-@dataclass(frozen=True)
-class DueTimer:
+class DueTimer(NamedTuple):
     enrollment_id: int
     step_id: str
     due_at: datetime
     partition: int
 
 
-@dataclass(frozen=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
     id: int
     topic: str
     key: str
     value: bytes
 
 
-@dataclass(frozen=True)
-class OutboxMessage:
+class OutboxMessage(NamedTuple):
     topic: str
     key: str
     value: bytes
 
 
-@dataclass(frozen=True)
-class TimerRow:
+class TimerRow(NamedTuple):
     enrollment_id: int
     partition: int
     step_id: str
     due_at: datetime
 
 
-@dataclass(frozen=True)
-class RequestRow:
+class RequestRow(NamedTuple):
     request_key: str
     enrollment_id: int
     step_id: str
     variant: str | None
 
 
-@dataclass(frozen=True)
-class NewEnrollment:
+class NewEnrollment(NamedTuple):
     enrollment: Enrollment  # with its id taken from `new_enrollment_ids`
     partition: int
 
@@ -233,7 +227,7 @@ class BatchRepository:
         rows = await (await self._driver()).fetch(
             q.ENROLLMENTS_WITH_CUSTOMERS, list(enrollment_ids)
         )
-        return [(_enrollment(r), _customer(r)) for r in rows]
+        return [(enrollment_of(r), _customer(r)) for r in rows]
 
     async def claim_new_activities(self, event_ids: Sequence[str], now: datetime) -> set[str]:
         rows = await (await self._driver()).fetch(q.CLAIM_NEW_ACTIVITIES, list(event_ids), now)
@@ -257,7 +251,7 @@ class BatchRepository:
         rows = await (await self._driver()).fetch(
             q.ACTIVE_ENROLLMENTS_FOR_UPDATE, sorted(set(customer_keys))
         )
-        return [_enrollment(r) for r in rows]
+        return [enrollment_of(r) for r in rows]
 
     async def ever_enrolled(
         self, customer_keys: Sequence[str], journey_ids: Sequence[str]
@@ -371,15 +365,9 @@ def _customer(row: Any) -> CustomerFacts:
     )
 
 
-def _enrollment(row: Any) -> Enrollment:
-    return Enrollment(
-        id=row["id"],
-        journey_id=row["journey_id"],
-        journey_version=row["journey_version"],
-        customer_key=row["customer_key"],
-        entered_at=row["entered_at"],
-        step_index=row["step_index"],
-        status=row["status"],
-        holdout=row["holdout"],
-        exit_reason=row["exit_reason"],
-    )
+def enrollment_of(row: Any) -> Enrollment:
+    """`Enrollment(**enrolment columns)` without the frozen dataclass's `__init__` (one
+    `object.__setattr__` per field, per timer): the row's first columns in field order."""
+    enrollment = object.__new__(Enrollment)
+    enrollment.__dict__.update(zip(q.ENROLLMENT_FIELDS, row, strict=False))  # then partition, ...
+    return enrollment
