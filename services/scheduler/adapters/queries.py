@@ -49,7 +49,7 @@ RESTORE_TIMERS = """
     ON CONFLICT (enrollment_id) DO NOTHING
 """
 
-# The enrolment's columns in the order repository._enrollment reads them back.
+# The enrolment's columns, in the order repository.enrollment_of reads them back: every field.
 ENROLLMENT_FIELDS = (
     "id", "journey_id", "journey_version", "customer_key", "entered_at", "step_index",
     "status", "holdout", "exit_reason",

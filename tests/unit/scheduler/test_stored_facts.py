@@ -4,6 +4,7 @@ the activity that stored it: the same conditions hold for it."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -11,8 +12,10 @@ from typing import Any
 import orjson
 import pytest
 
-from services.scheduler.adapters.repository import CustomerFacts
+from services.scheduler.adapters.queries import ENROLLMENT_FIELDS
+from services.scheduler.adapters.repository import CustomerFacts, enrollment_of
 from services.scheduler.adapters.stored import python_dump
+from services.scheduler.domain.engine import Enrollment
 from services.scheduler.domain.facts import build_facts
 from services.scheduler.runner import _facts
 from shared.events import CartSnapshot, CategoryFacts, Line, Profile, RecentOrder
@@ -90,3 +93,18 @@ def test_a_value_the_fast_path_cannot_read_is_read_by_the_contract() -> None:
         python_dump(Profile, odd)
     odd["registered_at"] = "2026-01-01"
     assert python_dump(Profile, odd) == Profile.model_validate(odd).model_dump()
+
+
+def test_an_enrolment_read_back_is_the_one_built_from_its_columns() -> None:
+    """enrollment_of fills the fields from the row's first columns, in ENROLLMENT_FIELDS'
+    order: a field added to Enrollment but not to the columns would be missing here."""
+    assert sorted(ENROLLMENT_FIELDS) == sorted(f.name for f in fields(Enrollment))
+    values = {
+        "id": 7, "journey_id": "j", "journey_version": 2, "customer_key": "s:c:1",
+        "entered_at": AT, "step_index": 1, "status": "exited", "holdout": True,
+        "exit_reason": "ordered",
+    }  # fmt: skip
+    row = (*(values[name] for name in ENROLLMENT_FIELDS), 3, "{}", None)  # + partition, ...
+    read = enrollment_of(row)
+    assert read == Enrollment(**values)
+    assert read.status == "exited" and read.exit_reason == "ordered"
