@@ -2,9 +2,10 @@
 
 Every producer of this repo must put a key on the partition Apache Kafka's own clients would:
 a customer's events then share one partition (and its order) whoever produced them. aiokafka's
-`murmur2` is that hash in pure Python, a few microseconds per key: 5 % of the scheduler's CPU per
-fired timer. Here the keys of one length are hashed together as numpy arrays, the same
-arithmetic on uint32 lanes (overflow is the modulo 2**32 the Java code relies on).
+`murmur2` is that hash in pure Python, a few microseconds per key: 5 % of the scheduler's CPU
+per fired timer. Here the keys of one length are hashed together as numpy arrays, the same
+arithmetic on uint32 lanes (overflow is the modulo 2**32 the Java code relies on); a handful
+of keys is left to aiokafka.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from aiokafka.partitioner import murmur2
 
+# Fewer keys of one length than this are hashed one by one: numpy's fixed cost per array
+# operation is more than aiokafka's loop for a handful of short keys.
+_VECTOR_MIN_KEYS = 8
 _SEED = 0x9747B28C
 _M = np.uint32(0x5BD1E995)
 _POSITIVE = 0x7FFFFFFF
@@ -27,6 +32,9 @@ def murmur2_many(keys: Sequence[bytes]) -> list[int]:
         by_length.setdefault(len(key), []).append(i)
     with np.errstate(over="ignore"):
         for length, where in by_length.items():
+            if len(where) < _VECTOR_MIN_KEYS:
+                hashes[where] = [murmur2(keys[i]) for i in where]
+                continue
             rows = b"".join(keys[i] for i in where)
             octets = np.frombuffer(rows, dtype=np.uint8).reshape(len(where), length)
             hashes[where] = _murmur2_rows(octets, length)

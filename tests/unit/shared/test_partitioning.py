@@ -18,6 +18,12 @@ def test_every_length_and_byte_hashes_as_aiokafka_does() -> None:
     assert murmur2_many(keys) == [murmur2(k) for k in keys]
 
 
+def test_a_few_keys_hash_as_many_do() -> None:
+    keys = [f"shop-1:customer-{i:04d}".encode() for i in range(40)]  # one length: the arrays
+    together = murmur2_many(keys)
+    assert [murmur2_many([k])[0] for k in keys] == together == [murmur2(k) for k in keys]
+
+
 def test_the_java_clients_known_values() -> None:
     # org.apache.kafka.common.utils.UtilsTest#testMurmur2 (as signed ints there)
     cases = {
