@@ -26,18 +26,27 @@ depends_on: str | Sequence[str] | None = None
 
 SCHEMA = "scheduler"
 INDEX = "enrollments_one_active"
+NEXT = "enrollments_one_active_next"
 
 
 def _one_active(columns: list[str]) -> None:
-    op.drop_index(INDEX, "enrollments", schema=SCHEMA)
-    op.create_index(
-        INDEX,
-        "enrollments",
-        columns,
-        unique=True,
-        schema=SCHEMA,
-        postgresql_where=sa.text("status = 'active'"),
-    )
+    """The new index is built beside the old one and swapped in, both CONCURRENTLY (outside
+    the migration's transaction): a scheduler with millions of enrolments keeps writing
+    while it is built, and one of the two unique indexes holds at every moment."""
+    with op.get_context().autocommit_block():
+        # A build interrupted before leaves an invalid index under the new name.
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{NEXT}")
+        op.create_index(
+            NEXT,
+            "enrollments",
+            columns,
+            unique=True,
+            schema=SCHEMA,
+            postgresql_where=sa.text("status = 'active'"),
+            postgresql_concurrently=True,
+        )
+        op.drop_index(INDEX, "enrollments", schema=SCHEMA, postgresql_concurrently=True)
+    op.execute(f"ALTER INDEX {SCHEMA}.{NEXT} RENAME TO {INDEX}")
 
 
 def upgrade() -> None:
