@@ -1,10 +1,13 @@
-"""The one Alembic env.py body all services share: async engine, per-service schema."""
+"""The one Alembic env.py body all services share: async engine, per-service schema; and the
+index operations a migration runs on a table that may already be large."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from typing import Any
 
-from alembic import context
+from alembic import context, op
 from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -31,3 +34,23 @@ def _migrate(conn: Connection, schema: str) -> None:
     context.configure(connection=conn, version_table_schema=schema, include_schemas=True)
     with context.begin_transaction():
         context.run_migrations()
+
+
+def create_index_concurrently(
+    name: str, table: str, columns: Sequence[str], schema: str, **options: Any
+) -> None:
+    """CREATE INDEX CONCURRENTLY, outside the migration's transaction: the table keeps taking
+    writes while the index is built (a plain CREATE INDEX queues them for the whole build).
+    An index that an interrupted build left invalid under this name is dropped first."""
+    with op.get_context().autocommit_block():
+        op.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{schema}"."{name}"')
+        op.create_index(
+            name, table, list(columns), schema=schema, postgresql_concurrently=True, **options
+        )
+
+
+def drop_index_concurrently(name: str, table: str, schema: str) -> None:
+    """DROP INDEX CONCURRENTLY: waits for the table's open transactions without queueing the
+    new ones behind it."""
+    with op.get_context().autocommit_block():
+        op.drop_index(name, table, schema=schema, postgresql_concurrently=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alembic import op
+from shared.alembic import create_index_concurrently, drop_index_concurrently
 
 SCHEMA = "ingest"
 revision: str = "0008_importer_one_orders_index"
@@ -23,8 +23,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.drop_index("orders_customer", "orders", schema=SCHEMA)
+    drop_index_concurrently("orders_customer", "orders", SCHEMA)
 
 
 def downgrade() -> None:
-    op.create_index("orders_customer", "orders", ["customer_key", "placed_at"], schema=SCHEMA)
+    create_index_concurrently("orders_customer", "orders", ["customer_key", "placed_at"], SCHEMA)

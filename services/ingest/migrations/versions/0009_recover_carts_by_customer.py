@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alembic import op
+from shared.alembic import create_index_concurrently, drop_index_concurrently
 
 SCHEMA = "ingest"
 revision: str = "0009_recover_carts_by_customer"
@@ -22,9 +22,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def upgrade() -> None:
-    op.create_index("carts_by_customer", "carts", ["customer_key", "updated_at"], schema=SCHEMA)
+def upgrade() -> None:  # the consumer writes carts all the time: built without stopping it
+    create_index_concurrently("carts_by_customer", "carts", ["customer_key", "updated_at"], SCHEMA)
 
 
 def downgrade() -> None:
-    op.drop_index("carts_by_customer", "carts", schema=SCHEMA)
+    drop_index_concurrently("carts_by_customer", "carts", SCHEMA)

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from shared.alembic import create_index_concurrently, drop_index_concurrently
+
 revision: str = "0012_enrolperf_active"
 down_revision: str | None = "0011_winner"
 branch_labels: str | Sequence[str] | None = None
@@ -30,22 +32,14 @@ NEXT = "enrollments_one_active_next"
 
 
 def _one_active(columns: list[str]) -> None:
-    """The new index is built beside the old one and swapped in, both CONCURRENTLY (outside
-    the migration's transaction): a scheduler with millions of enrolments keeps writing
-    while it is built, and one of the two unique indexes holds at every moment."""
-    with op.get_context().autocommit_block():
-        # A build interrupted before leaves an invalid index under the new name.
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {SCHEMA}.{NEXT}")
-        op.create_index(
-            NEXT,
-            "enrollments",
-            columns,
-            unique=True,
-            schema=SCHEMA,
-            postgresql_where=sa.text("status = 'active'"),
-            postgresql_concurrently=True,
-        )
-        op.drop_index(INDEX, "enrollments", schema=SCHEMA, postgresql_concurrently=True)
+    """The new index is built beside the old one and swapped in, both CONCURRENTLY: a
+    scheduler with millions of enrolments keeps writing meanwhile, and one of the two unique
+    indexes holds at every moment."""
+    where = sa.text("status = 'active'")
+    create_index_concurrently(
+        NEXT, "enrollments", columns, SCHEMA, unique=True, postgresql_where=where
+    )
+    drop_index_concurrently(INDEX, "enrollments", SCHEMA)
     op.execute(f"ALTER INDEX {SCHEMA}.{NEXT} RENAME TO {INDEX}")
 
 
