@@ -1,8 +1,8 @@
 """Upgrading a live system: a migration that builds or drops an index on a table the services
-write all the time (enrolments, orders, carts) does it CONCURRENTLY. A writer's transaction
-is open when the upgrade starts, so the index operation waits for it; a second writer must
-go on meanwhile, where a plain CREATE or DROP INDEX would queue it behind (the test fails
-with the plain operations: the second writer runs out of its lock timeout)."""
+write all the time (processed ids, enrolments, orders, carts) does it CONCURRENTLY. A
+writer's transaction is open when the upgrade starts, so the index operation waits for it; a
+second writer must go on meanwhile, where a plain CREATE or DROP INDEX would queue it behind
+(the test fails with the plain operations: the second writer runs out of its lock timeout)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,24 @@ class Case:
     downgraded: str | None  # the same after the downgrade
 
 
+PROCESSED_EVENTS = Case(
+    "ingest",
+    "0001",
+    "0002",
+    "INSERT INTO ingest.processed_events (event_id) VALUES ($1)",
+    "processed_events_processed_at",
+    upgraded="(processed_at)",
+    downgraded=None,
+)
+PROCESSED_ACTIVITIES = Case(
+    "scheduler",
+    "0001",
+    "0002",
+    "INSERT INTO scheduler.processed_activities (event_id, processed_at) VALUES ($1, now())",
+    "processed_activities_processed_at",
+    upgraded="(processed_at)",
+    downgraded=None,
+)
 ENROLMENTS = Case(
     "scheduler",
     "0011_winner",
@@ -119,7 +137,10 @@ async def _upgrade_beside_writers(case: Case, url: str, dsn: str) -> None:
         await asyncio.wait_for(upgrading, 60)
 
 
-@pytest.mark.parametrize("case", [ENROLMENTS, ORDERS, CARTS], ids=lambda c: c.after)
+CASES = [PROCESSED_EVENTS, PROCESSED_ACTIVITIES, ENROLMENTS, ORDERS, CARTS]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.service}-{c.after}")
 async def test_an_index_changes_while_the_table_takes_writes(
     case: Case, empty_database: str
 ) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from alembic import op
+from shared.alembic import create_index_concurrently, drop_index_concurrently
 
 SCHEMA = "ingest"
 revision: str = "0002"
@@ -18,11 +18,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
-def upgrade() -> None:
-    op.create_index(
-        "processed_events_processed_at", "processed_events", ["processed_at"], schema=SCHEMA
+def upgrade() -> None:  # every event writes a processed id: built without stopping that
+    create_index_concurrently(
+        "processed_events_processed_at", "processed_events", ["processed_at"], SCHEMA
     )
 
 
 def downgrade() -> None:
-    op.drop_index("processed_events_processed_at", "processed_events", schema=SCHEMA)
+    drop_index_concurrently("processed_events_processed_at", "processed_events", SCHEMA)

@@ -7,7 +7,7 @@ Create Date: 2026-11-26
 
 from collections.abc import Sequence
 
-from alembic import op
+from shared.alembic import create_index_concurrently, drop_index_concurrently
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -17,14 +17,11 @@ depends_on: str | Sequence[str] | None = None
 SCHEMA = "scheduler"
 
 
-def upgrade() -> None:
-    op.create_index(
-        "processed_activities_processed_at",
-        "processed_activities",
-        ["processed_at"],
-        schema=SCHEMA,
+def upgrade() -> None:  # every event writes a processed id: built without stopping that
+    create_index_concurrently(
+        "processed_activities_processed_at", "processed_activities", ["processed_at"], SCHEMA
     )
 
 
 def downgrade() -> None:
-    op.drop_index("processed_activities_processed_at", "processed_activities", schema=SCHEMA)
+    drop_index_concurrently("processed_activities_processed_at", "processed_activities", SCHEMA)
