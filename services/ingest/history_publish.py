@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.adapters.facts_repository import FactsRepository
 from services.ingest.adapters.order_facts_repository import OrderFactsRepository
-from services.ingest.domain.activity import SOURCE_ACTIVITY, OpenCart, activity_id
+from services.ingest.domain.activity import OpenCart, activity_event
 from services.ingest.order_facts import SettingsFor
 from services.ingest.profiles import grown_profiles
 from shared import events as ev
@@ -67,12 +67,4 @@ def _event(profile: ev.Profile, cart: OpenCart | None, now: datetime) -> ev.Clou
         profile=profile,
         cart=None if cart is None else cart.snapshot(),
     )
-    return ev.CloudEvent.model_construct(
-        id=activity_id(source_id),
-        source=SOURCE_ACTIVITY,
-        type=ev.CUSTOMER_ACTIVITY,
-        subject=profile.key,
-        time=now,
-        shopid=profile.shop_id,
-        data=data.model_dump(mode="json"),
-    )
+    return activity_event(data, profile.key, profile.shop_id, now)

@@ -62,6 +62,20 @@ def activity_id(source_event_id: str) -> str:
     return ev.stable_event_id("activity", source_event_id)
 
 
+def activity_event(data: ev.Activity, subject: str, shop_id: str, now: datetime) -> ev.CloudEvent:
+    """The customer.activity envelope around `data`, built as the contract's models: for the
+    rare activity (a merge, a history import) that is not encoded straight to its bytes."""
+    return ev.CloudEvent.model_construct(
+        id=activity_id(data.source_event_id),
+        source=SOURCE_ACTIVITY,
+        type=ev.CUSTOMER_ACTIVITY,
+        subject=subject,
+        time=now,
+        shopid=shop_id,
+        data=data.model_dump(mode="json"),
+    )
+
+
 def activity_events(
     events: Iterable[ShopEventIn],
     owners: Mapping[tuple[str, str], str],

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from services.ingest.domain.activity import SOURCE_ACTIVITY, OpenCart, activity_id
+from services.ingest.domain.activity import OpenCart, activity_event
 from services.ingest.domain.facts import ShopEventIn
 from shared import events as ev
 
@@ -122,14 +122,5 @@ def merged_activities(
                 merged_at=merged_at,
             ),
         )
-        event = ev.CloudEvent.model_construct(
-            id=activity_id(source_id),
-            source=SOURCE_ACTIVITY,
-            type=ev.CUSTOMER_ACTIVITY,
-            subject=link.account_key,
-            time=now,
-            shopid=link.shop_id,
-            data=data.model_dump(mode="json"),
-        )
-        out.append((link.account_key, event))
+        out.append((link.account_key, activity_event(data, link.account_key, link.shop_id, now)))
     return out

@@ -9,11 +9,10 @@ from decimal import Decimal
 import orjson
 
 from services.ingest.domain.activity import (
-    SOURCE_ACTIVITY,
     OpenCart,
     StageChangeLike,
     _stage_source_id,
-    activity_id,
+    activity_event,
     encoded_stage_events,
 )
 from services.ingest.order_facts import StageChange
@@ -61,15 +60,7 @@ def stage_events(
             cart=None if (cart := carts.get(change.customer_key)) is None else cart.snapshot(),
             previous_stage=change.previous,
         )
-        event = ev.CloudEvent.model_construct(
-            id=activity_id(source_id),
-            source=SOURCE_ACTIVITY,
-            type=ev.CUSTOMER_ACTIVITY,
-            subject=change.customer_key,
-            time=now,
-            shopid=change.shop_id,
-            data=data.model_dump(mode="json"),
-        )
+        event = activity_event(data, change.customer_key, change.shop_id, now)
         out.append((change.customer_key, event))
     return out
 
