@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 import devstack  # noqa: E402
 from mailcatcher import MailStore, start_catcher  # noqa: E402
 
+from services.scheduler.app import SchedulerService  # noqa: E402
+from services.scheduler.settings import SchedulerSettings  # noqa: E402
 from shared.clock import ManualClock  # noqa: E402
 from shared.db import upgrade  # noqa: E402
 from shared.kafka import ensure_topics  # noqa: E402
@@ -134,6 +136,16 @@ async def eventually(predicate: object, timeout_s: float = 15.0, what: str = "co
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def started_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
+    """Started, and owning its partitions (before that its timers fire nothing)."""
+    service = SchedulerService(settings, clock)
+    await service.start()
+    await eventually(
+        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
+    )
+    return service
 
 
 async def read_topic(bootstrap: str, topic: str, wait_ms: int = 300) -> list[Any]:

@@ -47,8 +47,8 @@ from shared.db import make_engine
 from shared.kafka import Publisher
 from shared.topics import CUSTOMER_ACTIVITY, Topics
 from shared.tracking import TrackingKey
-from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
-from tests.e2e.system import common_settings, served, start_scheduler
+from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually, started_scheduler
+from tests.e2e.system import common_settings, served
 from tests.unit.ingest.deliveries import API_TOKEN, SHOP, SHOP_ID
 
 KEYS = [TrackingKey(kid="k1", secret=SecretStr("j" * 40))]
@@ -463,7 +463,7 @@ async def _with_mail_and_journeys(
         clock,
     )
     await dispatcher.start()
-    scheduler = await start_scheduler(SchedulerSettings(**common, admin_token=ADMIN_TOKEN), clock)
+    scheduler = await started_scheduler(SchedulerSettings(**common, admin_token=ADMIN_TOKEN), clock)
     producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all")
     await producer.start()
     system = System(infra, topics, clock, store, database_url, url, scheduler, producer, tmp)

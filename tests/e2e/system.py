@@ -31,7 +31,7 @@ from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.topics import Topics
 from shared.tracking import TrackingKey
-from tests.conftest import Infra, eventually
+from tests.conftest import Infra, eventually, started_scheduler
 from tests.unit.ingest.deliveries import SHOP, SHOP_ID, Delivery
 
 
@@ -71,7 +71,7 @@ class System:
     async def restart_scheduler(self, while_down: timedelta) -> None:
         await self.scheduler.stop()
         await self.clock.advance(while_down)
-        self.scheduler = await start_scheduler(self.scheduler.settings, self.clock)
+        self.scheduler = await started_scheduler(self.scheduler.settings, self.clock)
 
 
 def common_settings(infra: Infra, database_url: str, topics: Topics) -> dict[str, Any]:
@@ -81,16 +81,6 @@ def common_settings(infra: Infra, database_url: str, topics: Topics) -> dict[str
         "topic_prefix": topics.prefix,
         "kafka_bootstrap_servers": infra.bootstrap,
     }
-
-
-async def start_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
-    """A started scheduler that owns its partitions (before that it would fire nothing)."""
-    service = SchedulerService(settings, clock)
-    await service.start()
-    await eventually(
-        lambda: bool(service.assignment.partitions), timeout_s=60, what="scheduler partitions"
-    )
-    return service
 
 
 @asynccontextmanager
@@ -154,7 +144,8 @@ async def running_system(
                 clock,
             )
             await dispatcher.start()
-            started = await start_scheduler(SchedulerSettings(**common, **(scheduler or {})), clock)
+            settings = SchedulerSettings(**common, **(scheduler or {}))
+            started = await started_scheduler(settings, clock)
             system = System(
                 infra, topics, clock, store, database_url, url, ingest, started, dispatcher
             )

@@ -32,8 +32,8 @@ from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.events import Activity, CartSnapshot, Line, Profile
 from shared.topics import CUSTOMER_ACTIVITY, ENGAGEMENT_RESULTS, Topics
-from tests.conftest import Infra, eventually, read_topic
-from tests.e2e.system import add_journeys, common_settings, start_scheduler
+from tests.conftest import Infra, eventually, read_topic, started_scheduler
+from tests.e2e.system import add_journeys, common_settings
 
 pytestmark = pytest.mark.e2e
 SHOP = "shop-1"
@@ -227,7 +227,7 @@ async def shop(
     common = common_settings(infra, database_url, topics)
     dispatcher = DispatcherService(DispatcherSettings(**common, smtp_port=smtp_port), clock)
     await dispatcher.start()
-    scheduler = await start_scheduler(SchedulerSettings(**common), clock)
+    scheduler = await started_scheduler(SchedulerSettings(**common), clock)
     producer = AIOKafkaProducer(bootstrap_servers=infra.bootstrap, acks="all")
     await producer.start()
     shop = Shop(infra, topics, clock, store, database_url, scheduler, producer)
@@ -317,7 +317,7 @@ async def test_a_restart_while_mails_wait_loses_none_and_sends_none_twice(
     settings = shop.scheduler.settings
     await shop.scheduler.stop()
     await shop.clock.advance(timedelta(days=1))  # Tuesday noon: the scheduler was down
-    shop.scheduler = await start_scheduler(settings, shop.clock)
+    shop.scheduler = await started_scheduler(settings, shop.clock)
     await shop.activity(events.CART_UPDATED)  # redelivered: changes nothing
     await shop.run_until(MONDAY_10_BERLIN + timedelta(days=4))
     await eventually(lambda: len(shop.mail.messages) == 3, 30, "three mails")

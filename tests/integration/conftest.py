@@ -10,9 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.app import IngestService
-from services.scheduler.app import SchedulerService
 from services.scheduler.settings import SchedulerSettings
-from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.topics import Topics
 from tests.conftest import ADMIN_TOKEN, Infra, eventually
@@ -29,16 +27,6 @@ def scheduler_settings(
         admin_token=ADMIN_TOKEN,
         **options,
     )
-
-
-async def started_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
-    """Started, and owning its partitions (so its timers fire)."""
-    service = SchedulerService(settings, clock)
-    await service.start()
-    await eventually(
-        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
-    )
-    return service
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from services.scheduler.settings import SchedulerSettings
 from shared import events as ev
 from shared.clock import ManualClock
 from shared.topics import Topics
-from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually
+from tests.conftest import ADMIN, ADMIN_TOKEN, Infra, eventually, started_scheduler
 from tests.integration import reports_scenario as scenario
-from tests.integration.conftest import scheduler_settings, started_scheduler
+from tests.integration.conftest import scheduler_settings
 from tests.integration.test_scheduler_sets import producer, sql  # noqa: F401  (fixture)
 
 

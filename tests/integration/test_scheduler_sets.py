@@ -22,8 +22,8 @@ from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.events import Activity, CartSnapshot, Line, MessageRequest, Profile
 from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
-from tests.conftest import ADMIN, Infra, eventually
-from tests.integration.conftest import scheduler_settings, started_scheduler
+from tests.conftest import ADMIN, Infra, eventually, started_scheduler
+from tests.integration.conftest import scheduler_settings
 
 REMINDER_DELAY = timedelta(hours=3)
 

@@ -19,7 +19,7 @@ from shared import events
 from shared.clock import ManualClock
 from shared.events import Activity, CartSnapshot, Line, MessageRequest, Profile
 from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics, dlq
-from tests.conftest import Infra, eventually, read_topic
+from tests.conftest import Infra, eventually, read_topic, started_scheduler
 
 KEY = "shop:c:603851970716743400"
 
@@ -75,15 +75,6 @@ async def producer(infra: Infra) -> AsyncIterator[AIOKafkaProducer]:
     await producer.stop()
 
 
-async def start_scheduler(settings: SchedulerSettings, clock: ManualClock) -> SchedulerService:
-    service = SchedulerService(settings, clock)
-    await service.start()
-    await eventually(
-        lambda: bool(service.assignment.partitions), timeout_s=60, what="partitions assigned"
-    )
-    return service
-
-
 async def send(producer: AIOKafkaProducer, topics: Topics, event: events.CloudEvent) -> None:
     await producer.send_and_wait(
         topics.name(CUSTOMER_ACTIVITY), events.encode(event), key=KEY.encode()
@@ -109,7 +100,7 @@ async def scheduler_waiting_for_a_cart(
     settings: SchedulerSettings, clock: ManualClock, producer: AIOKafkaProducer, topics: Topics
 ) -> SchedulerService:
     """A running scheduler with the default journeys that has enrolled one abandoned cart."""
-    service = await start_scheduler(settings, clock)
+    service = await started_scheduler(settings, clock)
     await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
     await send(producer, topics, activity(clock))
     await eventually(lambda: count(settings, timers), what="timer stored")
@@ -172,7 +163,7 @@ async def test_timers_due_while_the_scheduler_was_down_fire_once_after_restart(
     first = await scheduler_waiting_for_a_cart(scheduler_settings, clock, producer, topics)
     await first.stop()
     await clock.advance(timedelta(hours=4))  # due while nobody was running
-    second = await start_scheduler(scheduler_settings, clock)
+    second = await started_scheduler(scheduler_settings, clock)
     try:
         await eventually(lambda: _has(infra, topics, 1), what="request after restart")
         await second.timers.fire_due()
@@ -196,7 +187,7 @@ async def test_a_poison_activity_is_dead_lettered_and_the_next_on_its_partition_
     clock: ManualClock,
     producer: AIOKafkaProducer,
 ) -> None:
-    service = await start_scheduler(scheduler_settings, clock)
+    service = await started_scheduler(scheduler_settings, clock)
     await load_journeys(service.engine, DEFAULT_JOURNEYS_DIR, clock)
     try:
         # What an older ingest published for the year-1 checkout: naive times, year 1.

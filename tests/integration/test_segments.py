@@ -24,8 +24,8 @@ from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.events import Activity, MessageRequest, Profile, RecentOrder
 from shared.topics import CUSTOMER_ACTIVITY, MESSAGE_REQUESTS, Topics
-from tests.conftest import ADMIN, Infra, eventually, read_topic
-from tests.integration.conftest import scheduler_settings, started_scheduler
+from tests.conftest import ADMIN, Infra, eventually, read_topic, started_scheduler
+from tests.integration.conftest import scheduler_settings
 
 pytestmark = pytest.mark.integration
 DAY = timedelta(days=1)

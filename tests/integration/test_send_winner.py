@@ -23,9 +23,9 @@ from shared import events as ev
 from shared.clock import ManualClock
 from shared.db import make_engine
 from shared.topics import Topics
-from tests.conftest import ADMIN, Infra, eventually
+from tests.conftest import ADMIN, Infra, eventually, started_scheduler
 from tests.integration import reports_scenario as scenario
-from tests.integration.conftest import scheduler_settings, started_scheduler
+from tests.integration.conftest import scheduler_settings
 from tests.integration.test_scheduler_sets import producer, requests, sql  # noqa: F401
 
 JOURNEY = """
