@@ -291,11 +291,8 @@ async def test_three_mails_of_two_journeys_on_one_day_go_on_three_days_by_priori
 async def test_a_mail_due_at_23_customer_time_goes_at_8_next_morning_their_time(
     shop: Shop, zone: ZoneInfo
 ) -> None:
-    await _load(shop.database_url, shop.clock, NIGHT)
     eleven_pm = datetime(2022, 1, 3, 23, 0, tzinfo=zone)
-    await shop.clock.advance(eleven_pm.astimezone(UTC) - shop.clock.now())
-    await shop.activity(events.CART_UPDATED, zone)
-    await eventually(lambda: _at_least(shop.held, 1), what="the mail held")
+    await _cart_held(shop, NIGHT, eleven_pm)
     await shop.scheduler.timers.fire_due()
     assert shop.mail.messages == [] and await shop.held() == 1
 
@@ -345,11 +342,8 @@ async def test_an_order_while_the_reminder_waits_stops_it(shop: Shop) -> None:
 
 
 async def test_consent_withdrawn_while_a_mail_waits_is_honoured_when_it_goes(shop: Shop) -> None:
-    await _load(shop.database_url, shop.clock, NIGHT)
     eleven_pm = datetime(2022, 1, 3, 23, 0, tzinfo=BERLIN)
-    await shop.clock.advance(eleven_pm.astimezone(UTC) - shop.clock.now())
-    await shop.activity(events.CART_UPDATED)
-    await eventually(lambda: _at_least(shop.held, 1), what="the mail held")
+    await _cart_held(shop, NIGHT, eleven_pm)
     await shop.clock.advance(timedelta(minutes=30))
     await shop.activity(events.CONSENT_CHANGED, source_id="c1", consent="not_subscribed")
 
@@ -373,11 +367,8 @@ async def test_a_best_hour_step_goes_at_the_hour_the_customer_usually_opens_mail
 ) -> None:
     """send_at: best_hour through the runner: the customer's usual hour comes from the facts
     the activity carried, in their own zone (Tokyo, while the shop's default is Berlin)."""
-    await _load(shop.database_url, shop.clock, BEST_HOUR)
     ten_am_tokyo = datetime(2022, 1, 4, 10, 0, tzinfo=TOKYO)
-    await shop.clock.advance(ten_am_tokyo.astimezone(UTC) - shop.clock.now())
-    await shop.activity(events.CART_UPDATED, TOKYO, usual_open_hour=19)
-    await eventually(lambda: _at_least(shop.held, 1), what="the mail held for its hour")
+    await _cart_held(shop, BEST_HOUR, ten_am_tokyo, usual_open_hour=19)
     await shop.scheduler.timers.fire_due()
     assert shop.mail.messages == [] and await shop.held() == 1
 
@@ -388,11 +379,8 @@ async def test_a_best_hour_step_goes_at_the_hour_the_customer_usually_opens_mail
 
 
 async def test_an_unsubscribe_while_a_mail_waits_means_it_never_goes(shop: Shop) -> None:
-    await _load(shop.database_url, shop.clock, NIGHT)
     eleven_pm = datetime(2022, 1, 3, 23, 0, tzinfo=BERLIN)
-    await shop.clock.advance(eleven_pm.astimezone(UTC) - shop.clock.now())
-    await shop.activity(events.CART_UPDATED)
-    await eventually(lambda: _at_least(shop.held, 1), what="the mail held")
+    await _cart_held(shop, NIGHT, eleven_pm)
     await shop.clock.advance(timedelta(minutes=30))
     await shop.activity(events.CONSENT_CHANGED, source_id="u1", consent="unsubscribed")
 
@@ -404,6 +392,18 @@ async def test_an_unsubscribe_while_a_mail_waits_means_it_never_goes(shop: Shop)
     await asyncio.sleep(0.3)  # let any (wrong) mail arrive
     assert shop.mail.messages == [] and await shop.held() == 0
     assert list((await _suppressed(shop)).values()) == ["journey_exited"]
+
+
+async def _cart_held(
+    shop: Shop, journeys: str, at: datetime, usual_open_hour: int | None = None
+) -> None:
+    """The journeys loaded and a cart left at `at` by a customer in at's zone: its mail
+    waits in the contact queue."""
+    await _load(shop.database_url, shop.clock, journeys)
+    await shop.clock.advance(at.astimezone(UTC) - shop.clock.now())
+    assert isinstance(at.tzinfo, ZoneInfo)
+    await shop.activity(events.CART_UPDATED, at.tzinfo, usual_open_hour=usual_open_hour)
+    await eventually(lambda: _at_least(shop.held, 1), what="the mail held")
 
 
 async def _is(read: Any, expected: list[Any]) -> bool:
