@@ -14,7 +14,6 @@ A batch whose apply fails leaves the fast path: ConsumerLoop's one error policy 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeAlias, TypeVar
@@ -24,6 +23,7 @@ from aiokafka.errors import KafkaError
 from shared.kafka import BatchHandler, ConsumerLoop, Publisher, Record, start_with_retry
 from shared.logging import get_logger
 from shared.retry import retry_forever
+from shared.runtime import cancel_and_wait
 
 log = get_logger(__name__)
 
@@ -77,11 +77,7 @@ class PipelinedConsumerLoop(ConsumerLoop, Generic[D]):
                 else:
                     finishing = asyncio.create_task(self._finish(batch, outgoing))
         finally:
-            for task in (upcoming, finishing):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+            await cancel_and_wait(t for t in (upcoming, finishing) if t is not None)
 
     async def _fetch_and_decode(self) -> tuple[list[Record], D | None]:
         batch = await self._fetch()

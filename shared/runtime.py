@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from shared import metrics
 from shared.logging import get_logger
@@ -12,6 +13,7 @@ from shared.retry import backoff_s
 
 log = get_logger(__name__)
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
+CANCEL_AGAIN_S = 1.0  # a task still running this long after its cancel is cancelled again
 
 
 def quiet_garbage_collector() -> None:
@@ -48,7 +50,41 @@ class Loops:
                 await asyncio.sleep(delay_s)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
+
+
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Future[Any]], again_s: float = CANCEL_AGAIN_S
+) -> None:
+    """Cancels the tasks and returns once every one has ended.
+
+    One cancel is not always enough on Python 3.11: `asyncio.wait_for` drops a cancellation
+    that arrives in the same turn of the loop as the end of what it waits for, and goes on
+    (aiosmtplib connects that way). A dispatcher stopped just as its SMTP connection opened
+    then kept retrying the mail, and its stop never returned. So a task still running after
+    `again_s` is cancelled again, until it ends. Their errors are retrieved, not raised."""
+    tasks = list(tasks)
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_s)
+        if pending:
+            log.warning("cancel_repeated", tasks=sorted(_name(t) for t in pending))
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: asyncio does not log it as never retrieved
+
+
+async def wait_any(*waits: asyncio.Future[Any]) -> None:
+    """Returns when the first of the waits is done; the others are cancelled and ended (also
+    when the caller is cancelled)."""
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(waits)
+
+
+def _name(task: asyncio.Future[Any]) -> str:
+    return task.get_name() if isinstance(task, asyncio.Task) else repr(task)

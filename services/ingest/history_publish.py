@@ -18,6 +18,7 @@ from services.ingest.order_facts import SettingsFor
 from services.ingest.profiles import grown_profiles
 from shared import events as ev
 from shared.kafka import Publisher
+from shared.runtime import cancel_and_wait
 
 PUBLISH_CHUNK = 2_000
 
@@ -52,8 +53,8 @@ async def publish_imported(
         if sending is not None:
             await sending
     finally:
-        if sending is not None and not sending.done():
-            sending.cancel()
+        if sending is not None:
+            await cancel_and_wait([sending])
     return len(keys)
 
 

@@ -32,6 +32,7 @@ from shared.driver_errors import translate
 from shared.kafka import Assignment, Publisher
 from shared.logging import Laps, get_logger
 from shared.retry import OUTAGE_RETRY_MAX_S, backoff_s
+from shared.runtime import wait_any
 
 log = get_logger(__name__)
 SERVICE = "scheduler"
@@ -40,13 +41,6 @@ GAUGE_EVERY_S = 5.0  # the due-count gauge is a count over the index: not once p
 EXIT_REASON_MAX_CHARS = 500
 LOCKED_RETRY_S = 0.05
 T = TypeVar("T")
-
-
-async def _wait_any(*waits: asyncio.Future[object] | asyncio.Task[object]) -> None:
-    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def in_lanes(lanes: Sequence[Awaitable[T]], wake_relay: asyncio.Event) -> list[T]:
@@ -344,7 +338,7 @@ class TimerLoop:
             clock_s = (next_due - now).total_seconds()
             if clock_s <= 0:  # due but held by an activity being applied: look again soon
                 clock_s, real_s = self.poll_interval_s, LOCKED_RETRY_S
-        await _wait_any(
+        await wait_any(
             asyncio.ensure_future(self.clock.sleep(clock_s)),
             asyncio.ensure_future(self.wake.wait()),
             asyncio.ensure_future(asyncio.sleep(real_s)),
@@ -375,7 +369,7 @@ class OutboxRelay:
                 continue
             if relayed < OUTBOX_BATCH:
                 self.wake.clear()
-                await _wait_any(
+                await wait_any(
                     asyncio.ensure_future(self.wake.wait()),
                     asyncio.ensure_future(asyncio.sleep(self.poll_interval_s)),
                 )

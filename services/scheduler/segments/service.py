@@ -46,6 +46,7 @@ from shared.driver_errors import translate
 from shared.events import HISTORY_IMPORTED_KIND, Activity
 from shared.kafka import Assignment
 from shared.logging import get_logger
+from shared.runtime import wait_any
 
 log = get_logger(__name__)
 SERVICE = "scheduler"
@@ -345,7 +346,7 @@ class SegmentSweeper:
             except Exception as exc:  # the database is away: the next poll tries again
                 metrics.ERRORS.labels(SERVICE, "segment_sweep").inc()
                 log.warning("segment_sweep_failed", error=repr(exc))
-            await _wait_any(
+            await wait_any(
                 asyncio.ensure_future(self.clock.sleep(self.poll_interval_s)),
                 asyncio.ensure_future(asyncio.sleep(self.poll_interval_s)),
             )
@@ -400,13 +401,6 @@ class SegmentSweeper:
                 return False
             await repo.save_sizes(now.date(), await repo.sizes_by_shop(DEFAULT_SEGMENTS, now), now)
         return True
-
-
-async def _wait_any(*waits: asyncio.Future[Any]) -> None:
-    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
 
 
 # --- the control plane's sets -----------------------------------------------------------------
