@@ -50,6 +50,7 @@ from shared.kafka import (
     start_with_retry,
     stop_consumer,
 )
+from shared.logging import get_logger
 from shared.privacy import PrivacyRequestHandler
 from shared.pruning import Pruner
 from shared.runtime import Loops
@@ -65,6 +66,7 @@ from shared.topics import (
 from shared.tracking import TokenSigner
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+log = get_logger(__name__)
 
 
 def migrate(settings: DispatcherSettings) -> None:
@@ -112,6 +114,7 @@ class DispatcherService:
         self._privacy_consumer: AIOKafkaConsumer | None = None
         self.privacy = DispatcherPrivacyRepository(self.engine, clock)
         self._loops = Loops(SERVICE)
+        self._dispatcher: Dispatcher | None = None  # the requests loop's, once it runs
         self._barrier = SuppressionBarrier(
             settings.kafka_bootstrap_servers,
             self._suppressions_group,
@@ -260,6 +263,7 @@ class DispatcherService:
             coupons=self._coupon_desk(publisher),
             content=self._content(),
         )
+        self._dispatcher = dispatcher
         return RequestHandler(dispatcher, publisher, self.privacy)
 
     def _content(self) -> Content:
@@ -291,7 +295,18 @@ class DispatcherService:
         suppressions = SuppressionRepository(self.engine)
         return Engagement(shops, signer, suppressions, bounces, self._barrier)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Lets the mail already at the relay finish (up to `stop_grace_s`; 0: cut it off, as
+        a kill would), then stops everything. What was not started is left for the next
+        instance: its requests are not committed and its rows stay claimed."""
+        grace_s = self.settings.stop_grace_s if grace_s is None else grace_s
+        if self._dispatcher is not None and grace_s > 0:
+            self._dispatcher.drain()
+            try:
+                async with asyncio.timeout(grace_s):
+                    await self._dispatcher.idle()
+            except TimeoutError:
+                log.warning("stop_grace_expired", grace_s=grace_s)
         await self._loops.stop()
         self._pool.close()
         await self._http.aclose()

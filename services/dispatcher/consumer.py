@@ -5,7 +5,9 @@ mail is answered with message.failed and its record dead-lettered with the reaso
 goes on. When the relay is unreachable (`Unavailable`) or the database away (`Transient`),
 the error is raised after everything decided was recorded and published, so the consumer loop
 retries the batch: decided requests are then merely republished. So is an error that stopped
-the claiming of a batch part way (the parts before it may have been sent already).
+the claiming of a batch part way (the parts before it may have been sent already), and a stop
+of the service that left part of a batch unsent (it is not committed: the next instance or
+the restarted one takes it).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class RequestHandler:
             raise Transient(outcome.database_down)
         if outcome.relay_down is not None:
             raise Unavailable(f"SMTP relay unavailable: {outcome.relay_down}")
+        if outcome.stopping:  # not committed: the next instance takes the unsent requests
+            raise Unavailable("the dispatcher is stopping; its unsent mail is left claimed")
 
     async def _drop_redacted(self, pending: dict[str, tuple[Record, MessageRequest]]) -> None:
         if self._redactions is None or not pending:

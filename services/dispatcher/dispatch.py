@@ -159,6 +159,7 @@ class BatchOutcome:
     relay_down: str | None = None
     database_down: str | None = None
     error: Exception | None = None  # a later part's claim failed: raise it after the rest
+    stopping: bool = False  # the service is stopping: mail was left for the next instance
 
 
 @dataclass
@@ -173,13 +174,18 @@ class _Sending:
     database_down: str | None = None
     error: Exception | None = None
     claimed_all: bool = False  # no more jobs will be added
+    left_unclaimed: bool = False  # claiming stopped before the batch's last part
+    draining: bool = False  # the service is stopping: no mail starts any more
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # jobs added, or stopping
     mails: int = 0
 
     @property
     def stopped(self) -> bool:
         return (
-            self.relay_down is not None or self.database_down is not None or self.error is not None
+            self.relay_down is not None
+            or self.database_down is not None
+            or self.error is not None
+            or self.draining
         )
 
     def add(self, jobs: list[Job]) -> None:
@@ -216,10 +222,39 @@ class Dispatcher:
         self._coupons = coupons
         self._sender = Mailbox.parse(policy.mail_from)
         self._senders: dict[str, tuple[str, Mailbox, str]] = {}  # shop -> from, mailbox, header
+        self._draining = False
+        self._sending: _Sending | None = None  # the batch in hand
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def drain(self) -> None:
+        """The service is stopping: no mail starts from now on. The transactions already at
+        the relay end normally (a mail cut off during DATA could only be reported uncertain);
+        the batch in hand records and publishes what was sent and leaves the rest claimed,
+        for the next instance, with `stopping` set so that the batch is not committed."""
+        self._draining = True
+        if self._sending is not None:
+            self._sending.draining = True
+            self._sending.wake()
+
+    async def idle(self) -> None:
+        """Returns when no batch is in hand."""
+        await self._idle.wait()
 
     async def handle(self, requests: list[MessageRequest]) -> BatchOutcome:
         """Every request ends in a published result, except those the relay or the database
-        kept from being decided: then `relay_down` / `database_down` say to retry the batch."""
+        kept from being decided: then `relay_down` / `database_down` say to retry the batch
+        (and `stopping`: to leave it to the next instance)."""
+        if self._draining:
+            return BatchOutcome(stopping=True)
+        self._idle.clear()
+        try:
+            return await self._handle(requests)
+        finally:
+            self._sending = None
+            self._idle.set()
+
+    async def _handle(self, requests: list[MessageRequest]) -> BatchOutcome:
         outcome = BatchOutcome()
         now = self._clock.now()
         started = time.perf_counter()
@@ -237,7 +272,8 @@ class Dispatcher:
         outcome.published += await self._mark_uncertain(uncertain, now)
         claim_id = uuid.uuid4().hex
         gate = DataGate(lambda keys: self._repo.mark_data(keys, claim_id, self._clock.now()))
-        state = _Sending(deque(), gate)
+        state = _Sending(deque(), gate, draining=self._draining)
+        self._sending = state
         known_at = time.perf_counter()
         claiming = asyncio.create_task(self._claim_parts(fresh, claim_id, now, outcome, state))
         try:
@@ -274,6 +310,7 @@ class Dispatcher:
         try:
             for start in range(0, len(fresh), CLAIM_PART):
                 if state.stopped:
+                    state.left_unclaimed = True
                     break
                 part = fresh[start : start + CLAIM_PART]
                 state.add(await self._claim(part, claim_id, now, outcome))
@@ -456,8 +493,9 @@ class Dispatcher:
 
     async def _settle(self, state: _Sending, claim_id: str, outcome: BatchOutcome) -> None:
         """Record every outcome (mail left unsent is released 'claimed'), then the bounces."""
-        for job in state.queue:  # not sent: the relay or the database stopped the batch
+        for job in state.queue:  # not sent: the relay, the database or a stop ended the batch
             state.done.append(self._finished(job, "claimed", None))
+        outcome.stopping = state.draining and bool(state.queue or state.left_unclaimed)
         state.queue.clear()
         outcome.published += await self._record(state.done, claim_id)
         await self._hard_bounces(state.bounced)
@@ -496,7 +534,8 @@ class Dispatcher:
                 state.done.append(self._finished(job, "sent", None))
                 continue
             self._after_failure(job, failure, state)
-            await connection.pause()
+            if not state.draining:  # a stop does not wait out a backoff
+                await connection.pause()
 
     def _after_failure(self, job: Job, failure: SmtpFailure, state: _Sending) -> None:
         if is_hard_bounce(failure):

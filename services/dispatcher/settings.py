@@ -51,6 +51,14 @@ class DispatcherSettings(ServiceSettings):
         description="Persistent SMTP connections to the relay; each carries one mail at a time, "
         "so this many mails are in flight at once.",
     )
+    stop_grace_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="On SIGTERM, how long the mail already handed to the relay may take to "
+        "finish before the process stops anyway (a mail cut off during DATA can only be "
+        "reported uncertain). No new mail starts once the stop began. Keep it below the "
+        "orchestrator's grace period (30 s in deploy/k8s).",
+    )
     batch_size: int = Field(
         default=500, ge=1, description="Message requests fetched and handled as one batch."
     )

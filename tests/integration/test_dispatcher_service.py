@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
@@ -169,14 +170,14 @@ class Harness:
         """Stop the service abruptly (its tasks are cancelled wherever they are, nothing is
         committed to the broker) and start a new one, as after a kill -9."""
         assert self.service is not None
-        await self.service.stop()
+        await self.service.stop(grace_s=0)
         self.service = DispatcherService(self.settings(**overrides), self.clock)
         await self.service.start()
         return self.service
 
     async def stop(self) -> None:
         if self.service is not None:
-            await self.service.stop()
+            await self.service.stop(grace_s=0)  # a test may leave its relay hanging
         await self.results.stop()
         await self.dead_letters.stop()
         await self.producer.stop()
@@ -435,6 +436,77 @@ async def test_a_dispatcher_killed_during_data_reports_uncertain_and_never_resen
     assert row is not None and row["status"] == "uncertain"
 
 
+async def test_a_stopped_dispatcher_finishes_the_mail_at_the_relay_and_leaves_the_rest(
+    harness: Harness,
+) -> None:
+    """SIGTERM (a deploy, a scale-down): no mail starts any more, the one whose DATA the
+    relay holds is answered, recorded sent and published; the rest is sent by the next
+    instance, each mail once."""
+    held = HeldStore()
+    port = devstack.free_port()
+    controller = start_catcher(held, port)
+    keys = [f"rk-stop-{i}" for i in range(4)]
+    try:
+        await harness.start(smtp_port=port, smtp_connections=1)
+        await harness.send_many([message_request(k) for k in keys])
+        await eventually(lambda: held.held, 30, "a mail's content at the relay")
+        [held_to] = held.held
+        first = held_to.removesuffix("@example.com")
+        assert harness.service is not None
+        stopping = asyncio.create_task(harness.service.stop())  # the default grace, 15 s
+        await asyncio.sleep(0)  # the stop began: no new mail starts from here
+        held.release()
+        async with asyncio.timeout(30):
+            await stopping
+
+        assert [m.recipients for m in held.messages] == [[held_to]]
+        row = await harness.row(first)
+        assert row is not None and row["status"] == "sent"
+        await eventually(results_for(harness, first), 30, "the held mail's result")
+        assert [e.type for e in harness.results.of(first)] == [MESSAGE_SENT]
+        for key in set(keys) - {first}:
+            assert harness.results.of(key) == []
+            row = await harness.row(key)
+            assert row is None or row["status"] == "claimed"
+
+        await harness.start_service(smtp_port=port, smtp_connections=1)  # the next instance
+        for key in keys:
+            await eventually(results_for(harness, key), 30, f"{key}'s result")
+        await settle()
+    finally:
+        controller.stop()
+    assert sorted(r for m in held.messages for r in m.recipients) == sorted(
+        f"{k}@example.com" for k in keys
+    )
+    for key in keys:  # the stopped batch was not committed: a result may be published again
+        events = harness.results.of(key)
+        assert {(e.type, e.id) for e in events} == {(MESSAGE_SENT, events[0].id)}
+
+
+async def test_a_stop_gives_a_relay_that_never_answers_only_its_grace(
+    harness: Harness,
+) -> None:
+    hanging = HangingStore()
+    port = devstack.free_port()
+    controller = start_catcher(hanging, port)
+    try:
+        await harness.start(smtp_port=port, smtp_timeout_s=60.0)
+        await harness.send(message_request("rk-grace"))
+        await eventually(lambda: hanging.received, 30, "the mail content at the relay")
+        assert harness.service is not None
+        async with asyncio.timeout(10):
+            await harness.service.stop(grace_s=0.2)
+
+        await harness.start_service()  # the real relay now, which would accept it again
+        await eventually(results_for(harness, "rk-grace"), 30, "a result")
+        await settle()
+    finally:
+        controller.stop()
+    [event] = harness.results.of("rk-grace")
+    assert event.type == MESSAGE_UNCERTAIN  # cut off during DATA, as by a kill
+    assert harness.mails_to("rk-grace@example.com") == []
+
+
 async def test_a_row_left_by_an_older_version_mid_send_is_uncertain_not_failed(
     harness: Harness,
 ) -> None:
@@ -480,6 +552,23 @@ class SilentServer:
 
     def close(self) -> None:
         self._server.close()
+
+
+class HeldStore(MailStore):
+    """Receives the whole message after DATA and answers only once released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []  # recipients of the mail waiting for its answer
+        self._released = threading.Event()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.held = list(envelope.rcpt_tos)
+        await asyncio.to_thread(self._released.wait)  # the test releases it from its loop
+        return await super().handle_DATA(server, session, envelope)
+
+    def release(self) -> None:
+        self._released.set()
 
 
 class HangingStore(MailStore):
