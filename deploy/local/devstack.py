@@ -335,7 +335,8 @@ def crash_postgres(pg: Postgres) -> None:
     )
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s` (beyond the dispatcher's 15 s STOP_GRACE_S)."""
     if proc.poll() is not None:
         return
     proc.terminate()

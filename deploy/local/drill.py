@@ -6,6 +6,9 @@ one-reminder journey, posts N signed Shopify checkouts for N distinct customers 
 every non-2xx as Shopify does), and while they flow kills -9 a random service process every
 few seconds and restarts it, and once stops PostgreSQL as a power cut would. When the system
 is quiet it prints what the customers received and exits non-zero on any loss or duplicate.
+
+With `--sigterm` the processes are stopped as a rolling deploy stops them instead: SIGTERM,
+then SIGKILL only if the process has not exited after TERM_GRACE_S (Kubernetes' default).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ SECRET = b"dev-shopify-secret"
 CUSTOMER_ID_BASE = 7_100_000_000
 PG_OUTAGE_S = 10.0
 RESTART_AFTER_S = 0.5
+TERM_GRACE_S = 30.0  # Kubernetes' terminationGracePeriodSeconds, as in deploy/k8s
 SETTLE_S = 5.0  # everything accounted for: wait this long more for late duplicates
 LATENESS_TARGET_P99_S = 30.0
 # The local broker has no minimum session (Apache Kafka's is 6 s): a kill -9'd instance's
@@ -79,6 +83,8 @@ class Member:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     kills: int = 0
+    terms: int = 0  # stopped by SIGTERM
+    forced: int = 0  # of those, still running after TERM_GRACE_S and killed
     up: bool = False  # answered /readyz since it was last started
 
     @property
@@ -101,6 +107,19 @@ class Member:
             self.proc.kill()
             self.proc.wait()
             self.kills += 1
+        self.up = False
+
+    def terminate(self) -> None:
+        """SIGTERM, as a rolling deploy sends it; SIGKILL after TERM_GRACE_S."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(TERM_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self.forced += 1
+            self.terms += 1
         self.up = False
 
     def stop(self) -> None:
@@ -346,6 +365,7 @@ class Chaos:
     kill_every_s: float
     pg_outage_after_s: float
     kill_any: bool = False
+    sigterm: bool = False  # stop as a deploy does (SIGTERM) instead of kill -9
     incidents: list[drill_lateness.Incident] = field(default_factory=list)
     restarts_s: list[float] = field(default_factory=list)  # kill -9 to /readyz again
     pg_outage_s: float | None = None  # stop to accepting connections again
@@ -377,10 +397,14 @@ class Chaos:
             log("no kill: every service is down to its last instance")
             return
         member = self.rng.choice(victims)
-        log(f"kill -9 {member.name}")
+        how = "SIGTERM" if self.sigterm else "kill -9"
+        log(f"{how} {member.name}")
         killed_at = time.monotonic()
-        member.kill()
-        self._incident(member.service, f"kill -9 {member.name}")
+        if self.sigterm:
+            await asyncio.to_thread(member.terminate)
+        else:
+            member.kill()
+        self._incident(member.service, f"{how} {member.name}")
         await asyncio.sleep(RESTART_AFTER_S)
         member.start()
         self._waits.append(asyncio.create_task(self._time_restart(member, killed_at)))
@@ -639,6 +663,8 @@ def report(
     lateness = outcome.lateness_s()
     lost = outcome.lost
     kills = ", ".join(f"{m.name} {m.kills}" for m in stack.members if m.kills) or "none"
+    terms = ", ".join(f"{m.name} {m.terms}" for m in stack.members if m.terms) or "none"
+    forced = sum(m.forced for m in stack.members)
     print(f"\nDrill over after {elapsed_s:.0f} s (logs, mail, timeline.csv in {DRILL})")
     print(f"  checkouts posted        {len(checkouts)}")
     print(f"  webhooks acknowledged   {acknowledged}  ({retried} needed a retry)")
@@ -651,6 +677,8 @@ def report(
     print(f"  reported failed         {len(failed)}  ({delivered} of them were delivered)")
     print(f"  dead letters            {dlq or 'none'}")
     print(f"  kill -9                 {kills}")
+    if chaos.sigterm:
+        print(f"  SIGTERM                 {terms}  ({forced} still up after {TERM_GRACE_S:.0f} s)")
     print(
         f"  reminder lateness       p50 {percentile(lateness, 0.50):.1f} s, "
         f"p99 {percentile(lateness, 0.99):.1f} s, max {max(lateness, default=float('nan')):.1f} s"
@@ -663,7 +691,8 @@ def report(
         )
     if chaos.restarts_s:
         print(
-            f"  kill -9 to ready again  p50 {percentile(sorted(chaos.restarts_s), 0.5):.1f} s, "
+            f"  {'SIGTERM' if chaos.sigterm else 'kill -9'} to ready again  "
+            f"p50 {percentile(sorted(chaos.restarts_s), 0.5):.1f} s, "
             f"max {max(chaos.restarts_s):.1f} s"
         )
     for line in drill_lateness.report(traces(stack.pg, outcome), chaos.incidents):
@@ -696,9 +725,17 @@ async def drill(args: argparse.Namespace) -> bool:
         log(
             f"stack up: 2 x {', '.join(SERVICES)}; broker {stack.bootstrap}; seed {args.seed}; "
             f"session timeout {args.session_timeout_ms or 'default'} ms; kills: {victims}"
+            f"{' (SIGTERM, as a deploy)' if args.sigterm else ''}"
         )
         stop_chaos = asyncio.Event()
-        chaos = Chaos(stack, rng, args.kill_every, args.send_s * 0.4, kill_any=args.kill_any)
+        chaos = Chaos(
+            stack,
+            rng,
+            args.kill_every,
+            args.send_s * 0.4,
+            kill_any=args.kill_any,
+            sigterm=args.sigterm,
+        )
         chaos_task = None if args.no_chaos else asyncio.create_task(chaos.run(stop_chaos))
         checkouts = await send_checkouts(stack.ingest_urls(), args.checkouts, args.send_s)
         await asyncio.sleep(REMINDER_DELAY_S + 5.0)  # the last reminders fall due under chaos
@@ -726,6 +763,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
     parser.add_argument("--seed", type=int, default=None, help="which processes get killed")
     parser.add_argument("--no-chaos", action="store_true", help="no kills, no outage")
+    parser.add_argument(
+        "--sigterm",
+        action="store_true",
+        help="stop processes as a rolling deploy does (SIGTERM, then SIGKILL after 30 s)",
+    )
     parser.add_argument(
         "--kill-any",
         action="store_true",
