@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Protocol
 
 import uvicorn
@@ -50,8 +52,20 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's own signal handling raises the stop signal again once `serve()` returns, with
+    the handler it found: for SIGTERM, the default one, which ends the process at once. The
+    service's stop never ran (no mail finished, no consumer left its group). Here the signals
+    only ask the server to exit; the process ends when `serve` below has stopped the service."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(service: Service, host: str, port: int, reuse_port: bool = False) -> None:
-    """Run the service and its HTTP server until SIGINT/SIGTERM, then stop cleanly.
+    """Run the service and its HTTP server until SIGINT/SIGTERM, then stop cleanly: the HTTP
+    server ends its requests, then the service stops, and then this returns.
 
     `reuse_port`: several processes listen on the same port (SO_REUSEPORT) and the kernel
     spreads the connections over them.
@@ -65,7 +79,10 @@ async def serve(service: Service, host: str, port: int, reuse_port: bool = False
         http="httptools",
         lifespan="off",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second SIGINT: stop serving at once
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
     sockets = [_shared_socket(host, port)] if reuse_port else None
     await service.start()
     try:

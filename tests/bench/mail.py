@@ -43,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.app import MIGRATIONS_DIR
 from services.dispatcher.domain.content import message_id, render_context
+from services.dispatcher.settings import DispatcherSettings
 from shared.db import upgrade
 from shared.events import (
     MESSAGE_REQUESTED,
@@ -70,6 +71,8 @@ CART = {
     "updated_at": "2024-10-01T00:00:00Z",
 }
 _SINK_COUNT = re.compile(rb"mesg=(\d+)")
+DEPLOY_MAILS = 2_000  # per side of the deploy comparison
+DEFAULT_STOP_GRACE_S: float = DispatcherSettings.model_fields["stop_grace_s"].default
 
 
 def log(message: str) -> None:
@@ -436,6 +439,72 @@ def bench_dispatcher(
     return figures
 
 
+def bench_deploy(
+    sink: Sink, database_url: str, bootstrap: str, count: int, bench_dir: Path, grace_s: float
+) -> dict[str, Any]:
+    """A rolling deploy in the middle of a send: SIGTERM the dispatcher once half of `count`
+    requests have a result, start the next one, and count what each request became."""
+    run = f"deploy{grace_s:g}".replace(".", "_")
+    env = dispatcher_env(database_url, bootstrap, sink.port, _free_port()) | {
+        "REBOUND_DISPATCHER_STOP_GRACE_S": str(grace_s)
+    }
+    before = sink.accepted()
+    stop_s = 0.0
+    log_path = bench_dir / f"dispatcher-{run}.log"
+    for half in (count // 2, count):
+        env["REBOUND_DISPATCHER_HTTP_PORT"] = str(port := _free_port())
+        with dispatcher(env, log_path) as proc:
+            wait_ready(port, proc)
+            if half < count:
+                asyncio.run(produce_until(bootstrap, requests(count, run), run, half))
+                stopping = time.perf_counter()
+                proc.terminate()  # what the orchestrator sends; `dispatcher` then waits
+            else:
+                asyncio.run(wait_results(bootstrap, run, count, 300))
+        if half < count:
+            stop_s = time.perf_counter() - stopping
+    types = asyncio.run(run_result_types(bootstrap, run))
+    return {
+        "stop_grace_s": grace_s,
+        "mails": count,
+        "sigterm_to_exit_s": round(stop_s, 2),
+        "accepted_by_sink": sink.accepted() - before,
+        "results_by_type": dict(types),
+    }
+
+
+async def produce_until(
+    bootstrap: str, batch: list[MessageRequest], run: str, expected: int
+) -> None:
+    waiting = asyncio.create_task(wait_results(bootstrap, run, expected, 300))
+    await produce(bootstrap, batch)
+    await waiting
+
+
+async def run_result_types(bootstrap: str, run: str) -> Counter[str]:
+    """The distinct results of the run's requests, per type (a request answered twice with
+    the same result counts once)."""
+    topic = PREFIX + ENGAGEMENT_RESULTS
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        seen: set[tuple[str, str]] = set()
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                for record in records:
+                    event = orjson.loads(record.value)
+                    key = event["data"]["request_key"]
+                    if key.startswith(f"{run}-"):
+                        seen.add((key, event["type"].removeprefix("message.").split(".")[0]))
+    finally:
+        await consumer.stop()
+    return Counter(kind for _, kind in seen)
+
+
 def _free_port() -> int:
     import socket
 
@@ -457,6 +526,11 @@ def bench_mail(database_url: str, bootstrap: str, count: int, bench_dir: Path) -
         log(f"mail: peer (smtplib, a new connection per mail), {count} mails to {sink.kind}")
         peer = bench_peer(sink, count)
         rebound = bench_dispatcher(sink, database_url, bootstrap, count, bench_dir)
+        log(f"mail: a SIGTERM halfway through {DEPLOY_MAILS} mails, cut off and with a grace")
+        deploys = [
+            bench_deploy(sink, database_url, bootstrap, DEPLOY_MAILS, bench_dir, grace_s)
+            for grace_s in (0.0, DEFAULT_STOP_GRACE_S)
+        ]
     finally:
         sink.stop()
     return {
@@ -464,6 +538,7 @@ def bench_mail(database_url: str, bootstrap: str, count: int, bench_dir: Path) -
         "peer_smtplib_connection_per_mail": peer,
         "dispatcher": rebound,
         "ratio_mails_per_s": round(rebound["mails_per_s"] / peer["mails_per_s"], 2),
+        "deploy": deploys,
     }
 
 
@@ -483,6 +558,13 @@ def table_lines(m: dict[str, Any]) -> list[str]:
         )
     lines.append(f"ratio (dispatcher / peer, mails/s): {m['ratio_mails_per_s']:.1f}x")
     lines.append(f"dispatcher results: {rebound['result_types']}")
+    lines.append("a SIGTERM halfway through the send, then the next dispatcher:")
+    lines.append(f"{'STOP_GRACE_S':>14} {'mails':>6} {'exit s':>7} {'accepted':>9}  results")
+    for d in m.get("deploy", []):
+        lines.append(
+            f"{d['stop_grace_s']:>14g} {d['mails']:>6} {d['sigterm_to_exit_s']:>7.2f} "
+            f"{d['accepted_by_sink']:>9}  {d['results_by_type']}"
+        )
     lines.append("")
     return lines
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import devstack
@@ -481,6 +486,55 @@ async def test_a_stopped_dispatcher_finishes_the_mail_at_the_relay_and_leaves_th
     for key in keys:  # the stopped batch was not committed: a result may be published again
         events = harness.results.of(key)
         assert {(e.type, e.id) for e in events} == {(MESSAGE_SENT, events[0].id)}
+
+
+async def test_sigterm_to_a_dispatcher_process_lets_the_mail_at_the_relay_finish(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The process as an orchestrator stops it: SIGTERM while the relay holds a mail's DATA.
+    The process exits 0 once the relay answered, with the mail recorded and published sent."""
+    held = HeldStore()
+    smtp_port, http_port = devstack.free_port(), devstack.free_port()
+    controller = start_catcher(held, smtp_port)
+    settings = harness.settings(smtp_port=smtp_port, http_port=http_port)
+    passed = ["database_url", "kafka_bootstrap_servers", "topic_prefix", "mail_from"]
+    passed += ["smtp_port", "smtp_local_hostname", "http_port"]
+    env = {**os.environ, "PYTHONPATH": str(devstack.ROOT)} | {
+        f"REBOUND_DISPATCHER_{name.upper()}": str(getattr(settings, name)) for name in passed
+    }
+    log_path = tmp_path / "dispatcher.log"
+    with log_path.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.dispatcher", "run", env=env, stdout=out, stderr=out
+        )
+    try:
+        await harness.start_clients()
+        await harness.send(message_request("rk-sigterm"))
+        await eventually(lambda: held.held, 60, "the mail's content at the relay")
+        proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: not _answers(http_port), 30, "the HTTP server's end")
+        held.release()  # the service is stopping now: the relay answers
+        async with asyncio.timeout(30):
+            code = await proc.wait()
+        await eventually(results_for(harness, "rk-sigterm"), 30, "message.sent")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        controller.stop()
+    assert code == 0, log_path.read_text()
+    assert [m.recipients for m in held.messages] == [["rk-sigterm@example.com"]]
+    row = await harness.row("rk-sigterm")
+    assert row is not None and row["status"] == "sent"
+    assert [e.type for e in harness.results.of("rk-sigterm")] == [MESSAGE_SENT]
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 async def test_a_stop_gives_a_relay_that_never_answers_only_its_grace(
