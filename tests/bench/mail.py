@@ -71,7 +71,7 @@ CART = {
     "updated_at": "2024-10-01T00:00:00Z",
 }
 _SINK_COUNT = re.compile(rb"mesg=(\d+)")
-DEPLOY_MAILS = 2_000  # per side of the deploy comparison
+DEPLOY_MAILS = 5_000  # per side of the deploy comparison
 DEFAULT_STOP_GRACE_S: float = DispatcherSettings.model_fields["stop_grace_s"].default
 
 
@@ -442,8 +442,8 @@ def bench_dispatcher(
 def bench_deploy(
     sink: Sink, database_url: str, bootstrap: str, count: int, bench_dir: Path, grace_s: float
 ) -> dict[str, Any]:
-    """A rolling deploy in the middle of a send: SIGTERM the dispatcher once half of `count`
-    requests have a result, start the next one, and count what each request became."""
+    """A rolling deploy in the middle of a send: SIGTERM the dispatcher once a fifth of
+    `count` requests have a result, start the next one, and count what each became."""
     run = f"deploy{grace_s:g}".replace(".", "_")
     env = dispatcher_env(database_url, bootstrap, sink.port, _free_port()) | {
         "REBOUND_DISPATCHER_STOP_GRACE_S": str(grace_s)
@@ -451,17 +451,17 @@ def bench_deploy(
     before = sink.accepted()
     stop_s = 0.0
     log_path = bench_dir / f"dispatcher-{run}.log"
-    for half in (count // 2, count):
+    for stop_at in (count // 5, count):  # the stop comes while most of the mail is on its way
         env["REBOUND_DISPATCHER_HTTP_PORT"] = str(port := _free_port())
         with dispatcher(env, log_path) as proc:
             wait_ready(port, proc)
-            if half < count:
-                asyncio.run(produce_until(bootstrap, requests(count, run), run, half))
+            if stop_at < count:
+                asyncio.run(produce_until(bootstrap, requests(count, run), run, stop_at))
                 stopping = time.perf_counter()
                 proc.terminate()  # what the orchestrator sends; `dispatcher` then waits
             else:
                 asyncio.run(wait_results(bootstrap, run, count, 300))
-        if half < count:
+        if stop_at < count:
             stop_s = time.perf_counter() - stopping
     types = asyncio.run(run_result_types(bootstrap, run))
     return {
@@ -526,7 +526,7 @@ def bench_mail(database_url: str, bootstrap: str, count: int, bench_dir: Path) -
         log(f"mail: peer (smtplib, a new connection per mail), {count} mails to {sink.kind}")
         peer = bench_peer(sink, count)
         rebound = bench_dispatcher(sink, database_url, bootstrap, count, bench_dir)
-        log(f"mail: a SIGTERM halfway through {DEPLOY_MAILS} mails, cut off and with a grace")
+        log(f"mail: a SIGTERM early in {DEPLOY_MAILS} mails, cut off and with a grace")
         deploys = [
             bench_deploy(sink, database_url, bootstrap, DEPLOY_MAILS, bench_dir, grace_s)
             for grace_s in (0.0, DEFAULT_STOP_GRACE_S)
@@ -558,7 +558,7 @@ def table_lines(m: dict[str, Any]) -> list[str]:
         )
     lines.append(f"ratio (dispatcher / peer, mails/s): {m['ratio_mails_per_s']:.1f}x")
     lines.append(f"dispatcher results: {rebound['result_types']}")
-    lines.append("a SIGTERM halfway through the send, then the next dispatcher:")
+    lines.append("a SIGTERM once a fifth of the mail had a result, then the next dispatcher:")
     lines.append(f"{'STOP_GRACE_S':>14} {'mails':>6} {'exit s':>7} {'accepted':>9}  results")
     for d in m.get("deploy", []):
         lines.append(
