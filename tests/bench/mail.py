@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from rebound.dlq import read_to_end
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.app import MIGRATIONS_DIR
 from services.dispatcher.domain.content import message_id, render_context
@@ -365,24 +366,12 @@ def _request_event(request: MessageRequest) -> Any:
 
 async def result_types(bootstrap: str) -> tuple[int, Counter[str]]:
     """(results on engagement.results, count per type), read from the beginning to the end."""
-    topic = PREFIX + ENGAGEMENT_RESULTS
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        types: Counter[str] = Counter()
-        keys: set[str] = set()
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
-                for record in records:
-                    event = orjson.loads(record.value)
-                    types[event["type"]] += 1
-                    keys.add(event["data"]["request_key"])
-    finally:
-        await consumer.stop()
+    types: Counter[str] = Counter()
+    keys: set[str] = set()
+    for record in await read_to_end(bootstrap, PREFIX + ENGAGEMENT_RESULTS):
+        event = orjson.loads(record.value)
+        types[event["type"]] += 1
+        keys.add(event["data"]["request_key"])
     return len(keys), types
 
 
@@ -484,24 +473,12 @@ async def produce_until(
 async def run_result_types(bootstrap: str, run: str) -> Counter[str]:
     """The distinct results of the run's requests, per type (a request answered twice with
     the same result counts once)."""
-    topic = PREFIX + ENGAGEMENT_RESULTS
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        seen: set[tuple[str, str]] = set()
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
-                for record in records:
-                    event = orjson.loads(record.value)
-                    key = event["data"]["request_key"]
-                    if key.startswith(f"{run}-"):
-                        seen.add((key, event["type"].removeprefix("message.").split(".")[0]))
-    finally:
-        await consumer.stop()
+    seen: set[tuple[str, str]] = set()
+    for record in await read_to_end(bootstrap, PREFIX + ENGAGEMENT_RESULTS):
+        event = orjson.loads(record.value)
+        key = event["data"]["request_key"]
+        if key.startswith(f"{run}-"):
+            seen.add((key, event["type"].removeprefix("message.").split(".")[0]))
     return Counter(kind for _, kind in seen)
 
 

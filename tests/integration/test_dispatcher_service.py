@@ -8,7 +8,8 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,17 @@ async def harness(
         await harness.stop()
 
 
+@contextmanager
+def relay(store: MailStore) -> Iterator[int]:
+    """An SMTP server with the store's behaviour on a free port, for the block; its port."""
+    port = devstack.free_port()
+    controller = start_catcher(store, port)
+    try:
+        yield port
+    finally:
+        controller.stop()
+
+
 def results_for(harness: Harness, key: str) -> Callable[[], bool]:
     return lambda: len(harness.results.of(key)) >= 1
 
@@ -418,9 +430,7 @@ async def test_a_dispatcher_killed_during_data_reports_uncertain_and_never_resen
     harness: Harness,
 ) -> None:
     hanging = HangingStore()
-    port = devstack.free_port()
-    controller = start_catcher(hanging, port)  # takes the content, never answers it
-    try:
+    with relay(hanging) as port:  # takes the content, never answers it
         await harness.start(smtp_port=port, smtp_timeout_s=60.0)
         await harness.send(message_request("rk-data"))
         await eventually(lambda: hanging.received, 30, "the mail content at the relay")
@@ -430,8 +440,6 @@ async def test_a_dispatcher_killed_during_data_reports_uncertain_and_never_resen
         await harness.restart()  # the real relay now, which would accept it again
         await eventually(results_for(harness, "rk-data"), 30, "a result")
         await settle()
-    finally:
-        controller.stop()
     [event] = harness.results.of("rk-data")
     assert event.type == MESSAGE_UNCERTAIN
     assert event.data["status"] == "uncertain"
@@ -448,10 +456,8 @@ async def test_a_stopped_dispatcher_finishes_the_mail_at_the_relay_and_leaves_th
     relay holds is answered, recorded sent and published; the rest is sent by the next
     instance, each mail once."""
     held = HeldStore()
-    port = devstack.free_port()
-    controller = start_catcher(held, port)
     keys = [f"rk-stop-{i}" for i in range(4)]
-    try:
+    with relay(held) as port:
         await harness.start(smtp_port=port, smtp_connections=1)
         await harness.send_many([message_request(k) for k in keys])
         await eventually(lambda: held.held, 30, "a mail's content at the relay")
@@ -478,8 +484,6 @@ async def test_a_stopped_dispatcher_finishes_the_mail_at_the_relay_and_leaves_th
         for key in keys:
             await eventually(results_for(harness, key), 30, f"{key}'s result")
         await settle()
-    finally:
-        controller.stop()
     assert sorted(r for m in held.messages for r in m.recipients) == sorted(
         f"{k}@example.com" for k in keys
     )
@@ -494,8 +498,21 @@ async def test_sigterm_to_a_dispatcher_process_lets_the_mail_at_the_relay_finish
     """The process as an orchestrator stops it: SIGTERM while the relay holds a mail's DATA.
     The process exits 0 once the relay answered, with the mail recorded and published sent."""
     held = HeldStore()
-    smtp_port, http_port = devstack.free_port(), devstack.free_port()
-    controller = start_catcher(held, smtp_port)
+    with relay(held) as smtp_port:
+        code = await _sigterm_while_the_relay_holds_a_mail(harness, held, smtp_port, tmp_path)
+    assert [m.recipients for m in held.messages] == [["rk-sigterm@example.com"]]
+    row = await harness.row("rk-sigterm")
+    assert row is not None and row["status"] == "sent"
+    assert [e.type for e in harness.results.of("rk-sigterm")] == [MESSAGE_SENT]
+    assert code == 0
+
+
+async def _sigterm_while_the_relay_holds_a_mail(
+    harness: Harness, held: HeldStore, smtp_port: int, tmp_path: Path
+) -> int:
+    """Runs `python -m services.dispatcher run`; SIGTERM once the relay holds the mail's
+    DATA, the relay's answer once the HTTP server has stopped. The process's exit code."""
+    http_port = devstack.free_port()
     settings = harness.settings(smtp_port=smtp_port, http_port=http_port)
     passed = ["database_url", "kafka_bootstrap_servers", "topic_prefix", "mail_from"]
     passed += ["smtp_port", "smtp_local_hostname", "http_port"]
@@ -521,12 +538,9 @@ async def test_sigterm_to_a_dispatcher_process_lets_the_mail_at_the_relay_finish
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-        controller.stop()
-    assert code == 0, log_path.read_text()
-    assert [m.recipients for m in held.messages] == [["rk-sigterm@example.com"]]
-    row = await harness.row("rk-sigterm")
-    assert row is not None and row["status"] == "sent"
-    assert [e.type for e in harness.results.of("rk-sigterm")] == [MESSAGE_SENT]
+    if code != 0:
+        print(log_path.read_text())
+    return code
 
 
 def _answers(port: int) -> bool:
@@ -541,9 +555,7 @@ async def test_a_stop_gives_a_relay_that_never_answers_only_its_grace(
     harness: Harness,
 ) -> None:
     hanging = HangingStore()
-    port = devstack.free_port()
-    controller = start_catcher(hanging, port)
-    try:
+    with relay(hanging) as port:
         await harness.start(smtp_port=port, smtp_timeout_s=60.0)
         await harness.send(message_request("rk-grace"))
         await eventually(lambda: hanging.received, 30, "the mail content at the relay")
@@ -554,8 +566,6 @@ async def test_a_stop_gives_a_relay_that_never_answers_only_its_grace(
         await harness.start_service()  # the real relay now, which would accept it again
         await eventually(results_for(harness, "rk-grace"), 30, "a result")
         await settle()
-    finally:
-        controller.stop()
     [event] = harness.results.of("rk-grace")
     assert event.type == MESSAGE_UNCERTAIN  # cut off during DATA, as by a kill
     assert harness.mails_to("rk-grace@example.com") == []
@@ -618,7 +628,7 @@ class HeldStore(MailStore):
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.held = list(envelope.rcpt_tos)
-        await asyncio.to_thread(self._released.wait)  # the test releases it from its loop
+        await asyncio.to_thread(self._released.wait, 60)  # the test releases it from its loop
         return await super().handle_DATA(server, session, envelope)
 
     def release(self) -> None:
@@ -761,15 +771,11 @@ class ThrottlingStore(MailStore):
 
 async def test_a_throttling_relay_is_retried_and_the_mail_goes_once(harness: Harness) -> None:
     store = ThrottlingStore()
-    port = devstack.free_port()
-    controller = start_catcher(store, port)
-    try:
+    with relay(store) as port:
         await harness.start(smtp_port=port, max_send_attempts=5)
         await harness.send(message_request("rk-throttled"))
         await eventually(results_for(harness, "rk-throttled"), 30, "message.sent")
         await settle()
-    finally:
-        controller.stop()
     assert [m.recipients for m in store.messages] == [["rk-throttled@example.com"]]
     assert harness.results.of("rk-throttled")[0].type == MESSAGE_SENT
     row = await harness.row("rk-throttled")
