@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from rebound.dlq import read_to_end
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.app import MIGRATIONS_DIR
 from services.dispatcher.domain.content import message_id, render_context
@@ -364,15 +363,30 @@ def _request_event(request: MessageRequest) -> Any:
     )
 
 
+async def results(bootstrap: str) -> list[dict[str, Any]]:
+    """Every event on engagement.results, read from the beginning to the end. (Records past
+    the end offsets are kept: the local broker's end offsets run behind what a consumer reads.)"""
+    topic = PREFIX + ENGAGEMENT_RESULTS
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        events: list[dict[str, Any]] = []
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                events += [orjson.loads(record.value) for record in records]
+    finally:
+        await consumer.stop()
+    return events
+
+
 async def result_types(bootstrap: str) -> tuple[int, Counter[str]]:
-    """(results on engagement.results, count per type), read from the beginning to the end."""
-    types: Counter[str] = Counter()
-    keys: set[str] = set()
-    for record in await read_to_end(bootstrap, PREFIX + ENGAGEMENT_RESULTS):
-        event = orjson.loads(record.value)
-        types[event["type"]] += 1
-        keys.add(event["data"]["request_key"])
-    return len(keys), types
+    """(requests with a result on engagement.results, count per type)."""
+    events = await results(bootstrap)
+    return len({e["data"]["request_key"] for e in events}), Counter(e["type"] for e in events)
 
 
 async def wait_results(bootstrap: str, run: str, expected: int, timeout_s: float) -> float:
@@ -473,12 +487,11 @@ async def produce_until(
 async def run_result_types(bootstrap: str, run: str) -> Counter[str]:
     """The distinct results of the run's requests, per type (a request answered twice with
     the same result counts once)."""
-    seen: set[tuple[str, str]] = set()
-    for record in await read_to_end(bootstrap, PREFIX + ENGAGEMENT_RESULTS):
-        event = orjson.loads(record.value)
-        key = event["data"]["request_key"]
-        if key.startswith(f"{run}-"):
-            seen.add((key, event["type"].removeprefix("message.").split(".")[0]))
+    seen = {
+        (e["data"]["request_key"], e["type"].removeprefix("message.").split(".")[0])
+        for e in await results(bootstrap)
+        if e["data"]["request_key"].startswith(f"{run}-")
+    }
     return Counter(kind for _, kind in seen)
 
 
