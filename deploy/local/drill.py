@@ -37,8 +37,8 @@ from typing import Any
 import devstack
 import drill_lateness
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from rebound.dlq import read_to_end
 from shared.events import stable_event_id
 from shared.kafka import ensure_topics
 from shared.topics import ALL_TOPICS, ENGAGEMENT_RESULTS, Topics, dlq
@@ -458,20 +458,7 @@ def caught_mail(directory: Path) -> list[tuple[str, datetime]]:
 
 async def read_topic(bootstrap: str, topic: str) -> list[bytes]:
     """Every record on the topic, from the beginning to the end it has now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        values: list[bytes] = []
-        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
-            batch = await consumer.getmany(timeout_ms=1000)
-            values.extend(r.value for records in batch.values() for r in records)
-        return values
-    finally:
-        await consumer.stop()
+    return [record.value for record in await read_to_end(bootstrap, topic)]
 
 
 async def results_by_status(bootstrap: str) -> dict[str, set[str]]:

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from rebound.dlq import read_to_end
 from services.dispatcher.adapters.templates import TemplateRenderer
 from services.dispatcher.app import MIGRATIONS_DIR
 from services.dispatcher.domain.content import message_id, render_context
@@ -364,23 +365,10 @@ def _request_event(request: MessageRequest) -> Any:
 
 
 async def results(bootstrap: str) -> list[dict[str, Any]]:
-    """Every event on engagement.results, read from the beginning to the end. (Records past
-    the end offsets are kept: the local broker's end offsets run behind what a consumer reads.)"""
-    topic = PREFIX + ENGAGEMENT_RESULTS
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        events: list[dict[str, Any]] = []
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
-                events += [orjson.loads(record.value) for record in records]
-    finally:
-        await consumer.stop()
-    return events
+    """Every event on engagement.results, read from the beginning to the end."""
+    return [
+        orjson.loads(r.value) for r in await read_to_end(bootstrap, PREFIX + ENGAGEMENT_RESULTS)
+    ]
 
 
 async def result_types(bootstrap: str) -> tuple[int, Counter[str]]:

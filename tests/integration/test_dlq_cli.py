@@ -100,3 +100,16 @@ async def test_the_command_line(
     assert "0 replayed, 2 already replayed" in again
     after = await asyncio.to_thread(run, "dlq", "list", "shop.events.dlq")
     assert after.count(" yes ") == 2
+
+
+async def test_records_sent_in_one_batch_are_all_read(
+    infra: Infra, topics: Topics, producer: AIOKafkaProducer
+) -> None:
+    """Dead letters written together share a record batch. The local broker reports the end
+    offset of a partition as one past the first offset of its last batch, so a read that
+    stopped there missed the rest of that batch."""
+    topic = dlq(topics.name(SHOP_EVENTS))
+    sent = [await producer.send(topic, f"letter {n}".encode(), key=b"s:c:1") for n in range(50)]
+    await asyncio.gather(*sent)
+    read = await read_to_end(infra.bootstrap, topic)
+    assert [r.value for r in read] == [f"letter {n}".encode() for n in range(50)]
