@@ -86,5 +86,14 @@ async def wait_any(*waits: asyncio.Future[Any]) -> None:
         await cancel_and_wait(waits)
 
 
+async def quietly(step: Awaitable[None], what: str) -> None:
+    """One step of a service's stop: an error (a client that never connected, a broker that
+    is away) is logged and the stop goes on, so the steps after it still run."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning("stop_step_failed", step=what, error=repr(exc))
+
+
 def _name(task: asyncio.Future[Any]) -> str:
     return task.get_name() if isinstance(task, asyncio.Task) else repr(task)

@@ -53,7 +53,7 @@ from shared.kafka import (
 from shared.logging import get_logger
 from shared.privacy import PrivacyRequestHandler
 from shared.pruning import Pruner
-from shared.runtime import Loops
+from shared.runtime import Loops, quietly
 from shared.topics import (
     CUSTOMER_ACTIVITY,
     EMAIL_EVENTS,
@@ -311,14 +311,14 @@ class DispatcherService:
         self._pool.close()
         await self._http.aclose()
         if self._consumer is not None:
-            await stop_consumer(self._consumer)
+            await quietly(stop_consumer(self._consumer), "consumer")
         if self._suppression_consumer is not None:
-            await stop_consumer(self._suppression_consumer)
-        await self._barrier.close()
+            await quietly(stop_consumer(self._suppression_consumer), "suppressions consumer")
+        await quietly(self._barrier.close(), "suppression barrier")
         if self._privacy_consumer is not None:
-            await stop_consumer(self._privacy_consumer)
+            await quietly(stop_consumer(self._privacy_consumer), "privacy consumer")
         if self._producer is not None:
-            await self._producer.stop()
+            await quietly(self._producer.stop(), "producer")
         await self.engine.dispose()
 
     async def _database_ready(self) -> bool:

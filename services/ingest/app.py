@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -43,7 +41,7 @@ from shared.kafka import BatchHandler, ConsumerLoop, make_consumer, make_produce
 from shared.pipeline import PipelinedConsumerLoop, whole_batches
 from shared.privacy import PrivacyRequestHandler
 from shared.pruning import Pruner
-from shared.runtime import Loops
+from shared.runtime import Loops, quietly
 from shared.topics import (
     CUSTOMER_ACTIVITY,
     EMAIL_EVENTS,
@@ -296,14 +294,14 @@ class IngestService:
         ).run()
 
     async def stop(self) -> None:
-        await _quietly(self._email_sink.drain())
+        await quietly(self._email_sink.drain(), "email events")
         await self._loops.stop()
         if self._consumer is not None:
-            await _quietly(stop_consumer(self._consumer))
+            await quietly(stop_consumer(self._consumer), "consumer")
         for side in self._side_consumers:
-            await _quietly(stop_consumer(side))
+            await quietly(stop_consumer(side), "side consumer")
         if self._producer is not None:
-            await _quietly(self._producer.stop())
+            await quietly(self._producer.stop(), "producer")
         if self._engine is not None:
             await self._engine.dispose()
 
@@ -318,9 +316,3 @@ class IngestService:
     def _require(value: T | None) -> T:
         assert value is not None, "start() first"
         return value
-
-
-async def _quietly(stopping: Awaitable[None]) -> None:
-    # Stopping a client that never connected may raise; shutting down goes on regardless.
-    with contextlib.suppress(Exception):
-        await stopping

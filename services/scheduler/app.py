@@ -51,7 +51,7 @@ from shared.kafka import (
 )
 from shared.privacy import PrivacyRequestHandler
 from shared.pruning import Pruner
-from shared.runtime import Loops
+from shared.runtime import Loops, quietly
 from shared.topics import (
     CUSTOMER_ACTIVITY,
     ENGAGEMENT_RESULTS,
@@ -270,9 +270,9 @@ class SchedulerService:
     async def stop(self) -> None:
         await self._loops.stop()
         self.predictions.close()
-        await stop_consumer(self.consumer)
-        await stop_consumer(self.results_consumer)
-        await stop_consumer(self.privacy_consumer)
-        await self.producer.stop()
+        await quietly(stop_consumer(self.consumer), "consumer")
+        await quietly(stop_consumer(self.results_consumer), "results consumer")
+        await quietly(stop_consumer(self.privacy_consumer), "privacy consumer")
+        await quietly(self.producer.stop(), "producer")
         await self.engine.dispose()
         await self.reports_engine.dispose()

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shared.runtime import cancel_and_wait, wait_any
+from shared.runtime import cancel_and_wait, quietly, wait_any
 
 AGAIN_S = 0.01
 BOUND_S = 5.0  # far beyond what any of these needs; reached only if a stop hangs
@@ -90,3 +90,21 @@ async def test_wait_any_cancelled_by_its_caller_ends_every_wait() -> None:
     async with asyncio.timeout(BOUND_S):
         await asyncio.gather(waiting, return_exceptions=True)
     assert all(w.cancelled() for w in waits)
+
+
+async def test_a_failed_stop_step_is_logged_and_the_next_one_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    done: list[str] = []
+
+    async def leave_group() -> None:
+        raise ConnectionRefusedError("the broker is away")
+
+    async def dispose() -> None:
+        done.append("database released")
+
+    await quietly(leave_group(), "consumer")
+    await quietly(dispose(), "engine")
+    assert done == ["database released"]
+    out = capsys.readouterr().out
+    assert "stop_step_failed" in out and "consumer" in out and "the broker is away" in out
