@@ -85,6 +85,7 @@ class Member:
     kills: int = 0
     terms: int = 0  # stopped by SIGTERM
     forced: int = 0  # of those, still running after TERM_GRACE_S and killed
+    exits_s: list[float] = field(default_factory=list)  # SIGTERM to the process's exit
     up: bool = False  # answered /readyz since it was last started
 
     @property
@@ -112,9 +113,11 @@ class Member:
     def terminate(self) -> None:
         """SIGTERM, as a rolling deploy sends it; SIGKILL after TERM_GRACE_S."""
         if self.proc is not None and self.proc.poll() is None:
+            sent = time.monotonic()
             self.proc.terminate()
             try:
                 self.proc.wait(TERM_GRACE_S)
+                self.exits_s.append(time.monotonic() - sent)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -666,6 +669,13 @@ def report(
     print(f"  kill -9                 {kills}")
     if chaos.sigterm:
         print(f"  SIGTERM                 {terms}  ({forced} still up after {TERM_GRACE_S:.0f} s)")
+        for service in SERVICES:
+            exits = sorted(e for m in stack.members if m.service == service for e in m.exits_s)
+            if exits:
+                print(
+                    f"    {service:<10} SIGTERM to exit  p50 {percentile(exits, 0.5):.1f} s, "
+                    f"max {exits[-1]:.1f} s"
+                )
     print(
         f"  reminder lateness       p50 {percentile(lateness, 0.50):.1f} s, "
         f"p99 {percentile(lateness, 0.99):.1f} s, max {max(lateness, default=float('nan')):.1f} s"
