@@ -32,7 +32,7 @@ from shared.driver_errors import translate
 from shared.kafka import Assignment, Publisher
 from shared.logging import Laps, get_logger
 from shared.retry import OUTAGE_RETRY_MAX_S, backoff_s
-from shared.runtime import wait_any
+from shared.runtime import cancel_and_wait, wait_any
 
 log = get_logger(__name__)
 SERVICE = "scheduler"
@@ -143,9 +143,9 @@ class TimerLoop:
                     continue
                 if fired < self.batch:
                     await self._sleep_until_due()
-        finally:
+        finally:  # what it did not publish stays in the outbox, for the relay
             if self._publishing is not None:
-                self._publishing.cancel()
+                await cancel_and_wait([self._publishing])
 
     async def fire_due(self) -> int:
         """One pass, published before it returns; the number of timers claimed (or of

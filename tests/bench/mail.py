@@ -402,9 +402,10 @@ async def wait_results(bootstrap: str, run: str, expected: int, timeout_s: float
     raise TimeoutError(f"{len(seen)} of {expected} results after {timeout_s} s")
 
 
-async def produce_and_wait(bootstrap: str, count: int) -> float:
-    waiting = asyncio.create_task(wait_results(bootstrap, "disp", count, 300))
-    await produce(bootstrap, requests(count, "disp"))
+async def produce_and_wait(bootstrap: str, count: int, run: str, expected: int) -> float:
+    """Produces `count` requests of `run`; returns when `expected` of them have a result."""
+    waiting = asyncio.create_task(wait_results(bootstrap, run, expected, 300))
+    await produce(bootstrap, requests(count, run))
     return await waiting
 
 
@@ -421,7 +422,7 @@ def bench_dispatcher(
         before = sink.accepted()
         log(f"mail: {count} requests to one dispatcher process")
         cpu_before, started = cpu_s(proc.pid), time.perf_counter()
-        finished = asyncio.run(produce_and_wait(bootstrap, count))
+        finished = asyncio.run(produce_and_wait(bootstrap, count, "disp", count))
         cpu = cpu_s(proc.pid) - cpu_before
     figures = _figures(count, finished - started, cpu, sink.accepted() - before)
     distinct, types = asyncio.run(result_types(bootstrap))
@@ -436,24 +437,24 @@ def bench_deploy(
     """A rolling deploy in the middle of a send: SIGTERM the dispatcher once a fifth of
     `count` requests have a result, start the next one, and count what each became."""
     run = f"deploy{grace_s:g}".replace(".", "_")
-    env = dispatcher_env(database_url, bootstrap, sink.port, _free_port()) | {
+    port = _free_port()
+    env = dispatcher_env(database_url, bootstrap, sink.port, port) | {
         "REBOUND_DISPATCHER_STOP_GRACE_S": str(grace_s)
     }
     before = sink.accepted()
-    stop_s = 0.0
     log_path = bench_dir / f"dispatcher-{run}.log"
-    for stop_at in (count // 5, count):  # the stop comes while most of the mail is on its way
-        env["REBOUND_DISPATCHER_HTTP_PORT"] = str(port := _free_port())
-        with dispatcher(env, log_path) as proc:
-            wait_ready(port, proc)
-            if stop_at < count:
-                asyncio.run(produce_until(bootstrap, requests(count, run), run, stop_at))
-                stopping = time.perf_counter()
-                proc.terminate()  # what the orchestrator sends; `dispatcher` then waits
-            else:
-                asyncio.run(wait_results(bootstrap, run, count, 300))
-        if stop_at < count:
-            stop_s = time.perf_counter() - stopping
+    with dispatcher(env, log_path) as proc:  # the instance the deploy stops
+        wait_ready(port, proc)
+        # the stop comes while most of the mail is still on its way
+        asyncio.run(produce_and_wait(bootstrap, count, run, count // 5))
+        stopping = time.perf_counter()
+        proc.terminate()  # what the orchestrator sends
+        proc.wait(60)
+        stop_s = time.perf_counter() - stopping
+    env["REBOUND_DISPATCHER_HTTP_PORT"] = str(port := _free_port())
+    with dispatcher(env, log_path) as proc:  # the next instance takes the rest
+        wait_ready(port, proc)
+        asyncio.run(wait_results(bootstrap, run, count, 300))
     types = asyncio.run(run_result_types(bootstrap, run))
     return {
         "stop_grace_s": grace_s,
@@ -462,14 +463,6 @@ def bench_deploy(
         "accepted_by_sink": sink.accepted() - before,
         "results_by_type": dict(types),
     }
-
-
-async def produce_until(
-    bootstrap: str, batch: list[MessageRequest], run: str, expected: int
-) -> None:
-    waiting = asyncio.create_task(wait_results(bootstrap, run, expected, 300))
-    await produce(bootstrap, batch)
-    await waiting
 
 
 async def run_result_types(bootstrap: str, run: str) -> Counter[str]:
